@@ -1,0 +1,81 @@
+"""Every setting of the service, read from the environment (and `.env`) in one place."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+from urllib.parse import quote
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Service configuration. Field names map to env vars case-insensitively (`APP_TOKEN`, ...)."""
+
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    # --- auth ---
+    app_token: SecretStr | None = Field(
+        default=None, description="Admin API key for the X-API-Key header. Required to serve the API."
+    )
+
+    # --- storage ---
+    facegate_data_dir: Path = Field(
+        default=Path("data"), description="Embedded database, converted models and the generated key live here."
+    )
+    database_url: str | None = Field(
+        default=None, description="postgresql://... of an external server; unset = embedded PostgreSQL."
+    )
+    db_host: str | None = None
+    db_port: int = 5432
+    db_name: str = "facegate"
+    db_user: str = "postgres"
+    db_password: SecretStr | None = None
+    db_pool_min: int = Field(default=1, ge=1)
+    db_pool_max: int = Field(default=8, ge=1)
+    db_timeout: float = Field(default=5.0, gt=0, description="Seconds to wait for a database connection.")
+
+    # --- recognition ---
+    face_embedder: Literal["onnx", "dlib", "arcface"] = "onnx"
+    arcface_model_path: Path | None = None
+    face_match_threshold: float = Field(default=0.07, ge=0.0, le=2.0)
+    hnsw_ef_search: int = Field(default=100, ge=1, le=1000)
+
+    # --- limits ---
+    max_upload_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
+    max_image_pixels: int = Field(default=40_000_000, ge=1)
+
+    # --- runtime ---
+    onnx_threads: int = Field(default=0, ge=0, description="Threads per ONNX Runtime session; 0 = library default.")
+    onnx_providers: str = Field(
+        default="auto", description="Comma-separated ONNX Runtime providers, or 'auto' (CUDA when available)."
+    )
+    log_level: str = "INFO"
+
+    # --- UI ---
+    api_url: str = "http://127.0.0.1:8000"
+
+    @field_validator("facegate_data_dir")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    def external_dsn(self) -> str | None:
+        """The DSN of an external server from `DATABASE_URL` or the `DB_*` variables; None = embedded."""
+        if self.database_url:
+            return self.database_url
+        if self.db_host:
+            password = self.db_password.get_secret_value() if self.db_password else ""
+            auth = quote(self.db_user, safe="") + (f":{quote(password, safe='')}" if password else "")
+            return f"postgresql://{auth}@{self.db_host}:{self.db_port}/{quote(self.db_name, safe='')}"
+        return None
+
+    def api_key(self) -> str | None:
+        return self.app_token.get_secret_value() if self.app_token else None
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
