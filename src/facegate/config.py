@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import secrets
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -14,7 +16,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class Settings(BaseSettings):
     """Service configuration. Field names map to env vars case-insensitively (`APP_TOKEN`, ...)."""
 
-    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", env_ignore_empty=True
+    )
 
     # --- auth ---
     app_token: SecretStr | None = Field(
@@ -23,7 +27,8 @@ class Settings(BaseSettings):
 
     # --- storage ---
     facegate_data_dir: Path = Field(
-        default=Path("data"), description="Embedded database, converted models and the generated key live here."
+        default=Path("data"),
+        description="Embedded database, converted models and the generated key live here.",
     )
     database_url: str | None = Field(
         default=None, description="postgresql://... of an external server; unset = embedded PostgreSQL."
@@ -48,7 +53,13 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(default=40_000_000, ge=1)
 
     # --- runtime ---
-    onnx_threads: int = Field(default=0, ge=0, description="Threads per ONNX Runtime session; 0 = library default.")
+    max_concurrent_inference: int = Field(
+        default=2, ge=1, description="Images decoded or run through the models at once per process."
+    )
+    api_root_path: str = Field(default="", description="Path prefix the API is served under by a proxy.")
+    onnx_threads: int = Field(
+        default=0, ge=0, description="Threads per ONNX Runtime session; 0 = library default."
+    )
     onnx_providers: str = Field(
         default="auto", description="Comma-separated ONNX Runtime providers, or 'auto' (CUDA when available)."
     )
@@ -73,7 +84,27 @@ class Settings(BaseSettings):
         return None
 
     def api_key(self) -> str | None:
-        return self.app_token.get_secret_value() if self.app_token else None
+        """`APP_TOKEN`, else the key the run command generated into the data directory."""
+        if self.app_token:
+            return self.app_token.get_secret_value()
+        if self.api_key_file.is_file():
+            return self.api_key_file.read_text().strip() or None
+        return None
+
+    @property
+    def api_key_file(self) -> Path:
+        return self.facegate_data_dir / "api_key"
+
+    def ensure_api_key(self) -> str:
+        """The API key, generating one into `api_key_file` (mode 0600) when none is configured."""
+        key = self.api_key()
+        if key is None:
+            key = secrets.token_urlsafe(32)
+            self.facegate_data_dir.mkdir(parents=True, exist_ok=True)
+            descriptor = os.open(self.api_key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(descriptor, "w") as handle:
+                handle.write(key + "\n")
+        return key
 
 
 @lru_cache

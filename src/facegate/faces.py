@@ -34,4 +34,15 @@ class Face:
         return max(self.width, 0.0) * max(self.height, 0.0)
 
     def keypoints_dict(self) -> dict[str, list[float]]:
-        return {name: [float(x), float(y)] for name, (x, y) in zip(KEYPOINT_NAMES, self.keypoints, strict=True)}
+        return {
+            name: [float(x), float(y)] for name, (x, y) in zip(KEYPOINT_NAMES, self.keypoints, strict=True)
+        }
+
+
+def detection_dict(faces: list[Face]) -> dict[str, list]:
+    """The detection API's JSON body: parallel lists of boxes, scores and keypoints."""
+    return {
+        "boxes": [list(face.box) for face in faces],
+        "scores": [face.score for face in faces],
+        "keypoints": [face.keypoints_dict() for face in faces],
+    }

@@ -1,5 +1,13 @@
-"""Face embedding models behind one interface."""
+"""Face embedding models behind one interface.
 
+- `DlibOnnxEmbedder` (`FACE_EMBEDDER=onnx`, default): dlib's ResNet converted to ONNX by us.
+- `DlibEmbedder` (`FACE_EMBEDDER=dlib`): the same network on dlib's runtime; same vectors, same name.
+- `ArcFaceEmbedder` (`FACE_EMBEDDER=arcface`): a user-supplied insightface-format ONNX model.
+"""
+
+from facegate.embedding.arcface import ArcFaceEmbedder
 from facegate.embedding.base import Embedder
+from facegate.embedding.dlib_resnet import DlibEmbedder, DlibOnnxEmbedder
+from facegate.embedding.factory import create_embedder
 
-__all__ = ["Embedder"]
+__all__ = ["ArcFaceEmbedder", "DlibEmbedder", "DlibOnnxEmbedder", "Embedder", "create_embedder"]

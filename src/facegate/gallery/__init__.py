@@ -1,0 +1,28 @@
+"""The PostgreSQL + pgvector gallery: people, their face embeddings and nearest-person search."""
+
+from facegate.gallery.embedded import EmbeddedServer, resolve_dsn
+from facegate.gallery.errors import (
+    DuplicateNameError,
+    EmbeddedServerError,
+    GalleryError,
+    GalleryUnavailable,
+    ModelMismatchError,
+    UnknownUserError,
+)
+from facegate.gallery.store import FaceRecord, Gallery, GalleryStats, Match, UserRecord
+
+__all__ = [
+    "DuplicateNameError",
+    "EmbeddedServer",
+    "EmbeddedServerError",
+    "FaceRecord",
+    "Gallery",
+    "GalleryError",
+    "GalleryStats",
+    "GalleryUnavailable",
+    "Match",
+    "ModelMismatchError",
+    "UnknownUserError",
+    "UserRecord",
+    "resolve_dsn",
+]

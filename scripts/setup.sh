@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Prepares this checkout on a fresh Debian machine: system packages, a virtualenv in .venv and the
+# project installed into it. Usage: scripts/setup.sh run|test. Safe to run again: it only adds
+# what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+purpose="${1:-run}"
+
+apt_packages=()
+if [ "$purpose" = test ]; then
+    # The end-to-end tests drive a real browser through a real nginx.
+    command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || apt_packages+=(nginx-light)
+    command -v chromium >/dev/null || apt_packages+=(chromium chromium-driver)
+fi
+
+python=${PYTHON:-python3}
+if ! "$python" -c 'import sys; assert sys.version_info >= (3, 11)' 2>/dev/null; then
+    echo "FaceGate needs Python 3.11 or newer as '$python' (set PYTHON=/path/to/python3.11)." >&2
+    exit 1
+fi
+"$python" -c 'import venv, ensurepip' 2>/dev/null || apt_packages+=(python3-venv)
+
+if [ ${#apt_packages[@]} -gt 0 ]; then
+    if [ "$(id -u)" -eq 0 ]; then sudo=""; elif command -v sudo >/dev/null; then sudo="sudo"; else sudo="none"; fi
+    if [ "$sudo" = none ]; then
+        echo "warning: cannot install ${apt_packages[*]} (not root, no sudo); tests that need them are skipped" >&2
+    else
+        echo "Installing system packages: ${apt_packages[*]}"
+        $sudo apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${apt_packages[@]}" >/dev/null
+    fi
+fi
+
+[ -x .venv/bin/python ] || "$python" -m venv .venv
+extras=ui
+[ "$purpose" = test ] && extras=ui,test
+stamp=".venv/.facegate-installed-$extras"
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    echo "Installing FaceGate and its dependencies into .venv (first run takes a few minutes)"
+    .venv/bin/python -m pip install -q --upgrade pip
+    .venv/bin/python -m pip install -q -e ".[$extras]"
+    touch "$stamp"
+fi

@@ -1,0 +1,59 @@
+"""Mapping the domain's exceptions to HTTP answers: JSON `{"detail": ...}`, never a stack trace."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request, status
+from fastapi.responses import JSONResponse
+
+from facegate.gallery.errors import (
+    DuplicateNameError,
+    GalleryError,
+    GalleryUnavailable,
+    ModelMismatchError,
+    UnknownUserError,
+)
+from facegate.imaging import ImageError
+from facegate.pipeline import NoFaceError
+
+logger = logging.getLogger(__name__)
+
+_GALLERY_STATUS: dict[type[GalleryError], int] = {
+    DuplicateNameError: status.HTTP_409_CONFLICT,
+    UnknownUserError: status.HTTP_404_NOT_FOUND,
+    GalleryUnavailable: status.HTTP_503_SERVICE_UNAVAILABLE,
+    ModelMismatchError: status.HTTP_503_SERVICE_UNAVAILABLE,
+}
+
+
+def _json(code: int, detail: str) -> JSONResponse:
+    return JSONResponse(status_code=code, content={"detail": detail})
+
+
+async def _image_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ImageError)
+    return _json(exc.status, str(exc))
+
+
+async def _no_face(_: Request, exc: Exception) -> JSONResponse:
+    return _json(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc))
+
+
+async def _gallery_error(_: Request, exc: Exception) -> JSONResponse:
+    code = next((c for kind, c in _GALLERY_STATUS.items() if isinstance(exc, kind)), 500)
+    if code >= 500:
+        logger.warning("gallery unavailable: %s", exc)
+    return _json(code, str(exc))
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    logger.exception("unhandled error on %s %s", request.method, request.url.path)
+    return _json(status.HTTP_500_INTERNAL_SERVER_ERROR, "internal server error")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ImageError, _image_error)
+    app.add_exception_handler(NoFaceError, _no_face)
+    app.add_exception_handler(GalleryError, _gallery_error)
+    app.add_exception_handler(Exception, _unexpected)

@@ -1,0 +1,73 @@
+"""Detection: every face with its box, score and five keypoints."""
+
+from __future__ import annotations
+
+import io
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, File, Query, UploadFile
+from fastapi.responses import Response
+from PIL import Image
+
+from facegate.annotate import draw_faces
+from facegate.api.deps import ServicesDep, infer, read_image, require_api_key
+from facegate.api.schemas import DetectResponse, ErrorBody
+from facegate.detection import DetectionParams
+from facegate.faces import detection_dict
+
+router = APIRouter(tags=["detection"], dependencies=[Depends(require_api_key)])
+
+_ERRORS: dict[int | str, dict] = {code: {"model": ErrorBody} for code in (400, 401, 413, 415, 422, 503)}
+
+
+def detection_params(
+    min_face_size: Annotated[
+        int, Query(ge=1, le=10_000, description="smallest face to find, in pixels")
+    ] = 20,
+    threshold_pnet: Annotated[float, Query(ge=0.0, le=1.0, allow_inf_nan=False)] = 0.6,
+    threshold_rnet: Annotated[float, Query(ge=0.0, le=1.0, allow_inf_nan=False)] = 0.7,
+    threshold_onet: Annotated[float, Query(ge=0.0, le=1.0, allow_inf_nan=False)] = 0.7,
+) -> DetectionParams:
+    return DetectionParams(min_face_size, threshold_pnet, threshold_rnet, threshold_onet)
+
+
+ParamsDep = Annotated[DetectionParams, Depends(detection_params)]
+
+
+@router.post("/detect", response_model=DetectResponse, responses=_ERRORS)
+async def detect(
+    services: ServicesDep, params: ParamsDep, file: Annotated[UploadFile, File()]
+) -> DetectResponse:
+    """Find every face: boxes `[x1, y1, x2, y2]`, scores and keypoints, by decreasing score."""
+    image = await read_image(file, services)
+    faces = await infer(services, lambda: services.pipeline.detect(image, params))
+    return DetectResponse.model_validate(detection_dict(faces))
+
+
+@router.post(
+    "/detect/annotated",
+    response_class=Response,
+    responses={**_ERRORS, 200: {"content": {"image/png": {}, "image/jpeg": {}}}},
+)
+async def detect_annotated(
+    services: ServicesDep,
+    params: ParamsDep,
+    file: Annotated[UploadFile, File()],
+    format: Annotated[Literal["png", "jpeg"], Query(description="image format of the answer")] = "png",
+) -> Response:
+    """The uploaded image with each face's box, score and keypoints drawn on it."""
+    image = await read_image(file, services)
+
+    def render() -> bytes:
+        faces = services.pipeline.detect(image, params)
+        drawn = draw_faces(
+            Image.fromarray(image),
+            [face.box for face in faces],
+            [face.keypoints_dict() for face in faces],
+            [f"{face.score:.2f}" for face in faces],
+        )
+        buffer = io.BytesIO()
+        drawn.save(buffer, format=format.upper(), **({"quality": 90} if format == "jpeg" else {}))
+        return buffer.getvalue()
+
+    return Response(await infer(services, render), media_type=f"image/{format}")

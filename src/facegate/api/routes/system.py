@@ -1,0 +1,60 @@
+"""Service information, health and gallery statistics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+
+from facegate import __version__
+from facegate.api.deps import ServicesDep, query, require_api_key
+from facegate.api.schemas import ErrorBody, Health, ServiceInfo, Stats
+from facegate.gallery.errors import GalleryError
+
+router = APIRouter(tags=["service"])
+
+
+@router.get("/", response_model=ServiceInfo)
+async def root(request: Request) -> ServiceInfo:
+    """The service's name, version and endpoints (no key needed)."""
+    paths = sorted(request.app.openapi()["paths"])
+    return ServiceInfo(service="FaceGate", version=__version__, docs="/docs", endpoints=paths)
+
+
+@router.get("/health", response_model=Health, responses={503: {"model": Health}})
+async def health(services: ServicesDep) -> Health | JSONResponse:
+    """Liveness and database status (no key needed); 503 while the database is unreachable."""
+    embedder = services.pipeline.embedder
+    body = Health(
+        status="healthy",
+        database="connected",
+        threshold=services.settings.face_match_threshold,
+        embedding_model=embedder.name,
+        embedding_dimension=embedder.dim,
+        version=__version__,
+    )
+    try:
+        await query(services.gallery.ping)
+    except GalleryError as exc:
+        unhealthy = body.model_copy(
+            update={"status": "unhealthy", "database": "unavailable", "detail": str(exc)}
+        )
+        return JSONResponse(status_code=503, content=unhealthy.model_dump())
+    return body
+
+
+@router.get(
+    "/stats",
+    response_model=Stats,
+    dependencies=[Depends(require_api_key)],
+    responses={code: {"model": ErrorBody} for code in (401, 503)},
+)
+async def stats(services: ServicesDep) -> Stats:
+    """How many people and faces the gallery holds."""
+    counts = await query(services.gallery.stats)
+    return Stats(
+        total_users=counts.total_users,
+        total_faces=counts.total_faces,
+        threshold=services.settings.face_match_threshold,
+        embedding_model=services.pipeline.embedder.name,
+        embedding_dimension=services.pipeline.embedder.dim,
+    )

@@ -1,0 +1,232 @@
+"""`facegate` command line: serve the API and UI, and detect, enrol and recognise from files."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from facegate.config import Settings, get_settings
+
+logger = logging.getLogger("facegate")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    settings = get_settings()
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    return args.handler(args, settings)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="facegate", description=__doc__)
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the REST API")
+    _add_server_args(serve, port=8000)
+    serve.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    serve.set_defaults(handler=_serve)
+
+    ui = commands.add_parser("ui", help="run the Streamlit web UI")
+    _add_server_args(ui, port=8501)
+    ui.set_defaults(handler=_ui)
+
+    up = commands.add_parser("up", help="run the API and the UI together on the embedded database")
+    up.add_argument("--host", default="127.0.0.1")
+    up.add_argument("--api-port", type=int, default=8000)
+    up.add_argument("--ui-port", type=int, default=8501)
+    up.add_argument("--workers", type=int, default=1, help="API worker processes (default 1)")
+    up.set_defaults(handler=_up)
+
+    detect = commands.add_parser("detect", help="detect faces in image files")
+    detect.add_argument("images", nargs="+", type=Path)
+    detect.add_argument("--json", action="store_true", help="print one JSON object per image")
+    detect.add_argument(
+        "--annotate", type=Path, metavar="OUT", help="write annotated copies into this folder"
+    )
+    detect.add_argument("--min-face-size", type=int, default=20)
+    detect.add_argument("--threshold-pnet", type=float, default=0.6)
+    detect.add_argument("--threshold-rnet", type=float, default=0.7)
+    detect.add_argument("--threshold-onet", type=float, default=0.7)
+    detect.set_defaults(handler=_detect)
+
+    enroll = commands.add_parser(
+        "enroll", help="register people from a folder with one sub-folder per person"
+    )
+    enroll.add_argument("folder", type=Path)
+    enroll.set_defaults(handler=_enroll)
+
+    recognize = commands.add_parser(
+        "recognize", help="recognise the faces in image files against the gallery"
+    )
+    recognize.add_argument("images", nargs="+", type=Path)
+    recognize.add_argument("--threshold", type=float, default=None)
+    recognize.set_defaults(handler=_recognize)
+    return parser
+
+
+def _add_server_args(parser: argparse.ArgumentParser, *, port: int) -> None:
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=port)
+
+
+# --- servers -------------------------------------------------------------------------------------
+
+
+def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    _announce_key(settings)
+    uvicorn.run(
+        "facegate.api.app:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_level=settings.log_level.lower(),
+    )
+    return 0
+
+
+def _ui(args: argparse.Namespace, settings: Settings) -> int:
+    return subprocess.call(_streamlit_command(args.host, args.port))
+
+
+def _streamlit_command(host: str, port: int) -> list[str]:
+    app = Path(__file__).parent / "ui" / "app.py"
+    return [
+        sys.executable, "-m", "streamlit", "run", str(app),
+        "--server.address", host, "--server.port", str(port),
+        "--server.headless", "true", "--browser.gatherUsageStats", "false",
+    ]  # fmt: skip
+
+
+def _up(args: argparse.Namespace, settings: Settings) -> int:
+    """API and UI as two child processes; Ctrl-C or SIGTERM stops both."""
+    _announce_key(settings)
+    api_url = f"http://{args.host}:{args.api_port}"
+    env = {**os.environ, "API_URL": api_url}
+    api_command = [
+        sys.executable,
+        "-m",
+        "facegate",
+        "serve",
+        "--host",
+        args.host,
+        "--port",
+        str(args.api_port),
+    ]
+    api_command += ["--workers", str(args.workers)]
+    children = [
+        subprocess.Popen(api_command, env=env),
+        subprocess.Popen(_streamlit_command(args.host, args.ui_port), env=env),
+    ]
+    logger.info("API: %s (docs at %s/docs)   UI: http://%s:%d", api_url, api_url, args.host, args.ui_port)
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        while all(child.poll() is None for child in children):
+            try:
+                children[0].wait(timeout=1)
+            except subprocess.TimeoutExpired:
+                continue
+    except KeyboardInterrupt:
+        logger.info("stopping")
+    finally:
+        _stop(children)
+    return max((child.returncode or 0) for child in children)
+
+
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _stop(children: list[subprocess.Popen[bytes]]) -> None:
+    for child in children:
+        if child.poll() is None:
+            child.terminate()
+    for child in children:
+        try:
+            child.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            child.kill()
+
+
+def _announce_key(settings: Settings) -> None:
+    generated = settings.api_key() is None
+    settings.ensure_api_key()
+    if settings.app_token:
+        logger.info("API key: the APP_TOKEN environment variable")
+    else:
+        logger.info(
+            "API key%s: in %s (send it as the X-API-Key header)",
+            " generated" if generated else "",
+            settings.api_key_file,
+        )
+
+
+# --- files ---------------------------------------------------------------------------------------
+
+
+def _detect(args: argparse.Namespace, settings: Settings) -> int:
+    from PIL import Image
+
+    from facegate.annotate import draw_faces
+    from facegate.detection import MTCNN, DetectionParams
+    from facegate.faces import detection_dict
+    from facegate.imaging import ImageError, load_image_file
+
+    params = DetectionParams(
+        args.min_face_size, args.threshold_pnet, args.threshold_rnet, args.threshold_onet
+    )
+    detector = MTCNN(threads=settings.onnx_threads)
+    failures = 0
+    for path in args.images:
+        try:
+            image = load_image_file(path)
+        except (OSError, ImageError) as exc:
+            logger.error("%s: %s", path, exc)
+            failures += 1
+            continue
+        faces = detector.detect(image, params)
+        if args.json:
+            print(json.dumps({"path": str(path), **detection_dict(faces)}))
+        else:
+            print(f"{path}: {len(faces)} face(s)")
+            for face in faces:
+                box = ", ".join(f"{v:.0f}" for v in face.box)
+                print(f"  [{box}] score {face.score:.3f}")
+        if args.annotate:
+            args.annotate.mkdir(parents=True, exist_ok=True)
+            drawn = draw_faces(
+                Image.fromarray(image),
+                [f.box for f in faces],
+                [f.keypoints_dict() for f in faces],
+                [f"{f.score:.2f}" for f in faces],
+            )
+            drawn.save(args.annotate / f"{path.stem}.png")
+    return 1 if failures else 0
+
+
+def _enroll(args: argparse.Namespace, settings: Settings) -> int:
+    from facegate.enroll import enroll_folder
+
+    return enroll_folder(args.folder, settings)
+
+
+def _recognize(args: argparse.Namespace, settings: Settings) -> int:
+    from facegate.enroll import recognize_files
+
+    return recognize_files(args.images, settings, args.threshold)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

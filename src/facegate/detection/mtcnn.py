@@ -1,0 +1,160 @@
+"""MTCNN face detection (PNet -> RNet -> ONet) on ONNX Runtime."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import onnxruntime as ort
+
+from facegate.detection import cascade
+from facegate.detection.networks import build_network
+from facegate.detection.weights import NetworkName
+from facegate.faces import Face
+
+log = logging.getLogger(__name__)
+
+# IoU thresholds of the reference's NMS rounds (not user settings there either).
+NMS_PNET_LEVEL = 0.5
+NMS_PNET_ALL = 0.7
+NMS_RNET = 0.7
+NMS_ONET = 0.7  # over the smaller box
+
+# A pyramid level is at most this many pixels: it bounds PNet's memory (about 100 bytes per
+# pixel) when a tiny `min_face_size` asks for upsampling or the image is enormous.
+MAX_LEVEL_PIXELS = 40_000_000
+# Best PNet proposals kept per level: only reached with thresholds near 0, where every cell is
+# a proposal and the pairwise NMS would otherwise grow with the square of the image size.
+MAX_PROPOSALS_PER_LEVEL = 20_000
+# Crops per RNet/ONet run, to bound the batch's memory.
+MAX_BATCH = 2048
+
+_PREFERRED_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+@dataclass(frozen=True, slots=True)
+class DetectionParams:
+    """The detection API's settings; defaults are the original service's."""
+
+    min_face_size: int = 20
+    threshold_pnet: float = 0.6
+    threshold_rnet: float = 0.7
+    threshold_onet: float = 0.7
+
+    def __post_init__(self) -> None:
+        size = self.min_face_size
+        if isinstance(size, bool) or not isinstance(size, int | np.integer) or size < 1:
+            raise ValueError(f"min_face_size must be an integer >= 1, got {size!r}")
+        for name in ("threshold_pnet", "threshold_rnet", "threshold_onet"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be a number between 0 and 1, got {value!r}")
+
+
+class MTCNN:
+    """The three networks, built once; `detect` may be called from several threads at once."""
+
+    def __init__(self, providers: Sequence[str] | None = None, threads: int = 0) -> None:
+        if threads < 0:
+            raise ValueError(f"threads must be >= 0 (0 = ONNX Runtime's default), got {threads}")
+        chosen = _resolve_providers(providers)
+        self._pnet = _session("pnet", chosen, threads)
+        self._rnet = _session("rnet", chosen, threads)
+        self._onet = _session("onet", chosen, threads)
+        log.info("MTCNN on %s", self._pnet.get_providers())
+
+    def detect(self, image: np.ndarray, params: DetectionParams = DetectionParams()) -> list[Face]:  # noqa: B008
+        """Faces in `image` (RGB uint8, H x W x 3), by decreasing score."""
+        _check_image(image)
+        boxes = self._propose(image, params)
+        if len(boxes):
+            boxes = self._refine(image, boxes, params.threshold_rnet)
+        if not len(boxes):
+            return []
+        boxes, landmarks = self._output(image, boxes, params.threshold_onet)
+        return _faces(boxes, landmarks, image.shape[0], image.shape[1])
+
+    def _propose(self, image: np.ndarray, params: DetectionParams) -> np.ndarray:
+        """PNet over the pyramid: squared candidate boxes with scores, best first."""
+        height, width = image.shape[:2]
+        pyramid = cascade.AreaPyramid(image)
+        per_level = []
+        for scale in cascade.pyramid_scales(height, width, params.min_face_size, MAX_LEVEL_PIXELS):
+            level_height, level_width = cascade.level_size(height, width, scale)
+            level = pyramid.level(level_height, level_width)
+            regression, probability = self._pnet.run(None, {"image": level[None]})
+            boxes = cascade.pnet_proposals(probability[0, 0], regression[0], scale, params.threshold_pnet)
+            boxes = boxes[:MAX_PROPOSALS_PER_LEVEL]
+            per_level.append(boxes[cascade.nms(boxes, NMS_PNET_LEVEL)])
+        if not per_level:
+            return np.empty((0, 5), np.float32)
+        boxes = cascade.sort_by_score(np.concatenate(per_level))
+        return cascade.square(boxes[cascade.nms(boxes, NMS_PNET_ALL)])
+
+    def _refine(self, image: np.ndarray, boxes: np.ndarray, threshold: float) -> np.ndarray:
+        """RNet: rescored, regressed and squared boxes over `threshold`, best first."""
+        regression, probability = _run_on_crops(self._rnet, image, boxes, 24)
+        boxes = cascade.refine(boxes, regression, probability[:, 0])
+        boxes = cascade.sort_by_score(boxes[boxes[:, 4] > threshold])
+        return cascade.square(boxes[cascade.nms(boxes, NMS_RNET)])
+
+    def _output(self, image: np.ndarray, boxes: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+        """ONet: final boxes with scores and (N, 5, 2) keypoints, best first."""
+        regression, landmarks, probability = _run_on_crops(self._onet, image, boxes, 48)
+        points = cascade.landmarks_in_image(boxes, landmarks)
+        boxes = cascade.refine(boxes, regression, probability[:, 0])
+        selected = np.flatnonzero(boxes[:, 4] > threshold)
+        selected = selected[np.argsort(-boxes[selected, 4], kind="stable")]
+        boxes, points = boxes[selected], points[selected]
+        kept = cascade.nms(boxes, NMS_ONET, over_min=True)
+        return boxes[kept], points[kept]
+
+
+def _run_on_crops(session: ort.InferenceSession, image: np.ndarray, boxes: np.ndarray, size: int) -> list[np.ndarray]:
+    """The network's outputs for `size` x `size` crops of `boxes`, in chunks of MAX_BATCH crops."""
+    chunks = [
+        session.run(None, {"crops": cascade.crop_patches(image, boxes[start : start + MAX_BATCH], size)})
+        for start in range(0, len(boxes), MAX_BATCH)
+    ]
+    return [np.concatenate(outputs) for outputs in zip(*chunks, strict=True)]
+
+
+def _check_image(image: np.ndarray) -> None:
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        shape = getattr(image, "shape", None)
+        dtype = getattr(image, "dtype", type(image).__name__)
+        raise ValueError(f"image must be an RGB uint8 array of shape (H, W, 3), got {dtype} {shape}")
+
+
+def _faces(boxes: np.ndarray, landmarks: np.ndarray, height: int, width: int) -> list[Face]:
+    # The reference clips boxes (not keypoints) to the last pixel row/column.
+    clipped = boxes[:, :4].astype(np.float64)
+    np.clip(clipped[:, 0::2], 0, width - 1, out=clipped[:, 0::2])
+    np.clip(clipped[:, 1::2], 0, height - 1, out=clipped[:, 1::2])
+    return [
+        Face(box=tuple(float(v) for v in box), score=float(score), keypoints=points.astype(np.float64))
+        for box, score, points in zip(clipped, boxes[:, 4], landmarks, strict=True)
+    ]
+
+
+def _resolve_providers(providers: Sequence[str] | None) -> list[str]:
+    """`None` = CUDA when this onnxruntime build offers it, else CPU; otherwise the list as given."""
+    available = ort.get_available_providers()
+    if providers is None:
+        return [name for name in _PREFERRED_PROVIDERS if name in available]
+    missing = [name for name in providers if name not in available]
+    if missing:
+        raise ValueError(f"ONNX Runtime providers not available: {missing}; available: {available}")
+    return list(providers)
+
+
+def _session(name: NetworkName, providers: list[str], threads: int) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(build_network(name), sess_options=options, providers=providers)

@@ -1,0 +1,182 @@
+"""PNet, RNet and ONet as in-memory ONNX graphs built from the Keras-layout weights.
+
+The graphs take raw pixel values (0..255, NHWC as images and crops come) and fold the reference's
+normalisation `(x - 127.5) / 128` into the first convolution, so no separate pass over the input
+is needed. Each network's two-way softmax becomes `sigmoid(face - not_face)` computed from one
+merged output layer: the same probability with one head fewer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from facegate.detection.weights import NetworkName, load_weights
+
+OPSET = 17
+PIXEL_MEAN = 127.5
+PIXEL_SCALE = 128.0
+
+Dim = int | str  # a fixed size or a symbolic one
+
+
+class _Graph:
+    """Appends layers to an ONNX graph, taking the weights in the order the Keras model built them."""
+
+    def __init__(self, weights: list[np.ndarray]) -> None:
+        self._weights: Iterator[np.ndarray] = iter(weights)
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+        self._count = 0
+
+    def _name(self, prefix: str) -> str:
+        self._count += 1
+        return f"{prefix}{self._count}"
+
+    def constant(self, array: np.ndarray, prefix: str = "w") -> str:
+        name = self._name(prefix)
+        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        return name
+
+    def node(self, op: str, inputs: list[str], outputs: int = 1, **attributes: object) -> list[str]:
+        names = [self._name(op.lower()) for _ in range(outputs)]
+        self.nodes.append(helper.make_node(op, inputs, names, **attributes))
+        return names
+
+    def take(self) -> np.ndarray:
+        return next(self._weights)
+
+    def done(self) -> None:
+        if next(self._weights, None) is not None:
+            raise ValueError("MTCNN weights file has more arrays than the network uses")
+
+    def conv_prelu(self, x: str, *, normalise_input: bool = False) -> str:
+        kernel, bias, slope = self.take(), self.take(), self.take()
+        weight = kernel.transpose(3, 2, 0, 1)  # Keras (h, w, in, out) -> ONNX (out, in, h, w)
+        if normalise_input:
+            bias = bias - weight.sum(axis=(1, 2, 3)) * (PIXEL_MEAN / PIXEL_SCALE)
+            weight = weight / PIXEL_SCALE
+        (y,) = self.node("Conv", [x, self.constant(weight), self.constant(bias)])
+        # Keras shares the slope over height and width: one value per channel.
+        (y,) = self.node("PRelu", [y, self.constant(slope.reshape(-1, 1, 1))])
+        return y
+
+    def max_pool(self, x: str, size: int, *, same: bool) -> str:
+        # TensorFlow's "same" pads at the bottom/right only, like ONNX SAME_UPPER.
+        padding = "SAME_UPPER" if same else "VALID"
+        (y,) = self.node("MaxPool", [x], kernel_shape=[size, size], strides=[2, 2], auto_pad=padding)
+        return y
+
+    def dense_prelu(self, x: str, keras_feature_shape: tuple[int, int, int]) -> str:
+        """Flatten NCHW features into a dense layer trained on Keras' `Permute((2, 1, 3))` + flatten.
+
+        The rows of the kernel are reordered once here instead of transposing every activation.
+        """
+        kernel, bias, slope = self.take(), self.take(), self.take()
+        height, width, channels = keras_feature_shape
+        kernel = kernel.reshape(width, height, channels, -1).transpose(2, 1, 0, 3).reshape(kernel.shape)
+        (flat,) = self.node("Flatten", [x], axis=1)
+        (y,) = self.node("Gemm", [flat, self.constant(kernel), self.constant(bias)])
+        (y,) = self.node("PRelu", [y, self.constant(slope)])
+        return y
+
+    def heads(self, x: str, regression_sizes: list[int], *, conv: bool) -> list[str]:
+        """The regression heads and the face probability from one merged layer."""
+        kernels, biases = [], []
+        for _ in range(len(regression_sizes) + 1):
+            kernels.append(self.take())
+            biases.append(self.take())
+        class_kernel, class_bias = kernels.pop(), biases.pop()
+        kernels.append(class_kernel[..., 1:] - class_kernel[..., :1])
+        biases.append(class_bias[1:] - class_bias[:1])
+        kernel, bias = np.concatenate(kernels, axis=-1), np.concatenate(biases)
+        if conv:
+            (y,) = self.node("Conv", [x, self.constant(kernel.transpose(3, 2, 0, 1)), self.constant(bias)])
+        else:
+            (y,) = self.node("Gemm", [x, self.constant(kernel), self.constant(bias)])
+        sizes = self.constant(np.asarray([*regression_sizes, 1], np.int64), "split")
+        *regressions, logit = self.node("Split", [y, sizes], outputs=len(regression_sizes) + 1, axis=1)
+        (probability,) = self.node("Sigmoid", [logit])
+        return [*regressions, probability]
+
+    def model(
+        self, name: str, inputs: list[onnx.ValueInfoProto], outputs: dict[str, tuple[str, list[Dim]]]
+    ) -> bytes:
+        """The checked, serialised model; `outputs` maps public names to (internal name, shape)."""
+        self.done()
+        declared = []
+        for public, (internal, shape) in outputs.items():
+            self.nodes.append(helper.make_node("Identity", [internal], [public]))
+            declared.append(helper.make_tensor_value_info(public, TensorProto.FLOAT, shape))
+        graph = helper.make_graph(self.nodes, name, inputs, declared, self.initializers)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+        model.ir_version = 8  # readable by every onnxruntime that supports opset 17
+        onnx.checker.check_model(model)
+        return model.SerializeToString()
+
+
+def _nchw(graph: _Graph, x: str) -> str:
+    (y,) = graph.node("Transpose", [x], perm=[0, 3, 1, 2])
+    return y
+
+
+def build_pnet(weights: list[np.ndarray]) -> bytes:
+    """Fully convolutional: `image` float32 pixels (1, H, W, 3) -> `regression` (1, 4, h, w), `probability`
+    (1, 1, h, w), one cell per 12x12 window at a stride of 2 pixels."""
+    g = _Graph(weights)
+    x = g.conv_prelu(_nchw(g, "image"), normalise_input=True)
+    x = g.max_pool(x, 2, same=True)
+    x = g.conv_prelu(x)
+    x = g.conv_prelu(x)
+    regression, probability = g.heads(x, [4], conv=True)
+    image = helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, "height", "width", 3])
+    outputs = {"regression": (regression, [1, 4, "h", "w"]), "probability": (probability, [1, 1, "h", "w"])}
+    return g.model("pnet", [image], outputs)
+
+
+def build_rnet(weights: list[np.ndarray]) -> bytes:
+    """`crops` float32 (N, 24, 24, 3) pixels -> `regression` (N, 4), `probability` (N, 1)."""
+    g = _Graph(weights)
+    x = g.conv_prelu(_nchw(g, "crops"), normalise_input=True)
+    x = g.max_pool(x, 3, same=True)
+    x = g.conv_prelu(x)
+    x = g.max_pool(x, 3, same=False)
+    x = g.conv_prelu(x)
+    x = g.dense_prelu(x, (3, 3, 64))
+    regression, probability = g.heads(x, [4], conv=False)
+    crops = helper.make_tensor_value_info("crops", TensorProto.FLOAT, ["n", 24, 24, 3])
+    outputs = {"regression": (regression, ["n", 4]), "probability": (probability, ["n", 1])}
+    return g.model("rnet", [crops], outputs)
+
+
+def build_onet(weights: list[np.ndarray]) -> bytes:
+    """`crops` float32 (N, 48, 48, 3) pixels -> `regression` (N, 4), `landmarks` (N, 10: five x then
+    five y, relative to the crop), `probability` (N, 1)."""
+    g = _Graph(weights)
+    x = g.conv_prelu(_nchw(g, "crops"), normalise_input=True)
+    x = g.max_pool(x, 3, same=True)
+    x = g.conv_prelu(x)
+    x = g.max_pool(x, 3, same=False)
+    x = g.conv_prelu(x)
+    x = g.max_pool(x, 2, same=True)
+    x = g.conv_prelu(x)
+    x = g.dense_prelu(x, (3, 3, 128))
+    regression, landmarks, probability = g.heads(x, [4, 10], conv=False)
+    crops = helper.make_tensor_value_info("crops", TensorProto.FLOAT, ["n", 48, 48, 3])
+    outputs = {
+        "regression": (regression, ["n", 4]),
+        "landmarks": (landmarks, ["n", 10]),
+        "probability": (probability, ["n", 1]),
+    }
+    return g.model("onet", [crops], outputs)
+
+
+_BUILDERS = {"pnet": build_pnet, "rnet": build_rnet, "onet": build_onet}
+
+
+def build_network(name: NetworkName) -> bytes:
+    """The serialised ONNX model of one MTCNN network with the published weights."""
+    return _BUILDERS[name](load_weights(name))

@@ -1,0 +1,37 @@
+"""ONNX Runtime sessions for the embedding models, configured the same way for every model."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import onnxruntime as ort
+
+log = logging.getLogger(__name__)
+
+_PREFERRED = ("CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+def resolve_providers(providers: Sequence[str] | None) -> list[str]:
+    """`None` = CUDA when this onnxruntime build offers it, else CPU; otherwise the list as given."""
+    available = ort.get_available_providers()
+    if providers is None:
+        return [name for name in _PREFERRED if name in available]
+    missing = [name for name in providers if name not in available]
+    if missing:
+        raise ValueError(f"ONNX Runtime providers not available: {missing}; available: {available}")
+    return list(providers)
+
+
+def create_session(
+    model: Path | bytes, providers: Sequence[str] | None = None, threads: int = 0
+) -> ort.InferenceSession:
+    """A session with every graph optimisation on; `threads` = 0 leaves the count to ONNX Runtime."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads
+    source = str(model) if isinstance(model, Path) else model
+    session = ort.InferenceSession(source, sess_options=options, providers=resolve_providers(providers))
+    log.debug("ONNX Runtime session on %s", session.get_providers())
+    return session

@@ -1,0 +1,137 @@
+"""Enrolling a folder of people into the gallery, and recognising image files, from the command line."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from facegate.config import Settings
+from facegate.gallery import DuplicateNameError, Gallery, resolve_dsn
+from facegate.imaging import ImageError, load_image_file
+from facegate.pipeline import EmbeddedFace, NoFaceError, Pipeline
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
+
+
+@dataclass
+class EnrollReport:
+    enrolled: int = 0
+    already_enrolled: int = 0
+    photos_added: int = 0
+    skipped: Counter[str] = field(default_factory=Counter)
+
+    def summary(self) -> str:
+        lines = [
+            f"people enrolled: {self.enrolled}, already in the gallery: {self.already_enrolled}, "
+            f"photos stored: {self.photos_added}, photos skipped: {sum(self.skipped.values())}"
+        ]
+        lines += [f"  skipped, {reason}: {count}" for reason, count in self.skipped.most_common()]
+        return "\n".join(lines)
+
+
+@contextmanager
+def open_services(settings: Settings) -> Iterator[tuple[Pipeline, Gallery]]:
+    pipeline = Pipeline.from_settings(settings)
+    gallery = Gallery.open(
+        resolve_dsn(settings), pipeline.embedder.name, pipeline.embedder.dim, timeout=settings.db_timeout
+    )
+    try:
+        yield pipeline, gallery
+    finally:
+        gallery.close()
+
+
+def person_folders(root: Path) -> list[Path]:
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def photos_of(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def enroll_folder(root: Path, settings: Settings) -> int:
+    """Register each sub-folder of `root` as one person (the folder name, `_` read as a space).
+
+    Resumable: a person already in the gallery is skipped, so an interrupted run can simply be
+    started again. All photos of a person are embedded before anything is stored, so a person is
+    stored with all of their usable photos or, if interrupted, at most partly within milliseconds.
+    """
+    if not root.is_dir():
+        logger.error("%s is not a folder", root)
+        return 2
+    folders = person_folders(root)
+    report = EnrollReport()
+    with open_services(settings) as (pipeline, gallery):
+        for index, folder in enumerate(folders, 1):
+            _progress(index, len(folders), folder.name)
+            _enroll_person(folder, pipeline, gallery, report)
+    sys.stderr.write("\n")
+    print(report.summary())
+    return 0
+
+
+def _enroll_person(folder: Path, pipeline: Pipeline, gallery: Gallery, report: EnrollReport) -> None:
+    faces: list[EmbeddedFace] = []
+    for photo in photos_of(folder):
+        try:
+            faces.append(pipeline.single_face(load_image_file(photo)))
+        except (ImageError, OSError) as exc:
+            report.skipped["unreadable image"] += 1
+            logger.debug("%s: %s", photo, exc)
+        except NoFaceError as exc:
+            report.skipped[str(exc).replace("exactly one face is needed, found ", "")] += 1
+            logger.debug("%s: %s", photo, exc)
+    if not faces:
+        return
+    name = folder.name.replace("_", " ")
+    try:
+        user = gallery.add_user(name, faces[0].embedding, faces[0].face.box)
+    except DuplicateNameError:
+        report.already_enrolled += 1
+        return
+    for face in faces[1:]:
+        gallery.add_face(user.id, face.embedding, face.face.box)
+    report.enrolled += 1
+    report.photos_added += len(faces)
+
+
+def _progress(index: int, total: int, label: str) -> None:
+    width = 30
+    done = round(width * index / max(total, 1))
+    sys.stderr.write(f"\r[{'#' * done}{'.' * (width - done)}] {index}/{total} {label[:40]:<40}")
+    sys.stderr.flush()
+
+
+def recognize_files(paths: Sequence[Path], settings: Settings, threshold: float | None) -> int:
+    limit = settings.face_match_threshold if threshold is None else threshold
+    failures = 0
+    with open_services(settings) as (pipeline, gallery):
+        for path in paths:
+            try:
+                faces = pipeline.analyse(load_image_file(path))
+            except (ImageError, OSError) as exc:
+                logger.error("%s: %s", path, exc)
+                failures += 1
+                continue
+            print(f"{path}: {len(faces)} face(s)")
+            if not faces:
+                continue
+            for face, matches in zip(
+                faces, gallery.search(np.stack([f.embedding for f in faces])), strict=True
+            ):
+                box = ", ".join(f"{v:.0f}" for v in face.face.box)
+                best = matches[0] if matches else None
+                if best is not None and best.distance <= limit:
+                    print(f"  [{box}] {best.name} (distance {best.distance:.3f})")
+                else:
+                    print(f"  [{box}] unknown" + (f" (nearest distance {best.distance:.3f})" if best else ""))
+    return 1 if failures else 0

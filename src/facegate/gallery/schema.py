@@ -1,0 +1,120 @@
+"""Schema migrations, applied at start-up, and the record of which embedding model the gallery holds.
+
+Every migration runs once, in order, inside one transaction that holds an advisory lock, so several
+workers starting together neither race nor apply a step twice. DDL is transactional in PostgreSQL:
+a failed start-up leaves the schema as it was.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import psycopg
+from psycopg import sql
+
+from facegate.gallery.errors import ModelMismatchError
+
+logger = logging.getLogger(__name__)
+
+# Any constant works; it only has to be the same in every process using the database.
+_MIGRATION_LOCK = 0x46616365_47617465  # "FaceGate"
+
+# HNSW build parameters, chosen from benchmarks/search_bench.py (see BENCHMARKS.md): on face
+# embeddings m=16, ef_construction=64 already gives recall@1 >= 0.99 at 1M people with ef_search=100;
+# larger values mostly cost build time and index size.
+HNSW_M = 16
+HNSW_EF_CONSTRUCTION = 64
+HNSW_INDEX = "faces_embedding_hnsw_idx"
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    version: int
+    description: str
+    statements: Callable[[int], list[sql.Composable]]  # the embedding dimension -> SQL statements
+
+
+def _initial_schema(dim: int) -> list[sql.Composable]:
+    return [
+        sql.SQL(
+            """CREATE TABLE users (
+                id bigserial PRIMARY KEY,
+                name text NOT NULL UNIQUE,
+                created_at timestamptz NOT NULL DEFAULT now(),
+                updated_at timestamptz NOT NULL DEFAULT now()
+            )"""
+        ),
+        sql.SQL(
+            """CREATE TABLE faces (
+                id bigserial PRIMARY KEY,
+                user_id bigint NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+                embedding vector({dim}) NOT NULL,
+                model text NOT NULL,
+                box real[] NOT NULL,
+                created_at timestamptz NOT NULL DEFAULT now()
+            )"""
+        ).format(dim=sql.Literal(dim)),
+        sql.SQL("CREATE INDEX faces_user_id_idx ON faces (user_id)"),
+        # HNSW, unlike IVFFlat, needs no data to build a good index, so it can exist from the start.
+        sql.SQL(
+            "CREATE INDEX {index} ON faces USING hnsw (embedding vector_cosine_ops) "
+            "WITH (m = {m}, ef_construction = {ef})"
+        ).format(
+            index=sql.Identifier(HNSW_INDEX), m=sql.Literal(HNSW_M), ef=sql.Literal(HNSW_EF_CONSTRUCTION)
+        ),
+        sql.SQL(
+            """CREATE TABLE gallery_meta (
+                singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+                model text NOT NULL,
+                dim integer NOT NULL,
+                created_at timestamptz NOT NULL DEFAULT now()
+            )"""
+        ),
+    ]
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "users, faces with an HNSW index, gallery_meta", _initial_schema),
+)
+
+
+def migrate(conn: psycopg.Connection, model: str, dim: int) -> list[int]:
+    """Bring the schema up to date and check the recorded model; return the versions applied now.
+
+    Raises ModelMismatchError when the gallery was created for another model or dimension.
+    """
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+        conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+        conn.execute(
+            """CREATE TABLE IF NOT EXISTS schema_migrations (
+                version integer PRIMARY KEY,
+                description text NOT NULL,
+                applied_at timestamptz NOT NULL DEFAULT now()
+            )"""
+        )
+        done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
+        pending = [m for m in MIGRATIONS if m.version not in done]
+        for migration in pending:
+            logger.info("applying schema migration %d: %s", migration.version, migration.description)
+            for statement in migration.statements(dim):
+                conn.execute(statement)
+            conn.execute(
+                "INSERT INTO schema_migrations (version, description) VALUES (%s, %s)",
+                (migration.version, migration.description),
+            )
+        _check_model(conn, model, dim)
+    return [m.version for m in pending]
+
+
+def _check_model(conn: psycopg.Connection, model: str, dim: int) -> None:
+    """Record the model of a new gallery; refuse another model on an existing one."""
+    row = conn.execute("SELECT model, dim FROM gallery_meta").fetchone()
+    if row is None:
+        conn.execute("INSERT INTO gallery_meta (model, dim) VALUES (%s, %s)", (model, dim))
+        return
+    stored_model, stored_dim = row
+    if (stored_model, stored_dim) != (model, dim):
+        raise ModelMismatchError(stored_model, stored_dim, model, dim)

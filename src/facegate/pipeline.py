@@ -1,0 +1,84 @@
+"""detect → align → embed: the one path from a decoded image to faces with vectors.
+
+The API, the CLI and the benchmarks all go through `Pipeline`, so they see the same faces and
+the same vectors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from facegate.config import Settings
+from facegate.detection import MTCNN, DetectionParams
+from facegate.embedding import Embedder, create_embedder
+from facegate.faces import Face
+
+
+# A face narrower than this fraction of the largest face does not compete with it for registration.
+BACKGROUND_FACE_RATIO = 0.4
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddedFace:
+    face: Face
+    embedding: np.ndarray
+
+
+class NoFaceError(ValueError):
+    """The image holds no face (or, for registration, not exactly one)."""
+
+
+class Pipeline:
+    """The models of one process, loaded once and shared by every request."""
+
+    def __init__(self, detector: MTCNN, embedder: Embedder) -> None:
+        self.detector = detector
+        self.embedder = embedder
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Pipeline:
+        providers = None if settings.onnx_providers == "auto" else settings.onnx_providers.split(",")
+        detector = MTCNN(providers=providers, threads=settings.onnx_threads)
+        return cls(detector, create_embedder(settings))
+
+    def detect(self, image: np.ndarray, params: DetectionParams | None = None) -> list[Face]:
+        """Faces in order of decreasing score, as the detection API reports them."""
+        return self.detector.detect(image, params or DetectionParams())
+
+    def analyse(self, image: np.ndarray, params: DetectionParams | None = None) -> list[EmbeddedFace]:
+        """Every face with its embedding, largest first (the order recognition reports)."""
+        faces = self._largest_first(image, params)
+        if not faces:
+            return []
+        embeddings = self.embedder.embed(image, faces)
+        return [EmbeddedFace(face, vector) for face, vector in zip(faces, embeddings, strict=True)]
+
+    def single_face(self, image: np.ndarray) -> EmbeddedFace:
+        """The one face of a registration photo; `NoFaceError` when there is none or several.
+
+        Faces much smaller than the largest (under `BACKGROUND_FACE_RATIO` of its width) are
+        background: passers-by, posters, or MTCNN's small false positives on portraits. They do
+        not make a portrait ambiguous; a second face of comparable size does.
+        """
+        faces = self._largest_first(image)
+        if not faces:
+            raise NoFaceError("exactly one face is needed, found no face")
+        rivals = [face for face in faces if face.width >= BACKGROUND_FACE_RATIO * faces[0].width]
+        if len(rivals) > 1:
+            raise NoFaceError(f"exactly one face is needed, found {len(rivals)} faces of similar size")
+        return self._embed_one(image, faces[0])
+
+    def largest_face(self, image: np.ndarray) -> EmbeddedFace:
+        """The largest face only (verification compares one face per photo)."""
+        faces = self._largest_first(image)
+        if not faces:
+            raise NoFaceError("no face found in the image")
+        return self._embed_one(image, faces[0])
+
+    def _largest_first(self, image: np.ndarray, params: DetectionParams | None = None) -> list[Face]:
+        return sorted(self.detect(image, params), key=lambda face: face.area, reverse=True)
+
+    def _embed_one(self, image: np.ndarray, face: Face) -> EmbeddedFace:
+        return EmbeddedFace(face, self.embedder.embed(image, [face])[0])

@@ -1,0 +1,1 @@
+"""The Streamlit web UI; it talks to the API over HTTP only (`facegate.ui.client`)."""

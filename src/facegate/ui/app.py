@@ -1,0 +1,45 @@
+"""The FaceGate web UI: `streamlit run src/facegate/ui/app.py` (or `facegate ui`).
+
+Settings come from the environment: `API_URL` (the API to talk to) and `APP_TOKEN` (its key).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import streamlit as st
+
+from facegate.ui.client import ApiError
+from facegate.ui.widgets import api
+
+VIEWS = Path(__file__).parent / "views"
+
+
+def api_status() -> None:
+    """The API's address and health in the sidebar, so a dead or misconfigured API is obvious."""
+    client = api()
+    st.sidebar.caption(f"API: {client.base_url}")
+    try:
+        health = client.health()
+    except ApiError as exc:
+        st.sidebar.error(f"API unavailable: {exc}")
+        return
+    st.sidebar.caption(
+        f"Status: {health.get('status')} · database {health.get('database')} · "
+        f"model {health.get('embedding_model', '?')}"
+    )
+
+
+def main() -> None:
+    st.set_page_config(page_title="FaceGate", page_icon=":material/face:", layout="wide")
+    pages = [
+        st.Page(VIEWS / "detect.py", title="Detect", icon=":material/center_focus_strong:", default=True),
+        st.Page(VIEWS / "gallery.py", title="Gallery", icon=":material/group:"),
+        st.Page(VIEWS / "recognize.py", title="Recognise", icon=":material/person_search:"),
+    ]
+    page = st.navigation(pages)
+    api_status()
+    page.run()
+
+
+main()

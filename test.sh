@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Runs the linters and the whole test suite, installing what they need first.
+# Extra arguments go to pytest (e.g. ./test.sh -k detect).
+set -euo pipefail
+cd "$(dirname "$0")"
+scripts/setup.sh test
+.venv/bin/ruff check src tests benchmarks
+.venv/bin/ruff format --check src tests benchmarks
+exec .venv/bin/python -m pytest "$@"

@@ -1,0 +1,187 @@
+"""Real servers for the end-to-end tests: the API (uvicorn), the UI (streamlit) and nginx.
+
+Each runs as a child process on a free loopback port, logs into the test's temporary folder and is
+stopped by its pid when the `with` block ends. A server that does not come up fails the test with
+the tail of its log.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+from facegate.config import Settings
+
+logger = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parents[1]
+NGINX_TEMPLATE = REPO / "deploy" / "nginx.conf"
+UI_SCRIPT = REPO / "src" / "facegate" / "ui" / "app.py"
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+
+# The API loads its models, starts its embedded PostgreSQL and may convert a model first.
+API_START_TIMEOUT = 300.0
+START_TIMEOUT = 60.0
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def clean_env(**overrides: str) -> dict[str, str]:
+    """This process's environment without any FaceGate setting, plus `overrides`.
+
+    A developer's DATABASE_URL or APP_TOKEN must not leak into the servers under test.
+    """
+    env = {k: v for k, v in os.environ.items() if k.lower() not in Settings.model_fields}
+    env.update(overrides)
+    return env
+
+
+@contextmanager
+def child(name: str, command: list[str], log_dir: Path, env: Mapping[str, str]) -> Iterator[Path]:
+    """Run `command` in its own session (its cwd is `log_dir`, so no stray `.env` is read); yield its log."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log = log_dir / f"{name}.log"
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            command, cwd=log_dir, env=dict(env), stdout=sink, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        yield log
+    finally:
+        _stop(process, name)
+
+
+def _stop(process: subprocess.Popen[bytes], name: str) -> None:
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        logger.warning("%s (pid %d) ignored SIGTERM; killing it", name, process.pid)
+        process.kill()
+        process.wait()
+
+
+def wait_until_up(url: str, log: Path, timeout: float) -> None:
+    """Poll `url` until it answers 2xx; fail with the server's log when it does not in time."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=2.0).is_success:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    tail = log.read_text(errors="replace")[-3000:] if log.exists() else "(no log)"
+    raise RuntimeError(f"{url} did not come up within {timeout:.0f} s; log {log}:\n{tail}")
+
+
+@contextmanager
+def api_server(work: Path, token: str, root_path: str = "") -> Iterator[str]:
+    """The API with its embedded PostgreSQL in `work/data`; yields its base URL."""
+    port = free_port()
+    env = clean_env(APP_TOKEN=token, FACEGATE_DATA_DIR=str(work / "data"), API_ROOT_PATH=root_path)
+    command = [
+        sys.executable, "-m", "uvicorn", "--factory", "facegate.api.app:create_app",
+        "--host", "127.0.0.1", "--port", str(port),
+    ]  # fmt: skip
+    with child("api", command, work, env) as log:
+        url = f"http://127.0.0.1:{port}"
+        wait_until_up(f"{url}/health", log, API_START_TIMEOUT)
+        yield url
+
+
+@contextmanager
+def ui_server(work: Path, api_url: str, token: str, port: int) -> Iterator[str]:
+    """The Streamlit UI on `port`, talking to `api_url`; yields its base URL."""
+    env = clean_env(API_URL=api_url, APP_TOKEN=token, FACEGATE_DATA_DIR=str(work / "ui-data"))
+    command = [
+        sys.executable, "-m", "streamlit", "run", str(UI_SCRIPT),
+        "--server.address", "127.0.0.1", "--server.port", str(port), "--server.headless", "true",
+        "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",
+        "--server.maxUploadSize", "20",
+    ]  # fmt: skip
+    with child("ui", command, work, env) as log:
+        url = f"http://127.0.0.1:{port}"
+        wait_until_up(f"{url}/_stcore/health", log, START_TIMEOUT)
+        yield url
+
+
+def render_nginx_template(values: Mapping[str, str]) -> str:
+    """`deploy/nginx.conf` with its ${NAME} placeholders filled, as the nginx image's envsubst does."""
+    text = NGINX_TEMPLATE.read_text()
+    wanted = set(re.findall(r"\$\{(\w+)\}", text))
+    if missing := wanted - set(values):
+        raise KeyError(f"no value for the placeholders {sorted(missing)}")
+    return re.sub(r"\$\{(\w+)\}", lambda m: values[m.group(1)], text)
+
+
+def nginx_main_config(work: Path, values: Mapping[str, str]) -> Path:
+    """A whole nginx.conf around the project's server block filled with `values`, paths inside `work`.
+
+    The wrapper stands in for the nginx image's own /etc/nginx/nginx.conf, so nothing under /etc or
+    /var is touched; `user root` because the temporary folder is private to this user.
+    """
+    work.mkdir(parents=True, exist_ok=True)
+    server = work / "facegate.conf"
+    server.write_text(render_nginx_template(values))
+    main = work / "nginx.conf"
+    main.write_text(
+        f"""
+        {"user root;" if os.geteuid() == 0 else ""}
+        daemon off;
+        worker_processes 1;
+        pid {work}/nginx.pid;
+        error_log {work}/error.log info;
+        events {{ worker_connections 256; }}
+        http {{
+            include /etc/nginx/mime.types;
+            access_log {work}/access.log;
+            client_body_temp_path {work}/client_body;
+            proxy_temp_path {work}/proxy;
+            fastcgi_temp_path {work}/fastcgi;
+            uwsgi_temp_path {work}/uwsgi;
+            scgi_temp_path {work}/scgi;
+            include {server};
+        }}
+        """
+    )
+    return main
+
+
+@contextmanager
+def nginx_server(work: Path, port: int, api: str, ui: str) -> Iterator[str]:
+    """nginx on `port` with the project's config in front of `api` and `ui` (host:port); yields its URL.
+
+    It is ready once the API answers through it; the UI may start later.
+    """
+    values = {
+        "NGINX_PORT": f"127.0.0.1:{port}",
+        "NGINX_RESOLVER": "127.0.0.1",  # never asked: the upstreams are addresses, not names
+        "API_UPSTREAM": api,
+        "UI_UPSTREAM": ui,
+    }
+    config = nginx_main_config(work / "nginx", values)
+    # -e: the start-up error log, before the config's own error_log applies (nginx >= 1.19.5).
+    command = [NGINX, "-c", str(config), "-e", str(work / "nginx" / "startup.log")]
+    with child("nginx", command, work, clean_env()) as log:
+        url = f"http://127.0.0.1:{port}"
+        wait_until_up(f"{url}/api/health", log, START_TIMEOUT)
+        yield url

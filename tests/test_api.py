@@ -1,0 +1,359 @@
+"""The REST API end to end through FastAPI's test client, on the embedded PostgreSQL and real models."""
+
+from __future__ import annotations
+
+import io
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from tests.conftest import API_KEY
+from tests.data import FACES
+
+PORTRAITS = FACES / "portraits"
+GROUPS = FACES / "groups"
+OBAMA = PORTRAITS / "Barack_Obama"
+BIDEN = PORTRAITS / "Joe_Biden"
+
+
+def upload(path: Path, field: str = "file") -> dict:
+    return {field: (path.name, path.read_bytes(), "application/octet-stream")}
+
+
+def unique(name: str) -> str:
+    return f"{name} {uuid.uuid4().hex[:8]}"
+
+
+def png_bytes(width: int, height: int, mode: str = "RGB") -> bytes:
+    buffer = io.BytesIO()
+    Image.new(mode, (width, height)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def gallery_size(client: TestClient) -> tuple[int, int]:
+    stats = client.get("/stats").json()
+    return stats["total_users"], stats["total_faces"]
+
+
+# --- open endpoints and auth ---------------------------------------------------------------------
+
+
+def test_root_lists_endpoints_without_a_key(anonymous: TestClient) -> None:
+    body = anonymous.get("/").json()
+    assert body["service"] == "FaceGate"
+    assert {"/detect", "/recognize", "/register", "/users/{user_id}"} <= set(body["endpoints"])
+
+
+def test_health_reports_the_database_and_model(anonymous: TestClient) -> None:
+    response = anonymous.get("/health")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["status"] == "healthy" and body["database"] == "connected"
+    assert body["embedding_dimension"] == 128
+    assert 0 < body["threshold"] < 1
+
+
+def test_docs_and_openapi_are_open(anonymous: TestClient) -> None:
+    assert anonymous.get("/docs").status_code == 200
+    spec = anonymous.get("/openapi.json").json()
+    assert "X-API-Key" in str(spec["components"]["securitySchemes"])
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("post", "/detect"), ("post", "/detect/annotated"), ("post", "/register"), ("post", "/recognize"),
+     ("post", "/verify"), ("get", "/users"), ("get", "/users/1"), ("delete", "/users/1"),
+     ("post", "/users/1/faces"), ("get", "/stats")],
+)  # fmt: skip
+@pytest.mark.parametrize("key", [None, "wrong-key", API_KEY + "x", ""])
+def test_protected_endpoints_need_the_right_key(
+    anonymous: TestClient, method: str, path: str, key: str | None
+) -> None:
+    headers = {} if key is None else {"X-API-Key": key}
+    response = anonymous.request(method, path, headers=headers)
+    assert response.status_code == 401
+    assert "API key" in response.json()["detail"]
+
+
+# --- detection -----------------------------------------------------------------------------------
+
+
+def test_detect_finds_every_face_of_a_group(client: TestClient) -> None:
+    response = client.post("/detect", files=upload(GROUPS / "fr_two_people.jpg"))
+    assert response.status_code == 200
+    body = response.json()
+    assert len(body["boxes"]) == len(body["scores"]) == len(body["keypoints"]) == 2
+    assert body["scores"] == sorted(body["scores"], reverse=True)
+    for box, points in zip(body["boxes"], body["keypoints"], strict=True):
+        x1, y1, x2, y2 = box
+        assert x1 < x2 and y1 < y2
+        assert set(points) == {"left_eye", "right_eye", "nose", "mouth_left", "mouth_right"}
+        assert points["left_eye"][0] < points["right_eye"][0]  # viewer's left
+        assert x1 <= points["nose"][0] <= x2 and y1 <= points["nose"][1] <= y2
+
+
+def test_detect_parameters_change_the_result(client: TestClient) -> None:
+    path = GROUPS / "deepface_selfie-many-people.jpg"
+    default = client.post("/detect", files=upload(path)).json()
+    strict = client.post("/detect", params={"threshold_onet": 0.99}, files=upload(path)).json()
+    large = client.post("/detect", params={"min_face_size": 150}, files=upload(path)).json()
+    assert len(default["boxes"]) >= 5
+    assert len(strict["boxes"]) < len(default["boxes"])
+    assert all(s >= 0.99 for s in strict["scores"])
+    assert len(large["boxes"]) < len(default["boxes"])
+
+
+def test_detect_on_a_photo_without_faces_returns_empty_lists(client: TestClient) -> None:
+    body = client.post("/detect", files=upload(FACES / "noface" / "skimage_coffee.png")).json()
+    assert body == {"boxes": [], "scores": [], "keypoints": []}
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpeg"])
+def test_detect_annotated_returns_the_image_with_marks(client: TestClient, fmt: str) -> None:
+    path = GROUPS / "fr_two_people.jpg"
+    response = client.post("/detect/annotated", params={"format": fmt}, files=upload(path))
+    assert response.status_code == 200
+    assert response.headers["content-type"] == f"image/{fmt}"
+    drawn = np.asarray(Image.open(io.BytesIO(response.content)).convert("RGB"))
+    original = np.asarray(Image.open(path).convert("RGB"))
+    assert drawn.shape == original.shape
+    assert np.abs(drawn.astype(int) - original.astype(int)).max() > 100  # something was drawn
+
+
+@pytest.mark.parametrize(
+    "params",
+    [{"min_face_size": -1}, {"min_face_size": 0}, {"min_face_size": "big"}, {"threshold_pnet": 1.5},
+     {"threshold_rnet": -0.1}, {"threshold_onet": "nan"}, {"threshold_pnet": "inf"}],
+)  # fmt: skip
+def test_detect_parameters_out_of_range_are_422(client: TestClient, params: dict) -> None:
+    response = client.post("/detect", params=params, files=upload(OBAMA / "fr_obama_small.jpg"))
+    assert response.status_code == 422
+    assert response.json()["detail"]
+
+
+def test_detect_without_a_file_is_422(client: TestClient) -> None:
+    assert client.post("/detect").status_code == 422
+
+
+# --- bad uploads: the documented 4xx, and the gallery unchanged ---------------------------------
+
+BAD_UPLOADS = {
+    "text named .jpg": (b"hello, I am not a photo\n", 415),
+    "zero bytes": (b"", 400),
+    "truncated jpeg": ((OBAMA / "fr_obama.jpg").read_bytes()[:4000], 400),
+    "png bomb 30000x30000": (png_bytes(30_000, 30_000, "L"), 413),
+    "gif": (b"GIF89a" + b"\x00" * 64, 415),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_UPLOADS))
+@pytest.mark.parametrize(
+    ("path", "field"), [("/detect", "file"), ("/recognize", "image"), ("/register", "image")]
+)
+def test_bad_uploads_get_the_documented_status(client: TestClient, case: str, path: str, field: str) -> None:
+    data, expected = BAD_UPLOADS[case]
+    before = gallery_size(client)
+    form = {"name": unique("bad upload")} if path == "/register" else None
+    response = client.post(path, data=form, files={field: ("photo.jpg", data, "image/jpeg")})
+    assert response.status_code == expected, response.text
+    assert response.json()["detail"]
+    assert gallery_size(client) == before
+
+
+def test_upload_over_the_byte_limit_is_413(client: TestClient) -> None:
+    data = b"\xff\xd8\xff" + b"\x00" * (21 * 1024 * 1024)
+    response = client.post("/detect", files={"file": ("big.jpg", data, "image/jpeg")})
+    assert response.status_code == 413
+    assert "limit" in response.json()["detail"]
+
+
+# --- registration and the gallery --------------------------------------------------------------
+
+
+def test_register_then_recognise_another_photo(client: TestClient) -> None:
+    # fr_obama.jpg also holds a small (56 px vs 244 px) background detection: not a rival face.
+    name = unique("Barack Obama")
+    response = client.post("/register", data={"name": name}, files=upload(OBAMA / "fr_obama.jpg", "image"))
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert body["status"] == "success" and body["name"] == name and body["embedding_dimension"] == 128
+
+    result = client.post("/recognize", files=upload(OBAMA / "fr_obama2.jpg", "image")).json()
+    assert result["status"] == "match"
+    assert result["matched_user"] == {"id": body["user_id"], "name": name}
+    assert 0 <= result["distance"] <= result["threshold"]
+    assert result["confidence"] == pytest.approx(1 - result["distance"])
+    assert len(result["faces"]) == 1 and result["faces"][0]["matched_user"]["name"] == name
+    client.delete(f"/users/{body['user_id']}")
+
+
+def test_register_refuses_a_duplicate_name_and_keeps_the_first(client: TestClient) -> None:
+    name = unique("Joe Biden")
+    first = client.post("/register", data={"name": name}, files=upload(BIDEN / "fr_biden.jpg", "image"))
+    assert first.status_code == 201
+    before = gallery_size(client)
+    again = client.post(
+        "/register", data={"name": f"  {name} "}, files=upload(BIDEN / "fr_biden2.jpg", "image")
+    )
+    assert again.status_code == 409
+    assert name in again.json()["detail"]
+    assert gallery_size(client) == before
+    assert client.get(f"/users/{first.json()['user_id']}").json()["face_count"] == 1
+    client.delete(f"/users/{first.json()['user_id']}")
+
+
+@pytest.mark.parametrize(
+    ("path", "reason"),
+    [
+        (FACES / "noface" / "skimage_chelsea.png", "no face"),
+        (GROUPS / "fr_two_people.jpg", "2 faces"),
+        (PORTRAITS / "_unlabelled" / "mtcnn_ivan.jpg", "2 faces"),  # a second face of similar size
+    ],
+)
+def test_register_needs_exactly_one_face(client: TestClient, path: Path, reason: str) -> None:
+    before = gallery_size(client)
+    response = client.post("/register", data={"name": unique("nobody")}, files=upload(path, "image"))
+    assert response.status_code == 422
+    assert reason in response.json()["detail"]
+    assert gallery_size(client) == before
+
+
+@pytest.mark.parametrize("name", ["", "   ", "x" * 201, "bad\x00name", "tab\tname", "bidi\u202ename"])
+def test_register_refuses_bad_names(client: TestClient, name: str) -> None:
+    before = gallery_size(client)
+    response = client.post(
+        "/register", data={"name": name}, files=upload(OBAMA / "fr_obama_small.jpg", "image")
+    )
+    assert response.status_code == 422
+    assert gallery_size(client) == before
+
+
+def test_unicode_names_are_normalised(client: TestClient) -> None:
+    composed = unique("Zoë")
+    decomposed = composed.replace("ë", "e\u0308")
+    first = client.post("/register", data={"name": decomposed}, files=upload(BIDEN / "fr_biden.jpg", "image"))
+    assert first.status_code == 201 and first.json()["name"] == composed
+    second = client.post("/register", data={"name": composed}, files=upload(BIDEN / "fr_biden2.jpg", "image"))
+    assert second.status_code == 409
+    client.delete(f"/users/{first.json()['user_id']}")
+
+
+def test_users_pages_get_add_face_and_delete(client: TestClient) -> None:
+    name = unique("Kit Harington")
+    user_id = client.post(
+        "/register", data={"name": name}, files=upload(PORTRAITS / "Kit_Harington" / "fr_john2.jpeg", "image")
+    ).json()["user_id"]
+
+    added = client.post(
+        f"/users/{user_id}/faces", files=upload(PORTRAITS / "Kit_Harington" / "fr_john1.jpeg", "image")
+    )
+    assert added.status_code == 201, added.text
+    assert added.json()["face_count"] == 2
+    user = client.get(f"/users/{user_id}").json()
+    assert user["name"] == name and user["face_count"] == 2
+
+    total = client.get("/users", params={"limit": 1}).json()["total"]
+    seen = []
+    for offset in range(total):
+        page = client.get("/users", params={"offset": offset, "limit": 1}).json()
+        assert len(page["users"]) == 1 and page["total"] == total
+        seen.append(page["users"][0]["id"])
+    assert user_id in seen and len(set(seen)) == total
+
+    users_before, faces_before = gallery_size(client)
+    assert client.delete(f"/users/{user_id}").status_code == 200
+    assert gallery_size(client) == (users_before - 1, faces_before - 2)  # both faces went with the user
+    assert client.get(f"/users/{user_id}").status_code == 404
+    assert client.delete(f"/users/{user_id}").status_code == 404
+
+
+def test_unknown_ids_are_404_and_nothing_changes(client: TestClient) -> None:
+    before = gallery_size(client)
+    assert client.get("/users/987654321").status_code == 404
+    assert client.delete("/users/987654321").status_code == 404
+    response = client.post("/users/987654321/faces", files=upload(OBAMA / "fr_obama_small.jpg", "image"))
+    assert response.status_code == 404
+    assert "987654321" in response.json()["detail"]
+    assert client.get("/users/0").status_code == 422
+    assert client.get("/users/abc").status_code == 422
+    assert gallery_size(client) == before
+
+
+def test_add_face_needs_exactly_one_face(client: TestClient) -> None:
+    user_id = client.post(
+        "/register", data={"name": unique("Joe Biden")}, files=upload(BIDEN / "fr_biden.jpg", "image")
+    ).json()["user_id"]
+    response = client.post(f"/users/{user_id}/faces", files=upload(GROUPS / "fr_two_people.jpg", "image"))
+    assert response.status_code == 422
+    assert client.get(f"/users/{user_id}").json()["face_count"] == 1
+    client.delete(f"/users/{user_id}")
+
+
+# --- recognition and verification --------------------------------------------------------------
+
+
+def test_recognize_a_group_gives_one_result_per_face_largest_first(client: TestClient) -> None:
+    obama = client.post(
+        "/register", data={"name": unique("Obama")}, files=upload(OBAMA / "fr_obama3.jpg", "image")
+    ).json()
+    result = client.post("/recognize", files=upload(GROUPS / "fr_obama_and_biden.jpg", "image")).json()
+    faces = result["faces"]
+    assert len(faces) >= 2
+    areas = [(f["box"][2] - f["box"][0]) * (f["box"][3] - f["box"][1]) for f in faces]
+    assert areas == sorted(areas, reverse=True)
+    assert result["status"] == faces[0]["status"] and result["distance"] == faces[0]["distance"]
+    matched = [f["matched_user"]["id"] for f in faces if f["matched_user"]]
+    assert matched.count(obama["user_id"]) == 1
+    client.delete(f"/users/{obama['user_id']}")
+
+
+def test_recognize_an_unknown_person_is_no_match(client: TestClient) -> None:
+    result = client.post(
+        "/recognize", files=upload(PORTRAITS / "Steve_Carell" / "openface_carell.jpg", "image")
+    )
+    assert result.status_code == 200
+    body = result.json()
+    assert body["status"] == "no_match" and body["matched_user"] is None
+
+
+def test_recognize_threshold_parameter(client: TestClient) -> None:
+    user_id = client.post(
+        "/register", data={"name": unique("Obama")}, files=upload(OBAMA / "fr_obama.jpg", "image")
+    ).json()["user_id"]
+    photo = upload(OBAMA / "fr_obama1.jpg", "image")
+    assert client.post("/recognize", params={"threshold": 2.0}, files=photo).json()["status"] == "match"
+    zero = client.post("/recognize", params={"threshold": 0.0}, files=photo).json()
+    assert zero["status"] == "no_match" and zero["threshold"] == 0.0
+    assert client.post("/recognize", params={"threshold": -1}, files=photo).status_code == 422
+    client.delete(f"/users/{user_id}")
+
+
+def test_recognize_without_a_face_is_422(client: TestClient) -> None:
+    response = client.post("/recognize", files=upload(FACES / "noface" / "skimage_rocket.jpg", "image"))
+    assert response.status_code == 422
+    assert "no face" in response.json()["detail"]
+
+
+def test_verify_same_and_different_people(client: TestClient) -> None:
+    same = client.post(
+        "/verify",
+        files={**upload(OBAMA / "fr_obama.jpg", "image1"), **upload(OBAMA / "fr_obama1.jpg", "image2")},
+    ).json()
+    different = client.post(
+        "/verify",
+        files={**upload(OBAMA / "fr_obama.jpg", "image1"), **upload(BIDEN / "fr_biden2.jpg", "image2")},
+    ).json()
+    assert same["verified"] is True and different["verified"] is False
+    assert same["distance"] < same["threshold"] < different["distance"]
+
+
+def test_verify_without_a_face_is_422(client: TestClient) -> None:
+    files = {
+        **upload(OBAMA / "fr_obama.jpg", "image1"),
+        **upload(FACES / "noface" / "skimage_grass.png", "image2"),
+    }
+    assert client.post("/verify", files=files).status_code == 422

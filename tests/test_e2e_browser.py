@@ -1,0 +1,215 @@
+"""End to end: the API (uvicorn), the UI (streamlit) and nginx with the project's config, driven
+through nginx by headless Chromium (Debian's, via Playwright) and by plain HTTP.
+
+Screenshots go to `artifacts/e2e/` (git ignores it). Needs Debian's `nginx-light` and `chromium`;
+without them the tests are skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from playwright.sync_api import BrowserContext, Page, expect, sync_playwright
+
+from tests.data import FACES
+from tests.servers import NGINX, REPO, api_server, free_port, nginx_server, ui_server
+
+logger = logging.getLogger(__name__)
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ARTIFACTS = REPO / "artifacts" / "e2e"
+TOKEN = "e2e-" + uuid.uuid4().hex
+TWO_PEOPLE = FACES / "groups" / "fr_two_people.jpg"  # Obama (left) and Biden (right)
+OBAMA = FACES / "portraits" / "Barack_Obama"
+# A page's work: an upload, one API call on a loaded 2-core machine, the redraw.
+STEP_TIMEOUT_MS = 90_000
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not Path(NGINX).is_file(), reason=f"no nginx at {NGINX}: apt install nginx-light"),
+    pytest.mark.skipif(not CHROMIUM.is_file(), reason=f"no Chromium at {CHROMIUM}: apt install chromium"),
+]
+
+
+@dataclass(frozen=True)
+class Stack:
+    gateway: str  # nginx: the only address the browser and the HTTP checks use
+    api: str
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    work = tmp_path_factory.mktemp("e2e")
+    nginx_port, ui_port = free_port(), free_port()
+    gateway = f"http://127.0.0.1:{nginx_port}"
+    # The API is served under /api/ by nginx, so its docs must ask for /api/openapi.json.
+    ui_address = f"127.0.0.1:{ui_port}"
+    # The UI, too, reaches the API through the gateway, which puts nginx on its every request.
+    with (
+        api_server(work, TOKEN, root_path="/api") as api,
+        nginx_server(work, nginx_port, api.removeprefix("http://"), ui_address),
+        ui_server(work, f"{gateway}/api", TOKEN, ui_port),
+    ):
+        yield Stack(gateway=gateway, api=api)
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrowserContext]:
+    # Debian's Chromium, never a downloaded one; a fresh profile in a temporary folder.
+    profile = tmp_path_factory.mktemp("chromium-profile")
+    with sync_playwright() as playwright:
+        context = playwright.chromium.launch_persistent_context(
+            profile,
+            executable_path=str(CHROMIUM),
+            args=CHROMIUM_ARGS,
+            headless=True,
+            viewport={"width": 1400, "height": 1100},
+        )
+        context.set_default_timeout(STEP_TIMEOUT_MS)
+        expect.set_options(timeout=STEP_TIMEOUT_MS)  # assertions have their own default (5 s)
+        yield context
+        context.close()
+
+
+@pytest.fixture
+def page(browser: BrowserContext) -> Iterator[Page]:
+    tab = browser.new_page()
+    tab.on("console", lambda message: logger.info("browser console: %s", message.text))
+    yield tab
+    tab.close()
+
+
+def open_page(page: Page, url: str) -> None:
+    page.goto(url)
+    # The HTML shell arrives first; the app exists once Streamlit's WebSocket (through nginx) works.
+    expect(page.get_by_test_id("stApp")).to_be_visible()
+    wait_idle(page)
+
+
+def wait_idle(page: Page) -> None:
+    """Wait until Streamlit has finished the script run: its "running" indicator is gone."""
+    expect(page.get_by_test_id("stStatusWidget")).to_have_count(0)
+
+
+def wait_for_text(page: Page, text: str | re.Pattern[str]) -> None:
+    """Wait for `text` to show, then for the run that drew it to finish (screenshots come after)."""
+    expect(page.get_by_text(text).first).to_be_visible()
+    wait_idle(page)
+
+
+def upload(page: Page, uploader_label: str, photo: Path) -> None:
+    uploader = page.get_by_test_id("stFileUploader").filter(has_text=uploader_label)
+    uploader.locator("input[type=file]").set_input_files(photo)
+
+
+def screenshot(page: Page, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=ARTIFACTS / f"{name}.png", full_page=True)
+
+
+# --- the browser, through nginx ------------------------------------------------------------------
+
+
+def test_detect_in_the_browser(stack: Stack, page: Page) -> None:
+    open_page(page, stack.gateway + "/")
+    expect(page.get_by_role("heading", name="Detect faces")).to_be_visible()
+    upload(page, "Upload a photo", TWO_PEOPLE)
+    wait_for_text(page, "2 faces found")
+    expect(page.get_by_test_id("stImage").locator("img")).to_be_visible()
+    expect(page.get_by_test_id("stException")).to_have_count(0)
+    screenshot(page, "detect-two-people")
+
+
+def test_register_then_recognise_in_the_browser(stack: Stack, page: Page) -> None:
+    name = f"Barack Obama {uuid.uuid4().hex[:4]}"
+    open_page(page, stack.gateway + "/gallery")
+    page.get_by_label("Name").fill(name)
+    upload(page, "Photo with exactly one face", OBAMA / "fr_obama1.jpg")
+    page.get_by_role("button", name="Register").click()
+    wait_for_text(page, re.compile(rf"Registered {re.escape(name)} \(id \d+\)"))
+    screenshot(page, "gallery-registered")
+
+    # Another photo of him, beside a man nobody registered.
+    open_page(page, stack.gateway + "/recognize")
+    upload(page, "Upload a photo", TWO_PEOPLE)
+    wait_for_text(page, "2 faces: 1 recognised")
+    expect(page.get_by_text(f"Recognised: {name}")).to_be_visible()
+    expect(page.get_by_test_id("stException")).to_have_count(0)
+    screenshot(page, "recognise-two-people")
+
+
+# --- plain HTTP, through nginx -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def http(stack: Stack) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=stack.gateway, timeout=120.0) as client:
+        yield client
+
+
+def test_api_health_through_the_gateway(http: httpx.Client) -> None:
+    response = http.get("/api/health")
+    assert response.status_code == 200
+    assert response.json()["status"] == "healthy"
+
+
+def test_api_docs_through_the_gateway(http: httpx.Client) -> None:
+    docs = http.get("/api/docs")
+    assert docs.status_code == 200
+    assert "/api/openapi.json" in docs.text  # the page asks for the schema under the prefix
+    schema = http.get("/api/openapi.json")
+    assert schema.status_code == 200
+    assert "/detect" in schema.json()["paths"]
+
+
+def test_detect_through_the_gateway(http: httpx.Client) -> None:
+    response = http.post(
+        "/api/detect",
+        headers={"X-API-Key": TOKEN},
+        params={"min_face_size": 40},
+        files={"file": (TWO_PEOPLE.name, TWO_PEOPLE.read_bytes())},
+    )
+    assert response.status_code == 200, response.text
+    assert len(response.json()["boxes"]) == 2
+
+
+def test_key_is_still_required_through_the_gateway(http: httpx.Client) -> None:
+    response = http.post("/api/detect", files={"file": (TWO_PEOPLE.name, TWO_PEOPLE.read_bytes())})
+    assert response.status_code == 401
+    assert "detail" in response.json()
+
+
+def test_oversized_upload_is_refused_with_413(http: httpx.Client) -> None:
+    body = b"\xff\xd8\xff" + bytes(25 * 1024 * 1024)  # a 25 MB "JPEG"
+    response = http.post("/api/detect", headers={"X-API-Key": TOKEN}, files={"file": ("big.jpg", body)})
+    assert response.status_code == 413
+    assert "detail" in response.json()
+
+
+def test_request_id_is_kept_or_made(http: httpx.Client) -> None:
+    given = http.get("/api/health", headers={"X-Request-ID": "trace-me-42"})
+    assert given.headers["X-Request-ID"] == "trace-me-42"
+    made = http.get("/api/health")
+    assert re.fullmatch(r"[0-9a-f]{32}", made.headers["X-Request-ID"])
+
+
+def test_ui_is_served_at_the_root(http: httpx.Client) -> None:
+    response = http.get("/")
+    assert response.status_code == 200
+    assert "<noscript>" in response.text.lower() or "streamlit" in response.text.lower()

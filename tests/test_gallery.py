@@ -1,0 +1,357 @@
+"""The gallery on a real embedded PostgreSQL + pgvector server (fixtures in conftest.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import psycopg
+import pytest
+
+from facegate.config import Settings
+from facegate.gallery import (
+    DuplicateNameError,
+    EmbeddedServer,
+    Gallery,
+    GalleryUnavailable,
+    ModelMismatchError,
+    UnknownUserError,
+    resolve_dsn,
+)
+from facegate.gallery.schema import migrate
+
+BOX = (10.0, 20.0, 110.0, 140.0)
+
+
+def unit(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
+    vectors = rng.standard_normal((n, dim)).astype(np.float32)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def cosine_distances(queries: np.ndarray, vectors: np.ndarray) -> np.ndarray:
+    """Exact 1 - cos, in float64: the reference the database is compared with."""
+    q = queries.astype(np.float64)
+    v = vectors.astype(np.float64)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    return 1.0 - q @ v.T
+
+
+# --- schema --------------------------------------------------------------------------------------
+
+
+def test_migrations_apply_once(gallery_dsn: str) -> None:
+    with psycopg.connect(gallery_dsn) as conn:
+        assert migrate(conn, "m", 16) == [1]
+        assert migrate(conn, "m", 16) == []
+        assert conn.execute("SELECT version FROM schema_migrations").fetchall() == [(1,)]
+        assert conn.execute("SELECT model, dim FROM gallery_meta").fetchall() == [("m", 16)]
+        column_type = conn.execute(
+            "SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
+            "WHERE attrelid = 'faces'::regclass AND attname = 'embedding'"
+        ).fetchone()
+        assert column_type == ("vector(16)",)
+
+
+def test_workers_opening_together_migrate_once(gallery_dsn: str) -> None:
+    with ThreadPoolExecutor(6) as pool:
+        galleries = list(pool.map(lambda _: Gallery.open(gallery_dsn, "m", 16, timeout=5.0), range(6)))
+    for opened in galleries:
+        opened.close()
+    with psycopg.connect(gallery_dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM schema_migrations").fetchone() == (1,)
+
+
+@pytest.mark.parametrize(("model", "dim"), [("other-model", 16), ("test-model", 32)])
+def test_another_model_is_refused(gallery: Gallery, gallery_dsn: str, model: str, dim: int) -> None:
+    with pytest.raises(ModelMismatchError) as caught:
+        Gallery.open(gallery_dsn, model, dim)
+    message = str(caught.value)
+    assert "'test-model' (16-D)" in message
+    assert f"{model!r} ({dim}-D)" in message
+    assert "FACEGATE_DATA_DIR" in message
+
+
+# --- people and faces ----------------------------------------------------------------------------
+
+
+def test_add_get_and_add_face(gallery: Gallery) -> None:
+    rng = np.random.default_rng(1)
+    user = gallery.add_user("Ada Lovelace", unit(rng, 1, gallery.dim)[0], BOX)
+    assert (user.name, user.face_count) == ("Ada Lovelace", 1)
+    assert gallery.get_user(user.id) == user
+
+    face = gallery.add_face(user.id, unit(rng, 1, gallery.dim)[0], [1, 2, 3, 4])
+    assert (face.user_id, face.model, face.box) == (user.id, gallery.model, (1.0, 2.0, 3.0, 4.0))
+    again = gallery.get_user(user.id)
+    assert again.face_count == 2
+    assert again.updated_at > user.updated_at
+    assert gallery.stats().total_faces == 2
+
+
+def test_list_users_pages_in_id_order(gallery: Gallery) -> None:
+    vectors = unit(np.random.default_rng(2), 5, gallery.dim)
+    ids = [gallery.add_user(f"person {i}", vectors[i], BOX).id for i in range(5)]
+    pages = [gallery.list_users(offset, 2) for offset in (0, 2, 4, 6)]
+    assert [[u.id for u in users] for users, _ in pages] == [ids[0:2], ids[2:4], ids[4:], []]
+    assert {total for _, total in pages} == {5}
+
+
+def test_delete_cascades_to_faces(gallery: Gallery) -> None:
+    rng = np.random.default_rng(3)
+    gone = gallery.add_user("gone", unit(rng, 1, gallery.dim)[0], BOX)
+    gallery.add_face(gone.id, unit(rng, 1, gallery.dim)[0], BOX)
+    kept = gallery.add_user("kept", unit(rng, 1, gallery.dim)[0], BOX)
+
+    gallery.delete_user(gone.id)
+
+    with pytest.raises(UnknownUserError):
+        gallery.get_user(gone.id)
+    stats = gallery.stats()
+    assert (stats.total_users, stats.total_faces) == (1, 1)
+    hits = gallery.search(unit(rng, 3, gallery.dim), k=5)
+    assert all([m.user_id for m in matches] == [kept.id] for matches in hits)
+
+
+def test_unknown_ids(gallery: Gallery) -> None:
+    vector = unit(np.random.default_rng(4), 1, gallery.dim)[0]
+    with pytest.raises(UnknownUserError):
+        gallery.get_user(12345)
+    with pytest.raises(UnknownUserError):
+        gallery.delete_user(12345)
+    with pytest.raises(UnknownUserError):
+        gallery.add_face(12345, vector, BOX)
+    assert gallery.stats().total_faces == 0
+
+
+def test_duplicate_name_leaves_nothing_behind(gallery: Gallery) -> None:
+    vectors = unit(np.random.default_rng(5), 2, gallery.dim)
+    gallery.add_user("Grace", vectors[0], BOX)
+    with pytest.raises(DuplicateNameError):
+        gallery.add_user("Grace", vectors[1], BOX)
+    stats = gallery.stats()
+    assert (stats.total_users, stats.total_faces) == (1, 1)
+
+
+def test_concurrent_duplicates_exactly_one_wins(gallery: Gallery) -> None:
+    vectors = unit(np.random.default_rng(6), 20, gallery.dim)
+    start = threading.Barrier(20)
+
+    def register(i: int) -> str:
+        start.wait()
+        try:
+            gallery.add_user("Same Name", vectors[i], BOX)
+        except DuplicateNameError:
+            return "duplicate"
+        return "created"
+
+    with ThreadPoolExecutor(20) as pool:
+        outcomes = list(pool.map(register, range(20)))
+    assert sorted(outcomes) == ["created"] + ["duplicate"] * 19
+    stats = gallery.stats()
+    assert (stats.total_users, stats.total_faces) == (1, 1)
+
+
+@pytest.mark.parametrize("bad", [np.zeros(16), np.full(16, np.nan), np.ones(8)])
+def test_unusable_embeddings_are_refused(gallery: Gallery, bad: np.ndarray) -> None:
+    with pytest.raises(ValueError):
+        gallery.add_user("x", bad, BOX)
+
+
+# --- search --------------------------------------------------------------------------------------
+
+
+def test_search_matches_exact_cosine(gallery: Gallery) -> None:
+    rng = np.random.default_rng(7)
+    vectors = unit(rng, 40, gallery.dim)
+    ids = np.array([gallery.add_user(f"p{i}", vectors[i], BOX).id for i in range(40)])
+    queries = unit(rng, 10, gallery.dim) * 3.0  # scale must not matter for cosine distance
+
+    results = gallery.search(queries, k=5)
+
+    exact = cosine_distances(queries, vectors)
+    for row, matches in zip(exact, results, strict=True):
+        order = np.argsort(row)[:5]
+        assert [m.user_id for m in matches] == ids[order].tolist()
+        assert [m.name for m in matches] == [f"p{i}" for i in order]
+        np.testing.assert_allclose([m.distance for m in matches], row[order], atol=1e-5)
+
+
+def test_person_with_many_faces_counts_once(gallery: Gallery) -> None:
+    rng = np.random.default_rng(8)
+    query = unit(rng, 1, gallery.dim)[0]
+    # 15 faces of one person all nearer than anyone else: more than the first candidate fetch.
+    near = query + 0.05 * unit(rng, 15, gallery.dim)
+    crowd = gallery.add_user("crowd", near[0], BOX)
+    for vector in near[1:]:
+        gallery.add_face(crowd.id, vector, BOX)
+    others = [gallery.add_user(f"other {i}", v, BOX).id for i, v in enumerate(unit(rng, 5, gallery.dim))]
+
+    (matches,) = gallery.search(query[np.newaxis], k=3)
+
+    assert len(matches) == 3
+    assert matches[0].user_id == crowd.id
+    np.testing.assert_allclose(matches[0].distance, cosine_distances(query[None], near).min(), atol=1e-5)
+    assert {m.user_id for m in matches[1:]} <= set(others)
+
+
+def test_search_on_empty_gallery(gallery: Gallery) -> None:
+    assert gallery.search(unit(np.random.default_rng(9), 2, gallery.dim)) == [[], []]
+
+
+def test_hnsw_agrees_with_exact_search(gallery_dsn: str) -> None:
+    dim, people, clusters = 128, 3000, 60
+    rng = np.random.default_rng(10)
+    centres = unit(rng, clusters, dim)
+    # Face-like data: people spread around a few dozen directions, not uniform noise.
+    vectors = centres[rng.integers(0, clusters, people)] + 0.6 * unit(rng, people, dim) / np.sqrt(2)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    queries = vectors[rng.choice(people, 200, replace=False)] + 0.3 * unit(rng, 200, dim) / np.sqrt(2)
+
+    gallery = Gallery.open(gallery_dsn, "bench", dim)
+    try:
+        with psycopg.connect(gallery_dsn) as conn:
+            conn.execute("INSERT INTO users (name) SELECT 'p' || i FROM generate_series(1, %s) i", (people,))
+            with conn.cursor().copy("COPY faces (user_id, embedding, model, box) FROM STDIN") as copy:
+                for i, vector in enumerate(vectors, start=1):
+                    copy.write_row((i, "[" + ",".join(map(str, vector)) + "]", "bench", "{0,0,1,1}"))
+            plan = conn.execute(
+                "EXPLAIN SELECT id FROM faces ORDER BY embedding <=> %s::vector LIMIT 10",
+                ("[" + ",".join(["1"] * dim) + "]",),
+            ).fetchall()
+        assert any("faces_embedding_hnsw_idx" in line for (line,) in plan)
+
+        found = [matches[0].user_id for matches in gallery.search(queries, k=1)]
+    finally:
+        gallery.close()
+    exact = np.argmin(cosine_distances(queries, vectors), axis=1) + 1
+    assert np.mean(np.array(found) == exact) >= 0.99
+
+
+# --- the server: restarts, outages, sharing ------------------------------------------------------
+
+
+def test_data_survives_a_server_restart(pg_server: EmbeddedServer, gallery_dsn: str) -> None:
+    vector = unit(np.random.default_rng(11), 1, 16)[0]
+    gallery = Gallery.open(gallery_dsn, "m", 16)
+    user = gallery.add_user("Persistent", vector, BOX)
+    gallery.close()
+
+    pg_server.stop()
+    pg_server.start()
+
+    gallery = Gallery.open(gallery_dsn, "m", 16)
+    try:
+        assert gallery.get_user(user.id).name == "Persistent"
+        assert gallery.search(vector)[0][0].user_id == user.id
+    finally:
+        gallery.close()
+
+
+def test_pool_recovers_after_an_outage(pg_server: EmbeddedServer, gallery_dsn: str) -> None:
+    gallery = Gallery.open(gallery_dsn, "m", 16, pool_max=2, timeout=1.0)
+    try:
+        user = gallery.add_user("Survivor", unit(np.random.default_rng(12), 1, 16)[0], BOX)
+        pg_server.stop()
+        try:
+            began = time.monotonic()
+            with pytest.raises(GalleryUnavailable):
+                gallery.ping()
+            assert time.monotonic() - began < 3.0  # the 1 s timeout, not a hang
+            with pytest.raises(GalleryUnavailable):
+                gallery.get_user(user.id)
+        finally:
+            pg_server.start()
+        deadline = time.monotonic() + 15.0
+        while True:
+            try:
+                gallery.ping()
+                break
+            except GalleryUnavailable:
+                assert time.monotonic() < deadline, "the pool did not reconnect"
+                time.sleep(0.2)
+        assert gallery.get_user(user.id).name == "Survivor"
+    finally:
+        gallery.close()
+
+
+_CHILD = """
+import sys, time
+from pathlib import Path
+from facegate.gallery import EmbeddedServer
+EmbeddedServer(Path(sys.argv[1])).start()
+print("ready", flush=True)
+if sys.argv[2] == "stay":
+    time.sleep(60)
+"""
+
+
+def _postmaster_pid(pgdata: Path) -> int | None:
+    pidfile = pgdata / "postmaster.pid"
+    if not pidfile.is_file():
+        return None
+    pid = int(pidfile.read_text().split()[0])
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    return pid
+
+
+def _child(pgdata: Path, mode: str) -> subprocess.Popen[str]:
+    child = subprocess.Popen(
+        [sys.executable, "-c", _CHILD, str(pgdata), mode], stdout=subprocess.PIPE, text=True
+    )
+    assert child.stdout is not None
+    assert child.stdout.readline().strip() == "ready"
+    return child
+
+
+def test_processes_share_one_server_and_survive_sigkill(tmp_path: Path) -> None:
+    pgdata = tmp_path / "pg"
+    # A process that exits normally and was the only user stops the server.
+    assert _child(pgdata, "exit").wait(30) == 0
+    assert _postmaster_pid(pgdata) is None
+
+    staying = _child(pgdata, "stay")
+    server_pid = _postmaster_pid(pgdata)
+    assert server_pid is not None
+    # A second process adopts the running server, and leaving does not stop it for the first.
+    assert _child(pgdata, "exit").wait(30) == 0
+    assert _postmaster_pid(pgdata) == server_pid
+
+    # SIGKILL: no clean-up runs, the server goes on and the dead pid stays in pgserver's list...
+    staying.send_signal(signal.SIGKILL)
+    staying.wait(10)
+    assert _postmaster_pid(pgdata) == server_pid
+    assert staying.pid in json.loads((pgdata / ".handle_pids.json").read_text())
+    # ...until the next start forgets it, so the last process to leave stops the server again.
+    assert _child(pgdata, "exit").wait(30) == 0
+    assert _postmaster_pid(pgdata) is None
+
+
+def test_start_after_the_server_itself_was_killed(tmp_path: Path) -> None:
+    pgdata = tmp_path / "pg"
+    staying = _child(pgdata, "stay")
+    server_pid = _postmaster_pid(pgdata)
+    assert server_pid is not None
+    os.kill(server_pid, signal.SIGKILL)
+    staying.send_signal(signal.SIGKILL)
+    staying.wait(10)
+    # PostgreSQL recovers from its WAL; a dead postmaster left as a zombie must not block the start.
+    assert _child(pgdata, "exit").wait(30) == 0
+    assert _postmaster_pid(pgdata) is None
+
+
+def test_external_database_url_starts_nothing(tmp_path: Path) -> None:
+    settings = Settings(database_url="postgresql://u:p@db.example:5432/x", facegate_data_dir=tmp_path)
+    assert resolve_dsn(settings) == "postgresql://u:p@db.example:5432/x"
+    assert not (tmp_path / "pg").exists()

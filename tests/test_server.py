@@ -1,0 +1,72 @@
+"""The service as users run it: `facegate serve`, the embedded database it starts, real HTTP."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.data import FACES
+from tests.live import LiveServer
+
+KEY = "live-test-key"
+OBAMA = FACES / "portraits" / "Barack_Obama"
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    return tmp_path / "data"
+
+
+def server(data_dir: Path, tmp_path: Path) -> LiveServer:
+    env = {"APP_TOKEN": KEY, "FACEGATE_DATA_DIR": str(data_dir), "DATABASE_URL": "", "DB_HOST": ""}
+    return LiveServer(env, tmp_path / "server.log")
+
+
+def register(url: str, name: str, photo: Path) -> httpx.Response:
+    return httpx.post(
+        f"{url}/register",
+        headers={"X-API-Key": KEY},
+        data={"name": name},
+        files={"image": (photo.name, photo.read_bytes())},
+        timeout=120,
+    )
+
+
+@pytest.mark.slow
+def test_parallel_registrations_of_one_name_give_one_success(data_dir: Path, tmp_path: Path) -> None:
+    photo = OBAMA / "fr_obama_small.jpg"
+    with server(data_dir, tmp_path) as live, ThreadPoolExecutor(20) as pool:
+        codes = sorted(pool.map(lambda _: register(live.url, "Barack Obama", photo).status_code, range(20)))
+        users = httpx.get(f"{live.url}/users", headers={"X-API-Key": KEY}).json()
+    assert codes == [201] + [409] * 19
+    assert users["total"] == 1 and users["users"][0]["face_count"] == 1
+
+
+@pytest.mark.slow
+def test_registrations_survive_a_restart_on_the_embedded_database(data_dir: Path, tmp_path: Path) -> None:
+    with server(data_dir, tmp_path) as live:
+        assert register(live.url, "Barack Obama", OBAMA / "fr_obama.jpg").status_code == 201
+    assert (data_dir / "pg" / "PG_VERSION").is_file()  # the database lives in the data directory
+    with server(data_dir, tmp_path) as live:
+        photo = OBAMA / "fr_obama2.jpg"
+        response = httpx.post(
+            f"{live.url}/recognize",
+            headers={"X-API-Key": KEY},
+            files={"image": (photo.name, photo.read_bytes())},
+            timeout=120,
+        )
+    assert response.status_code == 200
+    assert response.json()["matched_user"]["name"] == "Barack Obama"
+
+
+def test_serve_generates_a_key_when_none_is_set(data_dir: Path, tmp_path: Path) -> None:
+    env = {"APP_TOKEN": "", "FACEGATE_DATA_DIR": str(data_dir), "DATABASE_URL": "", "DB_HOST": ""}
+    with LiveServer(env, tmp_path / "server.log") as live:
+        key = (data_dir / "api_key").read_text().strip()
+        assert len(key) >= 32
+        assert (data_dir / "api_key").stat().st_mode & 0o077 == 0  # readable by its owner only
+        assert httpx.get(f"{live.url}/stats", headers={"X-API-Key": key}).status_code == 200
+        assert httpx.get(f"{live.url}/stats", headers={"X-API-Key": "guess"}).status_code == 401

@@ -1,0 +1,265 @@
+"""The Streamlit UI's pages, run by Streamlit's AppTest against the real API over real HTTP."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+from facegate.config import Settings, get_settings
+from facegate.ui.client import ApiClient, ApiError, Upload, error_message
+from tests.data import FACES
+from tests.servers import UI_SCRIPT, api_server, free_port
+
+TOKEN = "ui-test-" + uuid.uuid4().hex
+TWO_PEOPLE = FACES / "groups" / "fr_two_people.jpg"  # Obama (left, smaller) and Biden (right)
+OBAMA = FACES / "portraits" / "Barack_Obama"
+NO_FACE = FACES / "noface" / "skimage_coffee.png"
+# AppTest runs the page in this process; detection of a large photo on a busy CPU takes seconds.
+RUN_TIMEOUT = 120
+
+
+@pytest.fixture(scope="module")
+def api_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with api_server(tmp_path_factory.mktemp("ui-api"), TOKEN) as url:
+        yield url
+
+
+@pytest.fixture
+def api(api_url: str) -> Iterator[ApiClient]:
+    client = ApiClient(api_url, TOKEN)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def start_ui(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Callable[..., AppTest]]:
+    """Starts the UI configured by the environment, as `facegate ui` would be."""
+
+    def start(api_url: str, token: str = TOKEN, page: str = "") -> AppTest:
+        for name in Settings.model_fields:
+            monkeypatch.delenv(name.upper(), raising=False)
+        monkeypatch.setenv("API_URL", api_url)
+        monkeypatch.setenv("APP_TOKEN", token)
+        monkeypatch.setenv("FACEGATE_DATA_DIR", str(tmp_path))
+        monkeypatch.chdir(tmp_path)  # no developer's .env
+        # The settings and the UI's client are cached per process: start from the new environment.
+        get_settings.cache_clear()
+        st.cache_resource.clear()
+        app = AppTest.from_file(str(UI_SCRIPT), default_timeout=RUN_TIMEOUT).run()
+        if page:
+            app.switch_page(f"views/{page}.py").run()
+        assert not app.exception, app.exception
+        return app
+
+    yield start
+    get_settings.cache_clear()
+    st.cache_resource.clear()
+
+
+def upload(app: AppTest, path: Path, key: str) -> AppTest:
+    app.file_uploader(key=key).set_value((path.name, path.read_bytes(), "image/jpeg"))
+    return app.run()
+
+
+def texts(elements: object) -> list[str]:
+    return [element.value for element in elements]  # type: ignore[attr-defined]
+
+
+def unique(name: str) -> str:
+    return f"{name} {uuid.uuid4().hex[:6]}"
+
+
+@contextmanager
+def registered(api: ApiClient, photo: Path, name: str) -> Iterator[str]:
+    """`name` registered with `photo` through the API for the duration of the block."""
+    user = api.register(name, Upload(photo.name, photo.read_bytes()))
+    try:
+        yield name
+    finally:
+        api.delete_user(user["user_id"])
+
+
+def register_in_ui(app: AppTest, name: str, photo: Path) -> AppTest:
+    app.text_input[0].input(name)
+    app.file_uploader(key="register-photo").set_value((photo.name, photo.read_bytes(), "image/jpeg"))
+    app.button[0].click()  # the form's only button: Register
+    return app.run()
+
+
+# --- Detect --------------------------------------------------------------------------------------
+
+
+def test_detect_page_draws_and_lists_every_face(start_ui: Callable[..., AppTest], api_url: str) -> None:
+    app = start_ui(api_url)
+    assert "Detect faces" in texts(app.title)
+    assert "API: " + api_url in texts(app.sidebar.caption)
+
+    upload(app, TWO_PEOPLE, "detect-upload")
+
+    assert not app.exception and not app.error
+    assert "2 faces found" in texts(app.subheader)
+    assert any(caption.startswith("API round trip: ") for caption in texts(app.caption))
+    [image] = app.image
+    assert image.captions == [TWO_PEOPLE.name]
+    table = app.dataframe[0].value
+    assert len(table) == 2 and table["score"].min() > 0.9
+
+
+@pytest.mark.parametrize(("slider", "value"), [("min-face-size", 100), ("onet", 0.9)])
+def test_detect_page_sends_the_slider_settings(
+    start_ui: Callable[..., AppTest], api_url: str, slider: str, value: float
+) -> None:
+    # With the defaults, MTCNN also reports a small, less certain "face" in this photo's background.
+    app = upload(start_ui(api_url), OBAMA / "fr_obama.jpg", "detect-upload")
+    assert "2 faces found" in texts(app.subheader)
+    app.slider(key=slider).set_value(value).run()
+    assert "1 face found" in texts(app.subheader)
+    assert len(app.dataframe[0].value) == 1
+
+
+def test_detect_page_shows_api_errors_as_messages(start_ui: Callable[..., AppTest], api_url: str) -> None:
+    app = start_ui(api_url)
+    app.file_uploader(key="detect-upload").set_value(("notes.png", b"not an image at all", "image/png"))
+    app.run()
+    assert not app.exception
+    [error] = texts(app.error)
+    assert error.startswith("Detection failed: ") and "image" in error
+
+
+def test_detect_page_offers_sample_photos(
+    start_ui: Callable[..., AppTest], api_url: str, tmp_path: Path
+) -> None:
+    (tmp_path / "samples").mkdir()
+    (tmp_path / "samples" / TWO_PEOPLE.name).write_bytes(TWO_PEOPLE.read_bytes())
+    app = start_ui(api_url)
+    app.selectbox(key="detect-sample").select(TWO_PEOPLE.name).run()
+    assert "2 faces found" in texts(app.subheader)
+
+
+# --- Gallery -------------------------------------------------------------------------------------
+
+
+def test_gallery_register_add_photo_delete(start_ui: Callable[..., AppTest], api_url: str) -> None:
+    name = unique("Barack Obama")
+    app = start_ui(api_url, page="gallery")
+    register_in_ui(app, name, OBAMA / "fr_obama1.jpg")
+    assert not app.exception and not app.error
+    assert any(s.startswith(f"Registered {name} (id ") for s in texts(app.success))
+    rows = app.dataframe[0].value
+    assert rows.loc[rows["name"] == name, "photos"].tolist() == [1]
+
+    app.selectbox(key="manage-user").select_index(rows.index[rows["name"] == name][0]).run()
+    upload(app, OBAMA / "fr_obama2.jpg", "add-photo")
+    [add] = [button for button in app.button if button.label == "Add photo"]
+    add.click().run()
+    assert f"{name} now has 2 photos." in texts(app.success)
+    rows = app.dataframe[0].value
+    assert rows.loc[rows["name"] == name, "photos"].tolist() == [2]
+
+    user_id = int(rows.loc[rows["name"] == name, "id"].iloc[0])
+    app.checkbox(key=f"confirm-delete-{user_id}").check().run()
+    [delete] = [button for button in app.button if button.label == "Delete"]
+    delete.click().run()
+    assert f"Deleted {name}." in texts(app.success)
+    assert not app.dataframe or name not in app.dataframe[0].value["name"].tolist()
+
+
+@pytest.mark.parametrize(
+    ("photo", "expected"),
+    [(NO_FACE, "found no face"), (TWO_PEOPLE, "found 2 faces")],
+    ids=["no-face", "two-faces"],
+)
+def test_gallery_explains_a_refused_photo(
+    start_ui: Callable[..., AppTest], api_url: str, photo: Path, expected: str
+) -> None:
+    name = unique("Nobody")
+    app = start_ui(api_url, page="gallery")
+    register_in_ui(app, name, photo)
+    assert not app.exception
+    [error] = texts(app.error)
+    assert error.startswith(f"Could not register {name}: ")
+    assert expected in error and "exactly one face" in error
+
+
+def test_gallery_explains_a_duplicate_name(
+    start_ui: Callable[..., AppTest], api_url: str, api: ApiClient
+) -> None:
+    biden = FACES / "portraits" / "Joe_Biden"
+    with registered(api, biden / "fr_biden2.jpg", unique("Joe Biden")) as name:
+        app = start_ui(api_url, page="gallery")
+        register_in_ui(app, name, biden / "fr_biden.jpg")
+    [error] = texts(app.error)
+    assert "already registered" in error and "Pick another name" in error
+
+
+# --- Recognise -----------------------------------------------------------------------------------
+
+
+def test_recognise_labels_every_face(start_ui: Callable[..., AppTest], api_url: str, api: ApiClient) -> None:
+    with registered(api, OBAMA / "fr_obama1.jpg", unique("Barack Obama")) as name:
+        app = start_ui(api_url, page="recognize")
+        assert app.slider[0].value == pytest.approx(api.health()["threshold"])
+        upload(app, TWO_PEOPLE, "recognize-upload")
+    assert not app.exception and not app.error
+    assert "2 faces: 1 recognised" in texts(app.subheader)
+    assert f"Recognised: {name}" in texts(app.text)
+    table = app.dataframe[0].value
+    # Largest first: Biden on the right (nobody registered him), then Obama.
+    assert table["person"].tolist() == ["unknown", name]
+    assert table["confidence"].tolist()[1] > 0.9
+
+
+def test_recognise_threshold_zero_matches_nobody(
+    start_ui: Callable[..., AppTest], api_url: str, api: ApiClient
+) -> None:
+    with registered(api, OBAMA / "fr_obama1.jpg", unique("Barack Obama")):
+        app = start_ui(api_url, page="recognize")
+        app.slider[0].set_value(0.0)
+        upload(app, OBAMA / "fr_obama3.jpg", "recognize-upload")
+    assert "1 face: 0 recognised" in texts(app.subheader)
+    assert app.dataframe[0].value["person"].tolist() == ["unknown"]
+
+
+# --- Failures of the API itself ------------------------------------------------------------------
+
+
+def test_unreachable_api_is_a_message_not_a_traceback(start_ui: Callable[..., AppTest]) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    app = start_ui(dead)
+    assert any(f"cannot reach the API at {dead}" in e for e in texts(app.sidebar.error))
+    upload(app, TWO_PEOPLE, "detect-upload")
+    assert not app.exception
+    assert any(e.startswith("Detection failed: cannot reach the API") for e in texts(app.error))
+
+
+def test_wrong_key_is_reported(start_ui: Callable[..., AppTest], api_url: str) -> None:
+    app = start_ui(api_url, token="wrong-key", page="gallery")
+    assert not app.exception
+    assert any("wrong API key" in e for e in texts(app.error))
+
+
+# --- The client's error messages -----------------------------------------------------------------
+
+
+def test_error_message_of_a_validation_error() -> None:
+    body = {"detail": [{"loc": ["query", "min_face_size"], "msg": "Input should be >= 1", "type": "x"}]}
+    assert error_message(httpx.Response(422, json=body)) == "min_face_size: Input should be >= 1"
+
+
+def test_error_message_of_a_proxy_page() -> None:
+    page = httpx.Response(502, text="<html><body>502 Bad Gateway</body></html>")
+    assert error_message(page) == "HTTP 502 Bad Gateway"
+
+
+def test_client_raises_with_status(api: ApiClient) -> None:
+    with pytest.raises(ApiError) as caught:
+        api.delete_user(2**62)
+    assert caught.value.status == 404
+    assert "no user with id" in str(caught.value)
