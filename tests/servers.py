@@ -116,7 +116,7 @@ def ui_server(work: Path, api_url: str, token: str, port: int) -> Iterator[str]:
         sys.executable, "-m", "streamlit", "run", str(UI_SCRIPT),
         "--server.address", "127.0.0.1", "--server.port", str(port), "--server.headless", "true",
         "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",
-        "--server.maxUploadSize", "20",
+        "--server.maxUploadSize", "20", "--client.toolbarMode", "viewer",
     ]  # fmt: skip
     with child("ui", command, work, env) as log:
         url = f"http://127.0.0.1:{port}"

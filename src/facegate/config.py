@@ -25,6 +25,11 @@ class Settings(BaseSettings):
         default=None, description="Admin API key for the X-API-Key header. Required to serve the API."
     )
 
+    facegate_api_keys: SecretStr = Field(
+        default=SecretStr(""),
+        description="Extra keys with a scope: name:scope:key,... (scopes detect, recognize, admin)",
+    )
+
     # --- storage ---
     facegate_data_dir: Path = Field(
         default=Path("data"),

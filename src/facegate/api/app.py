@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from facegate import __version__
+from facegate.api.auth import KeyRing
 from facegate.api.deps import Services
 from facegate.api.errors import install_error_handlers
 from facegate.api.routes import detect, recognize, system, users
@@ -51,6 +52,7 @@ def build_services(settings: Settings) -> Services:
     api_key = settings.api_key()
     if not api_key:
         raise RuntimeError("no API key: set APP_TOKEN (or start with `facegate serve`, which generates one)")
+    keys = KeyRing.parse(api_key, settings.facegate_api_keys.get_secret_value())
     pipeline = Pipeline.from_settings(settings)
     gallery = Gallery.open(
         resolve_dsn(settings),
@@ -63,7 +65,7 @@ def build_services(settings: Settings) -> Services:
     )
     return Services(
         settings=settings,
-        api_key=api_key,
+        keys=keys,
         pipeline=pipeline,
         gallery=gallery,
         inference_limiter=anyio.CapacityLimiter(settings.max_concurrent_inference),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, TypeVar
@@ -11,8 +10,8 @@ import anyio
 import numpy as np
 from anyio.to_thread import run_sync
 from fastapi import Depends, HTTPException, Request, UploadFile, status
-from fastapi.security import APIKeyHeader
 
+from facegate.api.auth import KeyRing
 from facegate.config import Settings
 from facegate.gallery import Gallery
 from facegate.imaging import decode_image
@@ -28,7 +27,7 @@ class Services:
     """Everything a request may use, created once per process by the app's lifespan."""
 
     settings: Settings
-    api_key: str
+    keys: KeyRing
     pipeline: Pipeline
     gallery: Gallery
     inference_limiter: anyio.CapacityLimiter
@@ -39,19 +38,6 @@ def get_services(request: Request) -> Services:
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]
-
-_api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="The service's API key")
-
-
-def require_api_key(services: ServicesDep, key: Annotated[str | None, Depends(_api_key_header)]) -> None:
-    # compare_digest takes time independent of where the strings differ, so a caller cannot
-    # find the key one character at a time.
-    if key is None or not hmac.compare_digest(key.encode(), services.api_key.encode()):
-        raise HTTPException(
-            status.HTTP_401_UNAUTHORIZED,
-            detail="missing or wrong API key: send it in the X-API-Key header",
-            headers={"WWW-Authenticate": "API-Key"},
-        )
 
 
 async def read_image(upload: UploadFile, services: Services) -> np.ndarray:

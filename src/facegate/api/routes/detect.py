@@ -10,12 +10,13 @@ from fastapi.responses import Response
 from PIL import Image
 
 from facegate.annotate import draw_faces
-from facegate.api.deps import ServicesDep, infer, read_image, require_api_key
+from facegate.api.auth import Scope, require
+from facegate.api.deps import ServicesDep, infer, read_image
 from facegate.api.schemas import DetectResponse, ErrorBody
 from facegate.detection import DetectionParams
 from facegate.faces import detection_dict
 
-router = APIRouter(tags=["detection"], dependencies=[Depends(require_api_key)])
+router = APIRouter(tags=["detection"], dependencies=[require(Scope.DETECT)])
 
 _ERRORS: dict[int | str, dict] = {code: {"model": ErrorBody} for code in (400, 401, 413, 415, 422, 503)}
 

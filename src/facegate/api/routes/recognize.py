@@ -5,14 +5,15 @@ from __future__ import annotations
 from typing import Annotated
 
 import numpy as np
-from fastapi import APIRouter, Depends, File, Query, UploadFile
+from fastapi import APIRouter, File, Query, UploadFile
 
-from facegate.api.deps import ServicesDep, infer, query, read_image, require_api_key
+from facegate.api.auth import Scope, require
+from facegate.api.deps import ServicesDep, infer, query, read_image
 from facegate.api.schemas import ErrorBody, MatchedUser, RecognizedFace, RecognizeResponse, VerifyResponse
 from facegate.gallery import Match
 from facegate.pipeline import EmbeddedFace, NoFaceError
 
-router = APIRouter(tags=["recognition"], dependencies=[Depends(require_api_key)])
+router = APIRouter(tags=["recognition"], dependencies=[require(Scope.RECOGNIZE)])
 
 _ERRORS: dict[int | str, dict] = {code: {"model": ErrorBody} for code in (400, 401, 413, 415, 422, 503)}
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from facegate import __version__
-from facegate.api.deps import ServicesDep, query, require_api_key
+from facegate.api.auth import Scope, require
+from facegate.api.deps import ServicesDep, query
 from facegate.api.schemas import ErrorBody, Health, ServiceInfo, Stats
 from facegate.gallery.errors import GalleryError
 
@@ -45,7 +46,7 @@ async def health(services: ServicesDep) -> Health | JSONResponse:
 @router.get(
     "/stats",
     response_model=Stats,
-    dependencies=[Depends(require_api_key)],
+    dependencies=[require(Scope.RECOGNIZE)],
     responses={code: {"model": ErrorBody} for code in (401, 503)},
 )
 async def stats(services: ServicesDep) -> Stats:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import unicodedata
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, File, Form, HTTPException, Path, Query, UploadFile, status
+from fastapi import APIRouter, File, Form, HTTPException, Path, Query, UploadFile, status
 
-from facegate.api.deps import ServicesDep, infer, query, read_image, require_api_key
+from facegate.api.auth import Scope, require
+from facegate.api.deps import ServicesDep, infer, query, read_image
 from facegate.api.schemas import Deleted, ErrorBody, FaceAdded, RegisterResponse, User, UserList
 from facegate.gallery import UserRecord
 
-router = APIRouter(tags=["gallery"], dependencies=[Depends(require_api_key)])
+router = APIRouter(tags=["gallery"], dependencies=[require(Scope.ADMIN)])
 
 _ERRORS: dict[int | str, dict] = {
     code: {"model": ErrorBody} for code in (400, 401, 404, 409, 413, 415, 422, 503)
