@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+import facegate.detection
+import facegate.embedding
 from facegate.detection import MTCNN
 from facegate.embedding.alignment import face_chips
 from facegate.embedding.dlib_resnet import DlibOnnxEmbedder, unit_descriptors
@@ -79,9 +81,15 @@ def fallback_face(width: int, height: int) -> Face:
     return Face(box=box, score=0.0, keypoints=np.zeros((5, 2)))
 
 
+def pipeline_fingerprint() -> bytes:
+    """The source of the detection and embedding packages: a cache entry is stale once they change."""
+    packages = (Path(facegate.detection.__file__).parent, Path(facegate.embedding.__file__).parent)
+    return b"".join(path.read_bytes() for package in packages for path in sorted(package.glob("*.py")))
+
+
 def describe_images(keys: list[str], cache_dir: Path) -> tuple[dict[str, np.ndarray], int]:
     """Raw descriptors (2, 128) per image: chip and mirror. Cached by the list of images."""
-    digest = hashlib.sha256("\n".join(keys).encode()).hexdigest()[:16]
+    digest = hashlib.sha256("\n".join(keys).encode() + pipeline_fingerprint()).hexdigest()[:16]
     cache = cache_dir / f"lfw-mtcnn-dlib-{digest}.npz"
     if cache.is_file():
         stored = np.load(cache)
@@ -224,7 +232,7 @@ def plot_roc(curves: dict[str, dict[str, object]], out: Path) -> None:
         chosen = curve["threshold"]
         axes.plot(*[[np.mean(distances[mask] <= chosen)] for mask in (~same, same)], "o", color="k")
     axes.set(
-        xscale="log", xlim=(1e-3, 1), ylim=(0.8, 1.0), xlabel="false match rate", ylabel="true match rate"
+        xscale="log", xlim=(1e-3, 1), ylim=(0.9, 1.0), xlabel="false match rate", ylabel="true match rate"
     )
     axes.set_title("dlib ResNet (ONNX) on LFW pairs folds 1–2, MTCNN alignment")
     axes.legend(loc="lower right")

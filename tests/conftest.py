@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import tempfile
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -23,13 +25,33 @@ GALLERY_TEST_MODEL = "test-model"
 GALLERY_TEST_DIM = 16
 
 
+@contextmanager
+def _postgres_temp_dir() -> Iterator[Path]:
+    """A temporary directory for PostgreSQL data, outside pytest's tmp_path.
+
+    PostgreSQL runs as another user (`pgserver`) when we are root, and pytest makes its base
+    directory private (mode 0700) again at every session start and deletes older sessions' ones,
+    even while a parallel session still uses them.
+    """
+    with tempfile.TemporaryDirectory(prefix="facegate-test-pg-") as directory:
+        yield Path(directory)
+
+
 @pytest.fixture(scope="session")
-def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedServer]:
+def pg_server() -> Iterator[EmbeddedServer]:
     """The embedded PostgreSQL server of this test session, in a temporary data directory."""
-    server = EmbeddedServer(Path(tmp_path_factory.mktemp("gallery-db")) / "pg")
-    server.start()
-    yield server
-    server.release()  # the last user: stops it
+    with _postgres_temp_dir() as directory:
+        server = EmbeddedServer(directory / "pg")
+        server.start()
+        yield server
+        server.release()  # the last user: stops it
+
+
+@pytest.fixture
+def pgdata_dir() -> Iterator[Path]:
+    """A fresh directory for a test's own embedded server (`<dir>/pg`)."""
+    with _postgres_temp_dir() as directory:
+        yield directory
 
 
 @pytest.fixture
@@ -65,15 +87,20 @@ def gallery(gallery_dsn: str) -> Iterator[Gallery]:
 API_KEY = "test-key-" + uuid.uuid4().hex
 
 
+def create_database(server: EmbeddedServer) -> str:
+    """A new, empty database on `server`; returns its DSN."""
+    name = f"test_{uuid.uuid4().hex[:16]}"
+    with psycopg.connect(server.dsn("postgres"), autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    return server.dsn(name)
+
+
 @pytest.fixture(scope="session")
 def api_settings(pg_server: EmbeddedServer, tmp_path_factory: pytest.TempPathFactory) -> Settings:
     """Settings of the API under test: its own database on the session's server."""
-    name = f"api_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(pg_server.dsn("postgres"), autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     return Settings(
         app_token=API_KEY,
-        database_url=pg_server.dsn(name),
+        database_url=create_database(pg_server),
         facegate_data_dir=tmp_path_factory.mktemp("facegate-data"),
         _env_file=None,
     )
@@ -94,3 +121,28 @@ def client(anonymous: TestClient) -> Iterator[TestClient]:
     anonymous.headers["X-API-Key"] = API_KEY
     yield anonymous
     del anonymous.headers["X-API-Key"]
+
+
+# ============================================================================================
+# A second app with a key of each scope (security and fuzz tests): its own database, so that
+# generated requests cannot touch the first app's gallery, and no rate limit unless a test sets one.
+# ============================================================================================
+
+SCOPED_KEYS = {scope: f"{scope}-key-{uuid.uuid4().hex}" for scope in ("detect", "recognize", "admin")}
+
+
+@pytest.fixture(scope="session")
+def secured(pg_server: EmbeddedServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    """A client, sending no key, of an app configured with FACEGATE_API_KEYS (`SCOPED_KEYS`)."""
+    from facegate.api.app import create_app
+
+    settings = Settings(
+        app_token=API_KEY,
+        facegate_api_keys=",".join(f"{scope}-client:{scope}:{key}" for scope, key in SCOPED_KEYS.items()),
+        database_url=create_database(pg_server),
+        facegate_data_dir=tmp_path_factory.mktemp("facegate-secured"),
+        rate_limit_per_minute=0,
+        _env_file=None,
+    )
+    with TestClient(create_app(settings)) as test_client:
+        yield test_client

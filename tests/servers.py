@@ -15,9 +15,11 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -52,9 +54,19 @@ def clean_env(**overrides: str) -> dict[str, str]:
     return env
 
 
+@dataclass(frozen=True)
+class Child:
+    name: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def log_tail(self) -> str:
+        return self.log.read_text(errors="replace")[-3000:] if self.log.exists() else "(no log)"
+
+
 @contextmanager
-def child(name: str, command: list[str], log_dir: Path, env: Mapping[str, str]) -> Iterator[Path]:
-    """Run `command` in its own session (its cwd is `log_dir`, so no stray `.env` is read); yield its log."""
+def child(name: str, command: list[str], log_dir: Path, env: Mapping[str, str]) -> Iterator[Child]:
+    """Run `command` in its own session (its cwd is `log_dir`, so no stray `.env` is read)."""
     log_dir.mkdir(parents=True, exist_ok=True)
     log = log_dir / f"{name}.log"
     with log.open("wb") as sink:
@@ -62,7 +74,7 @@ def child(name: str, command: list[str], log_dir: Path, env: Mapping[str, str]) 
             command, cwd=log_dir, env=dict(env), stdout=sink, stderr=subprocess.STDOUT, start_new_session=True
         )
     try:
-        yield log
+        yield Child(name, process, log)
     finally:
         _stop(process, name)
 
@@ -79,33 +91,47 @@ def _stop(process: subprocess.Popen[bytes], name: str) -> None:
         process.wait()
 
 
-def wait_until_up(url: str, log: Path, timeout: float) -> None:
-    """Poll `url` until it answers 2xx; fail with the server's log when it does not in time."""
+def wait_until_up(url: str, server: Child, timeout: float, *, any_status: bool = False) -> None:
+    """Poll `url` until it answers 2xx (any status with `any_status`).
+
+    Fails with the server's log as soon as the server exits, or when it does not answer in time.
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise RuntimeError(f"{server.name} exited with {server.process.returncode}:\n{server.log_tail()}")
         try:
-            if httpx.get(url, timeout=2.0).is_success:
+            response = httpx.get(url, timeout=2.0)
+            if any_status or response.is_success:
                 return
         except httpx.HTTPError:
             pass
         time.sleep(0.5)
-    tail = log.read_text(errors="replace")[-3000:] if log.exists() else "(no log)"
-    raise RuntimeError(f"{url} did not come up within {timeout:.0f} s; log {log}:\n{tail}")
+    raise RuntimeError(f"{url} did not come up within {timeout:.0f} s; {server.log}:\n{server.log_tail()}")
 
 
 @contextmanager
 def api_server(work: Path, token: str, root_path: str = "") -> Iterator[str]:
-    """The API with its embedded PostgreSQL in `work/data`; yields its base URL."""
+    """The API with its own embedded PostgreSQL; yields its base URL. Its log goes to `work`.
+
+    The database lives outside pytest's folder: as root, pgserver runs PostgreSQL as a `pgserver`
+    user that must traverse the parent folders, and every pytest session that starts makes
+    /tmp/pytest-of-root private again (0700), which breaks a concurrent session's server.
+    """
+    data = Path(tempfile.mkdtemp(prefix="facegate-test-api-"))
     port = free_port()
-    env = clean_env(APP_TOKEN=token, FACEGATE_DATA_DIR=str(work / "data"), API_ROOT_PATH=root_path)
+    env = clean_env(APP_TOKEN=token, FACEGATE_DATA_DIR=str(data), API_ROOT_PATH=root_path)
     command = [
         sys.executable, "-m", "uvicorn", "--factory", "facegate.api.app:create_app",
         "--host", "127.0.0.1", "--port", str(port),
     ]  # fmt: skip
-    with child("api", command, work, env) as log:
-        url = f"http://127.0.0.1:{port}"
-        wait_until_up(f"{url}/health", log, API_START_TIMEOUT)
-        yield url
+    try:
+        with child("api", command, work, env) as server:
+            url = f"http://127.0.0.1:{port}"
+            wait_until_up(f"{url}/health", server, API_START_TIMEOUT)
+            yield url
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
 
 
 @contextmanager
@@ -118,9 +144,9 @@ def ui_server(work: Path, api_url: str, token: str, port: int) -> Iterator[str]:
         "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",
         "--server.maxUploadSize", "20", "--client.toolbarMode", "viewer",
     ]  # fmt: skip
-    with child("ui", command, work, env) as log:
+    with child("ui", command, work, env) as server:
         url = f"http://127.0.0.1:{port}"
-        wait_until_up(f"{url}/_stcore/health", log, START_TIMEOUT)
+        wait_until_up(f"{url}/_stcore/health", server, START_TIMEOUT)
         yield url
 
 
@@ -170,7 +196,7 @@ def nginx_main_config(work: Path, values: Mapping[str, str]) -> Path:
 def nginx_server(work: Path, port: int, api: str, ui: str) -> Iterator[str]:
     """nginx on `port` with the project's config in front of `api` and `ui` (host:port); yields its URL.
 
-    It is ready once the API answers through it; the UI may start later.
+    It is ready once it answers at all: the upstreams may start later, or never (a test of its 502).
     """
     values = {
         "NGINX_PORT": f"127.0.0.1:{port}",
@@ -181,7 +207,7 @@ def nginx_server(work: Path, port: int, api: str, ui: str) -> Iterator[str]:
     config = nginx_main_config(work / "nginx", values)
     # -e: the start-up error log, before the config's own error_log applies (nginx >= 1.19.5).
     command = [NGINX, "-c", str(config), "-e", str(work / "nginx" / "startup.log")]
-    with child("nginx", command, work, clean_env()) as log:
+    with child("nginx", command, work, clean_env()) as server:
         url = f"http://127.0.0.1:{port}"
-        wait_until_up(f"{url}/api/health", log, START_TIMEOUT)
+        wait_until_up(f"{url}/", server, START_TIMEOUT, any_status=True)
         yield url

@@ -12,9 +12,18 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
-from tests.servers import NGINX, NGINX_TEMPLATE, REPO, nginx_main_config, render_nginx_template
+from tests.servers import (
+    NGINX,
+    NGINX_TEMPLATE,
+    REPO,
+    free_port,
+    nginx_main_config,
+    nginx_server,
+    render_nginx_template,
+)
 
 DEPLOY = REPO / "deploy"
 ENV_EXAMPLE = REPO / ".env.example"
@@ -119,7 +128,12 @@ def test_env_example_names_the_secrets() -> None:
     assert {"APP_TOKEN", "POSTGRES_PASSWORD"} <= names
 
 
-@pytest.mark.skipif(not Path(NGINX).is_file(), reason=f"no nginx at {NGINX}: apt install nginx-light")
+needs_nginx = pytest.mark.skipif(
+    not Path(NGINX).is_file(), reason=f"no nginx at {NGINX}: apt install nginx-light"
+)
+
+
+@needs_nginx
 def test_nginx_config_is_valid(base: dict[str, Any], tmp_path: Path) -> None:
     """`nginx -t` on the template filled exactly as the Compose file fills it in the container."""
     config = nginx_main_config(tmp_path, base["services"]["nginx"]["environment"])
@@ -132,3 +146,23 @@ def test_nginx_config_is_valid(base: dict[str, Any], tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "syntax is ok" in result.stderr
+
+
+@needs_nginx
+def test_nginx_own_errors_are_json(tmp_path: Path) -> None:
+    """With nothing behind it, nginx still answers like the API: JSON `detail`, a request id."""
+    dead = f"127.0.0.1:{free_port()}"
+    with nginx_server(tmp_path, free_port(), dead, dead) as gateway:
+        down = httpx.get(f"{gateway}/api/health", headers={"X-Request-ID": "down-1"})
+        assert down.status_code == 502
+        assert "not reachable" in down.json()["detail"]
+        assert down.headers["X-Request-ID"] == "down-1"
+        assert httpx.get(f"{gateway}/").status_code == 502
+
+        redirect = httpx.get(f"{gateway}/api")
+        assert redirect.status_code == 301 and redirect.headers["Location"] == "/api/"
+
+        # Refused from the Content-Length alone, before any upstream is asked.
+        big = httpx.post(f"{gateway}/api/detect", files={"file": ("big.jpg", bytes(22 * 1024 * 1024))})
+        assert big.status_code == 413
+        assert "limit is 20 MiB" in big.json()["detail"]

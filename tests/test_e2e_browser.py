@@ -7,8 +7,10 @@ without them the tests are skipped with the reason.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,6 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 from playwright.sync_api import BrowserContext, Page, expect, sync_playwright
+from websockets.sync.client import connect
 
 from tests.data import FACES
 from tests.servers import NGINX, REPO, api_server, free_port, nginx_server, ui_server
@@ -39,6 +42,8 @@ TWO_PEOPLE = FACES / "groups" / "fr_two_people.jpg"  # Obama (left) and Biden (r
 OBAMA = FACES / "portraits" / "Barack_Obama"
 # A page's work: an upload, one API call on a loaded 2-core machine, the redraw.
 STEP_TIMEOUT_MS = 90_000
+BUSY_SIGNS = ("stStatusWidget", "stSpinner", "stSkeleton")
+QUIET_S = 1.0  # longer than the indicator's delay and the gap between a run and its st.rerun
 
 pytestmark = [
     pytest.mark.slow,
@@ -103,13 +108,25 @@ def open_page(page: Page, url: str) -> None:
 
 
 def wait_idle(page: Page) -> None:
-    """Wait until Streamlit has finished the script run and drawn every element.
+    """Wait until Streamlit has finished its script runs and drawn every element.
 
-    Its "running" indicator goes away when the script ends; widgets whose code loads lazily show a
-    grey skeleton until then.
+    Busy signs: the "running" indicator (shown while a script runs, but only after a short delay),
+    a spinner, and the grey skeletons of widgets whose code is still loading. A page that reruns
+    itself (st.rerun) is briefly quiet between two runs, so the page must stay quiet for a while.
     """
-    expect(page.get_by_test_id("stStatusWidget")).to_have_count(0)
-    expect(page.get_by_test_id("stSkeleton")).to_have_count(0)
+    busy = page.locator(", ".join(f'[data-testid="{sign}"]' for sign in BUSY_SIGNS))
+    deadline = time.monotonic() + STEP_TIMEOUT_MS / 1000
+    quiet_since: float | None = None
+    while time.monotonic() < deadline:
+        now = time.monotonic()
+        if busy.count():
+            quiet_since = None
+        elif quiet_since is None:
+            quiet_since = now
+        elif now - quiet_since >= QUIET_S:
+            return
+        page.wait_for_timeout(100)
+    raise AssertionError(f"Streamlit was still busy after {STEP_TIMEOUT_MS / 1000:.0f} s")
 
 
 def wait_for_text(page: Page, text: str | re.Pattern[str]) -> None:
@@ -121,6 +138,10 @@ def wait_for_text(page: Page, text: str | re.Pattern[str]) -> None:
 def upload(page: Page, uploader_label: str, photo: Path) -> None:
     uploader = page.get_by_test_id("stFileUploader").filter(has_text=uploader_label)
     uploader.locator("input[type=file]").set_input_files(photo)
+    # The browser sends the file to Streamlit in the background: a form submitted before it has
+    # arrived has no file. The file's chip shows a spinner until then.
+    expect(uploader.get_by_test_id("stFileChipName")).to_have_attribute("title", photo.name)
+    expect(uploader.get_by_test_id("stFileChipIconSpinner")).to_have_count(0)
 
 
 def register(page: Page, name: str, photo: Path) -> None:
@@ -151,7 +172,7 @@ def test_register_then_recognise_in_the_browser(stack: Stack, page: Page) -> Non
     name = f"Barack Obama {uuid.uuid4().hex[:4]}"
     open_page(page, stack.gateway + "/gallery")
     register(page, name, TWO_PEOPLE)  # refused: two faces
-    wait_for_text(page, f"Could not register {name}: exactly one face is needed, found 2 faces.")
+    wait_for_text(page, f"Could not register {name}: exactly one face is needed, found 2 faces")
     expect(page.get_by_test_id("stException")).to_have_count(0)
     screenshot(page, "gallery-refused")
 
@@ -203,6 +224,16 @@ def test_detect_through_the_gateway(http: httpx.Client) -> None:
     assert len(response.json()["boxes"]) == 2
 
 
+def test_websocket_stream_through_the_gateway(stack: Stack) -> None:
+    """`/api/ws/...` is upgraded to a WebSocket and reaches the API's streaming endpoint."""
+    url = stack.gateway.replace("http://", "ws://", 1) + "/api/ws/detect"
+    with connect(url, additional_headers={"X-API-Key": TOKEN}, proxy=None) as socket:
+        socket.send(TWO_PEOPLE.read_bytes())
+        answer = json.loads(socket.recv(timeout=STEP_TIMEOUT_MS / 1000))
+    assert answer["frame"] == 1
+    assert len(answer["boxes"]) == 2
+
+
 def test_key_is_still_required_through_the_gateway(http: httpx.Client) -> None:
     response = http.post("/api/detect", files={"file": (TWO_PEOPLE.name, TWO_PEOPLE.read_bytes())})
     assert response.status_code == 401
@@ -211,16 +242,25 @@ def test_key_is_still_required_through_the_gateway(http: httpx.Client) -> None:
 
 def test_oversized_upload_is_refused_with_413(http: httpx.Client) -> None:
     body = b"\xff\xd8\xff" + bytes(25 * 1024 * 1024)  # a 25 MB "JPEG"
-    response = http.post("/api/detect", headers={"X-API-Key": TOKEN}, files={"file": ("big.jpg", body)})
+    response = http.post(
+        "/api/detect",
+        headers={"X-API-Key": TOKEN, "X-Request-ID": "big-one"},
+        files={"file": ("big.jpg", body)},
+    )
     assert response.status_code == 413
-    assert "detail" in response.json()
+    assert "detail" in response.json()  # JSON like the API's own errors, though nginx answered
+    assert response.headers["X-Request-ID"] == "big-one"
 
 
-def test_request_id_is_kept_or_made(http: httpx.Client) -> None:
-    given = http.get("/api/health", headers={"X-Request-ID": "trace-me-42"})
-    assert given.headers["X-Request-ID"] == "trace-me-42"
-    made = http.get("/api/health")
+@pytest.mark.parametrize("path", ["/api/health", "/"])  # answered by the API, by the UI
+def test_request_id_is_kept_or_made(http: httpx.Client, path: str) -> None:
+    given = http.get(path, headers={"X-Request-ID": "trace-me-42"})
+    assert given.headers.get_list("X-Request-ID") == ["trace-me-42"]
+    made = http.get(path)
     assert re.fullmatch(r"[0-9a-f]{32}", made.headers["X-Request-ID"])
+    # An id that is not sane is replaced, the same way in nginx and in the API.
+    odd = http.get(path, headers={"X-Request-ID": "no spaces allowed"})
+    assert re.fullmatch(r"[0-9a-f]{32}", odd.headers["X-Request-ID"])
 
 
 def test_ui_is_served_at_the_root(http: httpx.Client) -> None:

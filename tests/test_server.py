@@ -6,6 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 from tests.data import FACES
@@ -70,3 +71,28 @@ def test_serve_generates_a_key_when_none_is_set(data_dir: Path, tmp_path: Path) 
         assert (data_dir / "api_key").stat().st_mode & 0o077 == 0  # readable by its owner only
         assert httpx.get(f"{live.url}/stats", headers={"X-API-Key": key}).status_code == 200
         assert httpx.get(f"{live.url}/stats", headers={"X-API-Key": "guess"}).status_code == 401
+
+
+def postmasters(data_dir: Path) -> list[psutil.Process]:
+    """The PostgreSQL servers running on `data_dir`'s database (their command line names it)."""
+    pgdata = str(data_dir.resolve() / "pg")
+    found = []
+    for process in psutil.process_iter(["name", "cmdline"]):
+        command = process.info["cmdline"] or []
+        if process.info["name"] == "postgres" and "-D" in command and pgdata in command:
+            found.append(process)
+    return found
+
+
+@pytest.mark.slow
+def test_two_workers_share_one_embedded_database(data_dir: Path, tmp_path: Path) -> None:
+    env = {"APP_TOKEN": KEY, "FACEGATE_DATA_DIR": str(data_dir), "DATABASE_URL": "", "DB_HOST": ""}
+    with LiveServer(env, tmp_path / "server.log", workers=2) as live, ThreadPoolExecutor(4) as pool:
+        assert register(live.url, "Barack Obama", OBAMA / "fr_obama.jpg").status_code == 201
+        # Every worker sees the registration: there is one database, not one per worker.
+        users = pool.map(lambda _: httpx.get(f"{live.url}/users", headers={"X-API-Key": KEY}), range(8))
+        assert {response.json()["total"] for response in users} == {1}
+        assert len(postmasters(data_dir)) == 1
+        workers = psutil.Process(live.process.pid).children()
+        assert len([w for w in workers if "spawn_main" in " ".join(w.cmdline())]) == 2
+    assert postmasters(data_dir) == []  # `facegate serve` stopped it on the way out

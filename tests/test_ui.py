@@ -185,7 +185,7 @@ def test_gallery_explains_a_refused_photo(
     assert not app.exception
     [error] = texts(app.error)
     assert error.startswith(f"Could not register {name}: ")
-    assert expected in error and "exactly one face" in error
+    assert expected in error and "exactly one face is needed" in error
 
 
 def test_gallery_explains_a_duplicate_name(
@@ -225,6 +225,23 @@ def test_recognise_threshold_zero_matches_nobody(
         upload(app, OBAMA / "fr_obama3.jpg", "recognize-upload")
     assert "1 face: 0 recognised" in texts(app.subheader)
     assert app.dataframe[0].value["person"].tolist() == ["unknown"]
+
+
+# --- Camera --------------------------------------------------------------------------------------
+
+
+def test_camera_snapshot_is_labelled_with_names(
+    start_ui: Callable[..., AppTest], api_url: str, api: ApiClient
+) -> None:
+    with registered(api, OBAMA / "fr_obama1.jpg", unique("Barack Obama")) as name:
+        app = start_ui(api_url, page="camera")
+        assert "Allow this page to use the camera" in texts(app.info)[0]
+        app.camera_input(key="camera-shot").set_value(("snapshot.jpg", TWO_PEOPLE.read_bytes(), "image/jpeg"))
+        app.run()
+    assert not app.exception and not app.error
+    assert f"Recognised: {name}" in texts(app.text)
+    [image] = app.image  # the snapshot with the faces drawn
+    assert image.captions == ["camera snapshot"]
 
 
 # --- Failures of the API itself ------------------------------------------------------------------

@@ -9,12 +9,16 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from facegate.config import Settings, get_settings
 
 logger = logging.getLogger("facegate")
+
+_WS_FRAME_SLACK = 1 << 20
+_WORKERS_HELP = "API worker processes (default: WEB_CONCURRENCY, else one per CPU core)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -33,7 +37,7 @@ def _parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="run the REST API")
     _add_server_args(serve, port=8000)
-    serve.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    serve.add_argument("--workers", type=_positive, help=_WORKERS_HELP)
     serve.set_defaults(handler=_serve)
 
     ui = commands.add_parser("ui", help="run the Streamlit web UI")
@@ -44,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--host", default="127.0.0.1")
     up.add_argument("--api-port", type=int, default=8000)
     up.add_argument("--ui-port", type=int, default=8501)
-    up.add_argument("--workers", type=int, default=1, help="API worker processes (default 1)")
+    up.add_argument("--workers", type=_positive, help=_WORKERS_HELP)
     up.set_defaults(handler=_up)
 
     detect = commands.add_parser("detect", help="detect faces in image files")
@@ -74,6 +78,13 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _positive(text: str) -> int:
+    number = int(text)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
+    return number
+
+
 def _add_server_args(parser: argparse.ArgumentParser, *, port: int) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=port)
@@ -83,18 +94,57 @@ def _add_server_args(parser: argparse.ArgumentParser, *, port: int) -> None:
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    _announce_key(settings)
+    workers = args.workers or settings.workers()
+    # Each worker reads its settings afresh (with one worker, in this process): the worker count
+    # decides its share of the cores for ONNX Runtime (Settings.session_threads).
+    os.environ["WEB_CONCURRENCY"] = str(workers)
+    get_settings.cache_clear()
+    logger.info("%d worker(s), %d ONNX Runtime thread(s) each", workers, get_settings().session_threads())
+    with _shared_database(settings):
+        _run_uvicorn(args, settings, workers)
+    return 0
+
+
+@contextmanager
+def _shared_database(settings: Settings) -> Iterator[None]:
+    """Start the embedded PostgreSQL once, here, and hand its DSN to every worker.
+
+    The workers then never start or stop it themselves; this process stops it when the last worker
+    has exited (unless another process, say `facegate enroll`, still uses it).
+    """
+    if settings.external_dsn():
+        yield
+        return
+    from facegate.gallery import EmbeddedServer
+
+    server = EmbeddedServer(settings.facegate_data_dir / "pg")
+    os.environ["DATABASE_URL"] = server.start()
+    get_settings.cache_clear()
+    try:
+        yield
+    finally:
+        server.release()
+
+
+def _run_uvicorn(args: argparse.Namespace, settings: Settings, workers: int) -> None:
     import uvicorn
 
-    _announce_key(settings)
+    from facegate.api.logs import server_logging_config
+
     uvicorn.run(
         "facegate.api.app:create_app",
         factory=True,
         host=args.host,
         port=args.port,
-        workers=args.workers,
+        workers=workers,
+        # A frame a little over MAX_UPLOAD_BYTES gets the stream's 413 message; a far larger one
+        # is cut by the protocol (close code 1009) before it is read.
+        ws_max_size=settings.max_upload_bytes + _WS_FRAME_SLACK,
         log_level=settings.log_level.lower(),
+        log_config=server_logging_config(settings.log_level),
+        access_log=False,  # the app logs each request itself, with its request id and route
     )
-    return 0
 
 
 def _ui(args: argparse.Namespace, settings: Settings) -> int:
@@ -125,7 +175,8 @@ def _up(args: argparse.Namespace, settings: Settings) -> int:
         "--port",
         str(args.api_port),
     ]
-    api_command += ["--workers", str(args.workers)]
+    if args.workers:
+        api_command += ["--workers", str(args.workers)]
     children = [
         subprocess.Popen(api_command, env=env),
         subprocess.Popen(_streamlit_command(args.host, args.ui_port), env=env),
@@ -187,7 +238,7 @@ def _detect(args: argparse.Namespace, settings: Settings) -> int:
     params = DetectionParams(
         args.min_face_size, args.threshold_pnet, args.threshold_rnet, args.threshold_onet
     )
-    detector = MTCNN(threads=settings.onnx_threads)
+    detector = MTCNN(threads=settings.session_threads())
     failures = 0
     for path in args.images:
         try:

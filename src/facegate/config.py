@@ -50,8 +50,19 @@ class Settings(BaseSettings):
     # --- recognition ---
     face_embedder: Literal["onnx", "dlib", "arcface"] = "onnx"
     arcface_model_path: Path | None = None
-    face_match_threshold: float = Field(default=0.07, ge=0.0, le=2.0)
-    hnsw_ef_search: int = Field(default=100, ge=1, le=1000)
+    # Calibrated on LFW by benchmarks/calibrate.py (see BENCHMARKS.md): one-to-many search needs a
+    # stricter threshold than one-to-one verification, whose best LFW accuracy is at 0.09.
+    face_match_threshold: float = Field(default=0.06, ge=0.0, le=2.0)
+    face_verify_threshold: float = Field(default=0.09, ge=0.0, le=2.0)
+    hnsw_ef_search: int = Field(default=200, ge=1, le=1000)
+
+    # --- liveness (WS /ws/liveness) ---
+    liveness_timeout: float = Field(default=20.0, gt=0, le=300, description="Seconds a session lasts.")
+    liveness_max_frames: int = Field(default=400, ge=1, description="Frames a session may use.")
+    liveness_planar_residual: float = Field(
+        default=0.08, gt=0, description="Out-of-plane residual a turn needs (liveness_calibrate.py)."
+    )
+    liveness_turn_yaw: float = Field(default=0.35, gt=0, lt=1, description="Yaw index a turn must reach.")
 
     # --- limits ---
     max_upload_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
@@ -61,9 +72,26 @@ class Settings(BaseSettings):
     max_concurrent_inference: int = Field(
         default=2, ge=1, description="Images decoded or run through the models at once per process."
     )
+    max_inference_queue: int = Field(
+        default=16, ge=0, description="Requests that may wait for inference per process; beyond: 503."
+    )
+    request_timeout: float = Field(
+        default=30.0, gt=0, description="Seconds a request may take before it is answered 504."
+    )
+    rate_limit_per_minute: int = Field(
+        default=600, ge=0, description="Requests per minute per API key (token bucket); 0 = no limit."
+    )
+    rate_limit_burst: int = Field(
+        default=100, ge=1, description="Requests a key may make at once before the rate applies."
+    )
     api_root_path: str = Field(default="", description="Path prefix the API is served under by a proxy.")
     onnx_threads: int = Field(
-        default=0, ge=0, description="Threads per ONNX Runtime session; 0 = library default."
+        default=0,
+        ge=0,
+        description="Threads per ONNX Runtime session; 0 = the CPU cores shared out among the workers.",
+    )
+    web_concurrency: int | None = Field(
+        default=None, ge=1, description="API worker processes (`facegate serve`, `up`); unset = one per core."
     )
     onnx_providers: str = Field(
         default="auto", description="Comma-separated ONNX Runtime providers, or 'auto' (CUDA when available)."
@@ -77,6 +105,13 @@ class Settings(BaseSettings):
     @classmethod
     def _absolute(cls, value: Path) -> Path:
         return value.expanduser().resolve()
+
+    def workers(self) -> int:
+        return self.web_concurrency or available_cores()
+
+    def session_threads(self) -> int:
+        """`ONNX_THREADS`, else this worker's share of the cores: more threads than cores only contend."""
+        return self.onnx_threads or max(1, available_cores() // self.workers())
 
     def external_dsn(self) -> str | None:
         """The DSN of an external server from `DATABASE_URL` or the `DB_*` variables; None = embedded."""
@@ -110,6 +145,13 @@ class Settings(BaseSettings):
             with os.fdopen(descriptor, "w") as handle:
                 handle.write(key + "\n")
         return key
+
+
+def available_cores() -> int:
+    """The CPU cores this process may run on (a container's CPU set, not the host's count)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 @lru_cache

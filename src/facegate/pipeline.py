@@ -40,7 +40,7 @@ class Pipeline:
     @classmethod
     def from_settings(cls, settings: Settings) -> Pipeline:
         providers = None if settings.onnx_providers == "auto" else settings.onnx_providers.split(",")
-        detector = MTCNN(providers=providers, threads=settings.onnx_threads)
+        detector = MTCNN(providers=providers, threads=settings.session_threads())
         return cls(detector, create_embedder(settings))
 
     def detect(self, image: np.ndarray, params: DetectionParams | None = None) -> list[Face]:

@@ -16,6 +16,8 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request, params, status
 from fastapi.security import APIKeyHeader
 
+from facegate.api.ratelimit import retry_after
+
 
 class Scope(StrEnum):
     DETECT = "detect"
@@ -91,7 +93,7 @@ _api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="
 
 
 def authenticate(request: Request, presented: str | None) -> ApiKey:
-    """The caller's key, or 401. Records the key's name on the request for logs and rate limits."""
+    """The caller's key, or 401; 429 when it is over its rate. Records the key's name for logs."""
     key = request.app.state.services.keys.identify(presented)
     if key is None:
         raise HTTPException(
@@ -100,7 +102,20 @@ def authenticate(request: Request, presented: str | None) -> ApiKey:
             headers={"WWW-Authenticate": "API-Key"},
         )
     request.state.key_name = key.name
+    _rate_limit(request, key)
     return key
+
+
+def _rate_limit(request: Request, key: ApiKey) -> None:
+    """429 with `Retry-After` once `key` has used up its rate (every authenticated request counts)."""
+    wait = request.app.state.services.rate_limiter.acquire(key.name)
+    if wait > 0:
+        seconds = retry_after(wait)
+        raise HTTPException(
+            status.HTTP_429_TOO_MANY_REQUESTS,
+            detail=f"the key '{key.name}' is over its rate limit; retry in {seconds} s",
+            headers={"Retry-After": seconds},
+        )
 
 
 def require(scope: Scope) -> params.Depends:

@@ -12,6 +12,8 @@ from anyio.to_thread import run_sync
 from fastapi import Depends, HTTPException, Request, UploadFile, status
 
 from facegate.api.auth import KeyRing
+from facegate.api.metrics import Metrics
+from facegate.api.ratelimit import RateLimiter
 from facegate.config import Settings
 from facegate.gallery import Gallery
 from facegate.imaging import decode_image
@@ -31,6 +33,8 @@ class Services:
     pipeline: Pipeline
     gallery: Gallery
     inference_limiter: anyio.CapacityLimiter
+    rate_limiter: RateLimiter
+    metrics: Metrics
 
 
 def get_services(request: Request) -> Services:
@@ -53,16 +57,38 @@ async def read_image(upload: UploadFile, services: Services) -> np.ndarray:
                 detail=f"upload '{upload.filename}' is larger than the limit of {limit} bytes",
             )
         chunks.append(chunk)
-    data = b"".join(chunks)
+    return await decode(services, b"".join(chunks))
+
+
+async def decode(services: Services, data: bytes) -> np.ndarray:
+    """Decode image bytes (an upload, a WebSocket frame) within the byte and pixel limits."""
+    settings = services.settings
+
+    def timed_decode() -> np.ndarray:
+        with services.metrics.stage("decode"):
+            return decode_image(
+                data, max_bytes=settings.max_upload_bytes, max_pixels=settings.max_image_pixels
+            )
+
     # Decoding shares the inference limit: a decoded 40-megapixel photo takes 120 MB.
-    return await infer(
-        services, lambda: decode_image(data, max_bytes=limit, max_pixels=services.settings.max_image_pixels)
-    )
+    return await infer(services, timed_decode)
 
 
 async def infer(services: Services, function: Callable[[], T]) -> T:
-    """Run CPU-bound model work in a worker thread, at most `inference_limiter` at a time."""
-    return await run_sync(function, limiter=services.inference_limiter)
+    """Run CPU-bound model work in a worker thread, at most `inference_limiter` at a time.
+
+    At most `max_inference_queue` requests wait for a slot; one more is refused with 503 at once,
+    because a queue without bound holds every waiting upload in memory and answers too late anyway.
+    """
+    limiter = services.inference_limiter
+    waiting = limiter.statistics().tasks_waiting
+    if limiter.available_tokens < 1 and waiting >= services.settings.max_inference_queue:
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            detail=f"busy: {waiting} requests are already waiting for inference; retry shortly",
+            headers={"Retry-After": "1"},
+        )
+    return await run_sync(function, limiter=limiter)
 
 
 async def query(function: Callable[[], T]) -> T:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -28,7 +27,7 @@ NMS_ONET = 0.7  # over the smaller box
 MAX_LEVEL_PIXELS = 40_000_000
 # Best PNet proposals kept per level: only reached with thresholds near 0, where every cell is
 # a proposal and the pairwise NMS would otherwise grow with the square of the image size.
-MAX_PROPOSALS_PER_LEVEL = 20_000
+MAX_PROPOSALS_PER_LEVEL = 10_000
 # Crops per RNet/ONet run, to bound the batch's memory.
 MAX_BATCH = 2048
 
@@ -45,13 +44,20 @@ class DetectionParams:
     threshold_onet: float = 0.7
 
     def __post_init__(self) -> None:
-        size = self.min_face_size
-        if isinstance(size, bool) or not isinstance(size, int | np.integer) or size < 1:
-            raise ValueError(f"min_face_size must be an integer >= 1, got {size!r}")
+        if not _is_integer(self.min_face_size) or self.min_face_size < 1:
+            raise ValueError(f"min_face_size must be an integer >= 1, got {self.min_face_size!r}")
         for name in ("threshold_pnet", "threshold_rnet", "threshold_onet"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
+            if not _is_real(value) or not 0.0 <= value <= 1.0:  # also refuses NaN
                 raise ValueError(f"{name} must be a number between 0 and 1, got {value!r}")
+
+
+def _is_integer(value: object) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)
+
+
+def _is_real(value: object) -> bool:
+    return isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool)
 
 
 class MTCNN:
@@ -66,7 +72,7 @@ class MTCNN:
         self._onet = _session("onet", chosen, threads)
         log.info("MTCNN on %s", self._pnet.get_providers())
 
-    def detect(self, image: np.ndarray, params: DetectionParams = DetectionParams()) -> list[Face]:  # noqa: B008
+    def detect(self, image: np.ndarray, params: DetectionParams = DetectionParams()) -> list[Face]:
         """Faces in `image` (RGB uint8, H x W x 3), by decreasing score."""
         _check_image(image)
         boxes = self._propose(image, params)
@@ -101,7 +107,9 @@ class MTCNN:
         boxes = cascade.sort_by_score(boxes[boxes[:, 4] > threshold])
         return cascade.square(boxes[cascade.nms(boxes, NMS_RNET)])
 
-    def _output(self, image: np.ndarray, boxes: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    def _output(
+        self, image: np.ndarray, boxes: np.ndarray, threshold: float
+    ) -> tuple[np.ndarray, np.ndarray]:
         """ONet: final boxes with scores and (N, 5, 2) keypoints, best first."""
         regression, landmarks, probability = _run_on_crops(self._onet, image, boxes, 48)
         points = cascade.landmarks_in_image(boxes, landmarks)
@@ -113,7 +121,9 @@ class MTCNN:
         return boxes[kept], points[kept]
 
 
-def _run_on_crops(session: ort.InferenceSession, image: np.ndarray, boxes: np.ndarray, size: int) -> list[np.ndarray]:
+def _run_on_crops(
+    session: ort.InferenceSession, image: np.ndarray, boxes: np.ndarray, size: int
+) -> list[np.ndarray]:
     """The network's outputs for `size` x `size` crops of `boxes`, in chunks of MAX_BATCH crops."""
     chunks = [
         session.run(None, {"crops": cascade.crop_patches(image, boxes[start : start + MAX_BATCH], size)})

@@ -183,14 +183,14 @@ def _read_details(reader: _Reader, layer: Layer) -> None:
         reader.expect("fc_2")
         outputs, inputs = reader.integer(), reader.integer()
         params = reader.tensor()
-        weight_shape, bias_shape = reader.alias(), reader.alias()
+        weight_shape = reader.alias()
+        reader.alias()  # the biases: empty without bias
         if reader.integer() != 1:  # bias mode: FC_NO_BIAS
             raise ValueError("expected a fully connected layer without bias")
         for _ in range(4):
             reader.real()
         (weight,) = _split(params, weight_shape)
         layer.arrays = {"weight": weight.reshape(inputs, outputs)}
-        del bias_shape  # FC_NO_BIAS: the bias alias is empty
     elif layer.kind == RELU:
         reader.expect("relu_")
     elif layer.kind == ADD_PREV:

@@ -24,10 +24,10 @@ def create_embedder(settings: Settings) -> Embedder:
     if settings.face_embedder == "arcface":
         if settings.arcface_model_path is None:
             raise ValueError("FACE_EMBEDDER=arcface needs ARCFACE_MODEL_PATH (an insightface-format .onnx)")
-        return ArcFaceEmbedder(settings.arcface_model_path, _providers(settings), settings.onnx_threads)
+        return ArcFaceEmbedder(settings.arcface_model_path, _providers(settings), settings.session_threads())
     return DlibOnnxEmbedder(
         settings.facegate_data_dir / "models",
         mirror=MIRROR,
         providers=_providers(settings),
-        threads=settings.onnx_threads,
+        threads=settings.session_threads(),
     )

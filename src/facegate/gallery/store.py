@@ -129,7 +129,7 @@ class Gallery:
         pool_min: int = 1,
         pool_max: int = 8,
         timeout: float = 5.0,
-        ef_search: int = 100,
+        ef_search: int = 200,
     ) -> Gallery:
         """Migrate the schema, check the recorded model and open the pool.
 

@@ -36,6 +36,7 @@ def main() -> None:
         st.Page(VIEWS / "detect.py", title="Detect", icon=":material/center_focus_strong:", default=True),
         st.Page(VIEWS / "gallery.py", title="Gallery", icon=":material/group:"),
         st.Page(VIEWS / "recognize.py", title="Recognise", icon=":material/person_search:"),
+        st.Page(VIEWS / "camera.py", title="Camera", icon=":material/photo_camera:"),
     ]
     page = st.navigation(pages)
     api_status()

@@ -59,14 +59,27 @@ def image_input(key: str, label: str = "Upload a photo") -> Upload | None:
     return Upload(choice, samples[choice].read_bytes())
 
 
-def call(spinner: str, request: Callable[[], T], failure: str = "") -> T | None:
-    """Run an API request under a spinner; on failure show a readable error and return None."""
+def call(
+    spinner: str, request: Callable[[], T], failure: str = "", hints: Mapping[int, str] | None = None
+) -> T | None:
+    """Run an API request under a spinner; on failure show a readable error and return None.
+
+    The error reads `<failure>: <the API's detail>`, plus the hint for its HTTP status, if any.
+    """
     with st.spinner(spinner):
         try:
             return request()
         except ApiError as exc:
-            st.error(f"{failure}: {exc}" if failure else str(exc), icon=":material/error:")
+            message = f"{failure}: {exc}" if failure else str(exc)
+            if hint := (hints or {}).get(exc.status or 0):
+                message = f"{message}. {hint}"
+            st.error(message, icon=":material/error:")
             return None
+
+
+def counted(count: int, noun: str, plural: str = "") -> str:
+    """`1 face`, `2 faces`, `2 people` (pass the plural when it is not noun + s)."""
+    return f"{count} {noun if count == 1 else plural or noun + 's'}"
 
 
 def flash(message: str) -> None:

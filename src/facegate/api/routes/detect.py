@@ -12,13 +12,13 @@ from PIL import Image
 from facegate.annotate import draw_faces
 from facegate.api.auth import Scope, require
 from facegate.api.deps import ServicesDep, infer, read_image
-from facegate.api.schemas import DetectResponse, ErrorBody
+from facegate.api.schemas import KEYED_ERRORS, DetectResponse, error_responses
 from facegate.detection import DetectionParams
 from facegate.faces import detection_dict
 
 router = APIRouter(tags=["detection"], dependencies=[require(Scope.DETECT)])
 
-_ERRORS: dict[int | str, dict] = {code: {"model": ErrorBody} for code in (400, 401, 413, 415, 422, 503)}
+_ERRORS = error_responses(*KEYED_ERRORS, 400, 413, 415, 422, 503)
 
 
 def detection_params(

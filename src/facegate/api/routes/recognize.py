@@ -8,14 +8,21 @@ import numpy as np
 from fastapi import APIRouter, File, Query, UploadFile
 
 from facegate.api.auth import Scope, require
-from facegate.api.deps import ServicesDep, infer, query, read_image
-from facegate.api.schemas import ErrorBody, MatchedUser, RecognizedFace, RecognizeResponse, VerifyResponse
+from facegate.api.deps import Services, ServicesDep, infer, query, read_image
+from facegate.api.schemas import (
+    KEYED_ERRORS,
+    MatchedUser,
+    RecognizedFace,
+    RecognizeResponse,
+    VerifyResponse,
+    error_responses,
+)
 from facegate.gallery import Match
 from facegate.pipeline import EmbeddedFace, NoFaceError
 
 router = APIRouter(tags=["recognition"], dependencies=[require(Scope.RECOGNIZE)])
 
-_ERRORS: dict[int | str, dict] = {code: {"model": ErrorBody} for code in (400, 401, 413, 415, 422, 503)}
+_ERRORS = error_responses(*KEYED_ERRORS, 400, 413, 415, 422, 503)
 
 ThresholdQuery = Annotated[
     float | None,
@@ -23,7 +30,7 @@ ThresholdQuery = Annotated[
         ge=0.0,
         le=2.0,
         allow_inf_nan=False,
-        description="cosine-distance threshold; default FACE_MATCH_THRESHOLD",
+        description="cosine distance; default FACE_MATCH_THRESHOLD or, for /verify, FACE_VERIFY_THRESHOLD",
     ),
 ]
 
@@ -51,13 +58,20 @@ async def recognize(
     services: ServicesDep, image: Annotated[UploadFile, File()], threshold: ThresholdQuery = None
 ) -> RecognizeResponse:
     """Every face against the gallery, largest first; the top-level fields describe the largest face."""
+    return await recognize_image(services, await read_image(image, services), threshold)
+
+
+async def recognize_image(
+    services: Services, decoded: np.ndarray, threshold: float | None
+) -> RecognizeResponse:
+    """The body of `/recognize` for a decoded image (shared with the WebSocket stream)."""
     limit = services.settings.face_match_threshold if threshold is None else threshold
-    decoded = await read_image(image, services)
     faces = await infer(services, lambda: services.pipeline.analyse(decoded))
     if not faces:
         raise NoFaceError("no face found in the image")
     vectors = np.stack([face.embedding for face in faces])
-    results = await query(lambda: services.gallery.search(vectors, k=1))
+    with services.metrics.stage("search"):
+        results = await query(lambda: services.gallery.search(vectors, k=1))
     answers = [
         recognized_face(face, matches[0] if matches else None, limit)
         for face, matches in zip(faces, results, strict=True)
@@ -88,7 +102,7 @@ async def verify(
     threshold: ThresholdQuery = None,
 ) -> VerifyResponse:
     """Whether the largest faces of two photos are the same person."""
-    limit = services.settings.face_match_threshold if threshold is None else threshold
+    limit = services.settings.face_verify_threshold if threshold is None else threshold
     first = await read_image(image1, services)
     second = await read_image(image2, services)
     a = await infer(services, lambda: services.pipeline.largest_face(first))

@@ -3,25 +3,26 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from facegate import __version__
 from facegate.api.auth import Scope, require
 from facegate.api.deps import ServicesDep, query
-from facegate.api.schemas import ErrorBody, Health, ServiceInfo, Stats
+from facegate.api.schemas import KEYED_ERRORS, Health, ServiceInfo, Stats, error_responses
 from facegate.gallery.errors import GalleryError
 
 router = APIRouter(tags=["service"])
 
 
-@router.get("/", response_model=ServiceInfo)
+@router.get("/", response_model=ServiceInfo, responses=error_responses(504))
 async def root(request: Request) -> ServiceInfo:
     """The service's name, version and endpoints (no key needed)."""
     paths = sorted(request.app.openapi()["paths"])
     return ServiceInfo(service="FaceGate", version=__version__, docs="/docs", endpoints=paths)
 
 
-@router.get("/health", response_model=Health, responses={503: {"model": Health}})
+@router.get("/health", response_model=Health, responses={**error_responses(504), 503: {"model": Health}})
 async def health(services: ServicesDep) -> Health | JSONResponse:
     """Liveness and database status (no key needed); 503 while the database is unreachable."""
     embedder = services.pipeline.embedder
@@ -47,7 +48,7 @@ async def health(services: ServicesDep) -> Health | JSONResponse:
     "/stats",
     response_model=Stats,
     dependencies=[require(Scope.RECOGNIZE)],
-    responses={code: {"model": ErrorBody} for code in (401, 503)},
+    responses=error_responses(*KEYED_ERRORS, 503),
 )
 async def stats(services: ServicesDep) -> Stats:
     """How many people and faces the gallery holds."""
@@ -59,3 +60,22 @@ async def stats(services: ServicesDep) -> Stats:
         embedding_model=services.pipeline.embedder.name,
         embedding_dimension=services.pipeline.embedder.dim,
     )
+
+
+@router.get(
+    "/metrics",
+    dependencies=[require(Scope.DETECT)],
+    # Not `response_class=PlainTextResponse`: that would document the JSON errors as text too.
+    responses={
+        **error_responses(*KEYED_ERRORS),
+        200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus text"},
+    },
+)
+async def metrics(services: ServicesDep) -> PlainTextResponse:
+    """Prometheus metrics (any valid key: give the scraper a `detect` key, the narrowest scope)."""
+    try:
+        counts = await query(services.gallery.stats)
+    except GalleryError:
+        counts = None  # reported as facegate_database_up 0; the other metrics matter most then
+    body = services.metrics.render(counts, services.inference_limiter)
+    return PlainTextResponse(body, media_type=CONTENT_TYPE_LATEST)

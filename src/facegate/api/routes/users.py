@@ -9,16 +9,25 @@ from fastapi import APIRouter, File, Form, HTTPException, Path, Query, UploadFil
 
 from facegate.api.auth import Scope, require
 from facegate.api.deps import ServicesDep, infer, query, read_image
-from facegate.api.schemas import Deleted, ErrorBody, FaceAdded, RegisterResponse, User, UserList
+from facegate.api.schemas import (
+    KEYED_ERRORS,
+    Deleted,
+    FaceAdded,
+    RegisterResponse,
+    User,
+    UserList,
+    error_responses,
+)
 from facegate.gallery import UserRecord
 
 router = APIRouter(tags=["gallery"], dependencies=[require(Scope.ADMIN)])
 
-_ERRORS: dict[int | str, dict] = {
-    code: {"model": ErrorBody} for code in (400, 401, 404, 409, 413, 415, 422, 503)
-}
+_ERRORS = error_responses(*KEYED_ERRORS, 400, 404, 409, 413, 415, 422, 503)
 
 MAX_NAME_LENGTH = 200
+# Control, format (invisible, bidi overrides), surrogate, private-use and unassigned characters, and
+# the line and paragraph separators, which would break a name across lines wherever it is shown.
+_REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 UserId = Annotated[int, Path(ge=1, le=2**63 - 1)]
 
 
@@ -30,7 +39,7 @@ def clean_name(raw: str) -> str:
             status.HTTP_422_UNPROCESSABLE_CONTENT,
             detail=f"name must be 1 to {MAX_NAME_LENGTH} characters after trimming",
         )
-    if any(unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Co", "Cn") for ch in name):
+    if any(unicodedata.category(ch) in _REFUSED_CATEGORIES for ch in name):
         raise HTTPException(
             status.HTTP_422_UNPROCESSABLE_CONTENT,
             detail="name must not contain control or invisible characters",

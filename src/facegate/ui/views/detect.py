@@ -8,7 +8,7 @@ from typing import Any
 import streamlit as st
 
 from facegate.ui.client import DetectParams
-from facegate.ui.widgets import api, call, image_input, show_faces
+from facegate.ui.widgets import api, call, counted, image_input, show_faces
 
 
 def detection_params() -> DetectParams:
@@ -53,7 +53,7 @@ else:
     elapsed_ms = (time.perf_counter() - started) * 1000
     if result is not None:
         count = len(result["boxes"])
-        st.subheader(f"{count} face{'s' if count != 1 else ''} found")
+        st.subheader(f"{counted(count, 'face')} found")
         st.caption(f"API round trip: {elapsed_ms:.0f} ms")
         show_faces(image, result["boxes"], result["keypoints"], [f"{s:.2f}" for s in result["scores"]])
         if count:

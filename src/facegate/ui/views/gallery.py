@@ -6,14 +6,11 @@ from typing import Any
 
 import streamlit as st
 
-from facegate.ui.client import ApiError, Upload
-from facegate.ui.widgets import IMAGE_TYPES, api, call, flash, show_flash
+from facegate.ui.client import Upload
+from facegate.ui.widgets import IMAGE_TYPES, api, call, counted, flash, show_flash
 
-# What the API's 409 and 422 answers mean for someone registering a person.
-_REGISTER_HINTS = {
-    409: "Pick another name, or add the photo to that person below.",
-    422: "A registration photo must show exactly one face.",
-}
+# The API's 409 says the name is taken; say what to do about it.
+_DUPLICATE_HINT = {409: "Pick another name, or add the photo to that person below"}
 
 
 def register_form() -> None:
@@ -26,14 +23,14 @@ def register_form() -> None:
     if not name or photo is None:
         st.warning("Enter a name and choose a photo.")
         return
-    try:
-        with st.spinner(f"Registering {name}…"):
-            answer = api().register(name, Upload(photo.name, photo.getvalue()))
-    except ApiError as exc:
-        hint = _REGISTER_HINTS.get(exc.status or 0, "")
-        st.error(f"Could not register {name}: {exc}. {hint}".strip(), icon=":material/error:")
-        return
-    flash(f"Registered {answer['name']} (id {answer['user_id']}).")
+    answer = call(
+        f"Registering {name}…",
+        lambda: api().register(name, Upload(photo.name, photo.getvalue())),
+        failure=f"Could not register {name}",
+        hints=_DUPLICATE_HINT,
+    )
+    if answer is not None:
+        flash(f"Registered {answer['name']} (id {answer['user_id']}).")
 
 
 def user_label(user: dict[str, Any]) -> str:
@@ -62,7 +59,7 @@ def delete_user(user: dict[str, Any]) -> None:
 
 
 def user_table(users: list[dict[str, Any]]) -> None:
-    st.subheader(f"{len(users)} registered {'person' if len(users) == 1 else 'people'}")
+    st.subheader(counted(len(users), "registered person", "registered people"))
     if users:
         rows = [{"id": u["id"], "name": u["name"], "photos": u["face_count"]} for u in users]
         st.dataframe(rows, hide_index=True)

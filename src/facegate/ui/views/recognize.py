@@ -7,7 +7,7 @@ from typing import Any
 import streamlit as st
 
 from facegate.ui.client import ApiError
-from facegate.ui.widgets import api, call, image_input, show_faces
+from facegate.ui.widgets import api, call, counted, image_input, show_faces
 
 UNKNOWN = "unknown"
 # Used only when the API cannot say its own default (it is down; the page shows that error anyway).
@@ -57,7 +57,7 @@ else:
     if result is not None:
         faces = result["faces"]
         names = [face["matched_user"]["name"] for face in faces if face["matched_user"]]
-        st.subheader(f"{len(faces)} face{'s' if len(faces) != 1 else ''}: {len(names)} recognised")
+        st.subheader(f"{counted(len(faces), 'face')}: {len(names)} recognised")
         if names:
             st.text("Recognised: " + ", ".join(names))  # plain text: a name is not markdown
         show_faces(

@@ -1,0 +1,42 @@
+"""Request ids in the server's logs.
+
+Light on purpose (no FastAPI import): the command line uses it to configure logging before it
+starts uvicorn.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextvars import ContextVar
+from typing import Any
+
+request_id_var: ContextVar[str] = ContextVar("request_id", default="-")
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
+
+
+class RequestIdFilter(logging.Filter):
+    """Gives every log record a `request_id` attribute (`-` outside a request) for the log format."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = request_id_var.get()
+        return True
+
+
+def server_logging_config(level: str) -> dict[str, Any]:
+    """A `logging.config.dictConfig` for `facegate serve`; uvicorn applies it in every worker process."""
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "filters": {"request_id": {"()": RequestIdFilter}},
+        "formatters": {"default": {"format": LOG_FORMAT}},
+        "handlers": {
+            "default": {
+                "class": "logging.StreamHandler",
+                "formatter": "default",
+                "filters": ["request_id"],
+                "stream": "ext://sys.stderr",
+            }
+        },
+        "root": {"handlers": ["default"], "level": level.upper()},
+    }

@@ -1,0 +1,160 @@
+"""`WS /ws/liveness`: an active liveness challenge on a camera stream, ending in one verdict.
+
+Protocol (JSON text messages from the server, binary frames from the client):
+
+1. Authentication as on the other sockets (`X-API-Key` header or a first `{"api_key": ...}`
+   message; scope `recognize`), handled by the stream module's helpers.
+2. The server opens a session and sends `{"type": "session", "session_id", "challenges",
+   "deadline" (Unix time), "timeout_s"}`.
+3. For each frame it processes: `{"type": "progress", "frame", "skipped", "face_found",
+   "current", "completed", "hint", "signals"}`; a frame it cannot use gets `{"type": "error",
+   "error", "status", "frame"}` and the session goes on. As on `/ws/detect`, frames that arrive
+   while one is being processed replace each other, so a fast camera never builds a backlog.
+4. At the end, `{"type": "verdict", "session_id", "live", "score", "reasons", "messages",
+   "challenges", "completed", "recognition"}` — `recognition` is the body of `POST /recognize`
+   for the most frontal frame when live, else null — then the server closes the socket (1000).
+
+A session lives only as long as its socket: it is single-use by construction, and it ends with
+a verdict at its deadline even when the client sends nothing more. A client that leaves early
+ends it without a verdict; nothing keeps running for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from typing import Any
+
+import anyio
+from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+
+from facegate.api.auth import Scope
+from facegate.api.deps import Services, decode, infer
+from facegate.api.routes.recognize import recognize_image
+from facegate.api.routes.stream import LatestFrame, StreamClosed, Taken, _open, _process, _receive, _send
+from facegate.config import Settings
+from facegate.gallery.errors import GalleryError
+from facegate.liveness.frames import observe_frame
+from facegate.liveness.session import Bounds, Progress, Session
+
+logger = logging.getLogger(__name__)
+
+router = APIRouter(tags=["liveness"])
+
+_SYSTEM_RANDOM = random.SystemRandom()
+
+
+def session_bounds(settings: Settings) -> Bounds:
+    return Bounds(
+        planar_residual=settings.liveness_planar_residual,
+        turn_yaw=settings.liveness_turn_yaw,
+        match_threshold=settings.face_verify_threshold,  # one-to-one: the same face as at the start
+        timeout_s=settings.liveness_timeout,
+        max_frames=settings.liveness_max_frames,
+    )
+
+
+@router.websocket("/ws/liveness")
+async def liveness_stream(websocket: WebSocket) -> None:
+    try:
+        services = await _open(websocket, Scope.RECOGNIZE)
+    except (StreamClosed, WebSocketDisconnect):
+        return
+    # Tests put a seeded `random.Random` here to fix the challenge order; the service never does.
+    rng = getattr(websocket.app.state, "liveness_rng", _SYSTEM_RANDOM)
+    session = Session.start(session_bounds(services.settings), rng=rng)
+    mailbox = LatestFrame()
+    try:
+        await _send(websocket, _opening(session))
+        async with anyio.create_task_group() as tasks:
+
+            async def receive() -> None:
+                await _receive(websocket, mailbox)
+                tasks.cancel_scope.cancel()  # the client left: stop working for nobody
+
+            tasks.start_soon(receive)
+            await _run(websocket, services, session, mailbox)
+            tasks.cancel_scope.cancel()  # verdict sent: stop reading frames
+    except* WebSocketDisconnect:
+        pass  # the client left while a message was being sent
+    if session.verdict is None:
+        logger.info(
+            "liveness session %s abandoned by the client after %d frame(s)", session.id, mailbox.received
+        )
+        return
+    await websocket.close()
+
+
+def _opening(session: Session) -> dict[str, Any]:
+    return {
+        "type": "session",
+        "session_id": session.id,
+        "challenges": list(session.challenges),
+        "deadline": round(time.time() + session.remaining(), 3),
+        "timeout_s": session.bounds.timeout_s,
+    }
+
+
+async def _run(websocket: WebSocket, services: Services, session: Session, mailbox: LatestFrame) -> None:
+    """Answer frames until the session has its verdict (or its deadline passes), then send it."""
+    while session.verdict is None:
+        taken: Taken | None = None
+        with anyio.move_on_after(session.remaining()):
+            taken = await mailbox.take()
+        if taken is None:
+            session.expire()
+            break
+
+        async def handle(data: bytes) -> dict[str, Any]:
+            image = await decode(services, data)
+            observation = await infer(services, lambda: observe_frame(services.pipeline, image))
+            return _progress(session.observe(observation))
+
+        body = await _process(taken, handle)
+        if "error" in body:
+            body = {"type": "error", **body}
+        await _send(websocket, {**body, "frame": taken.number, "skipped": taken.skipped})
+    await _send(websocket, await _verdict(services, session))
+
+
+def _progress(progress: Progress) -> dict[str, Any]:
+    signals = progress.signals
+    return {
+        "type": "progress",
+        "face_found": progress.face_found,
+        "current": progress.current,
+        "completed": list(progress.completed),
+        "hint": progress.hint,
+        "signals": None
+        if signals is None
+        else {
+            "ear": round(signals.ear, 4),
+            "mar": round(signals.mar, 4),
+            "yaw": round(signals.yaw, 4),
+            "residual": None if signals.residual is None else round(signals.residual, 4),
+        },
+    }
+
+
+async def _verdict(services: Services, session: Session) -> dict[str, Any]:
+    verdict = session.verdict
+    assert verdict is not None
+    recognition = None
+    if verdict.live and verdict.best is not None and verdict.best.image is not None:
+        try:
+            answer = await recognize_image(services, verdict.best.image, None)
+            recognition = answer.model_dump(mode="json")
+        except GalleryError as exc:
+            logger.warning("liveness session %s: gallery unavailable for recognition: %s", session.id, exc)
+    return {
+        "type": "verdict",
+        "session_id": session.id,
+        "live": verdict.live,
+        "score": round(verdict.score, 4),
+        "reasons": list(verdict.reasons),
+        "messages": list(verdict.messages),
+        "challenges": list(session.challenges),
+        "completed": list(verdict.completed),
+        "recognition": recognition,
+    }

@@ -1,0 +1,287 @@
+"""MTCNN detection: edge cases, parameters, thread safety and the numeric building blocks."""
+
+from __future__ import annotations
+
+import io
+import itertools
+import math
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from facegate.detection import MTCNN, DetectionParams, cascade
+from facegate.faces import Face
+from facegate.imaging import decode_image, load_image_file
+from tests.data import FACES
+
+PORTRAIT = FACES / "portraits/Barack_Obama/fr_obama_small.jpg"  # 320x240, one face
+GROUP = FACES / "groups/deepface_selfie-many-people.jpg"  # 600x604, five faces
+
+needs_data = pytest.mark.skipif(not PORTRAIT.is_file(), reason="shared test images not present")
+
+
+@pytest.fixture(scope="module")
+def detector() -> MTCNN:
+    return MTCNN()
+
+
+@pytest.fixture(scope="module")
+def portrait() -> np.ndarray:
+    return load_image_file(PORTRAIT)
+
+
+def one_face(faces: list[Face]) -> Face:
+    assert len(faces) == 1, faces
+    return faces[0]
+
+
+def iou(a: tuple, b: tuple) -> float:
+    width = min(a[2], b[2]) - max(a[0], b[0])
+    height = min(a[3], b[3]) - max(a[1], b[1])
+    inter = max(width, 0) * max(height, 0)
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+# --- results -------------------------------------------------------------------------------------
+
+
+@needs_data
+def test_portrait_gives_one_well_formed_face(detector: MTCNN, portrait: np.ndarray) -> None:
+    face = one_face(detector.detect(portrait))
+    assert all(isinstance(v, float) for v in face.box) and isinstance(face.score, float)
+    x1, y1, x2, y2 = face.box
+    assert 0 <= x1 < x2 <= portrait.shape[1] - 1 and 0 <= y1 < y2 <= portrait.shape[0] - 1
+    assert 0.9 < face.score <= 1.0
+    assert face.keypoints.shape == (5, 2)
+    assert np.all((face.keypoints >= [x1, y1]) & (face.keypoints <= [x2, y2]))
+
+
+@needs_data
+def test_group_faces_sorted_by_score(detector: MTCNN) -> None:
+    faces = detector.detect(load_image_file(GROUP))
+    assert len(faces) >= 4
+    scores = [face.score for face in faces]
+    assert scores == sorted(scores, reverse=True)
+
+
+@needs_data
+def test_grey_and_rgba_sources_converted_by_the_caller(detector: MTCNN, portrait: np.ndarray) -> None:
+    expected = one_face(detector.detect(portrait))
+    for mode in ("L", "RGBA", "LA"):
+        buffer = io.BytesIO()
+        Image.fromarray(portrait).convert(mode).save(buffer, format="PNG")
+        converted = decode_image(buffer.getvalue(), max_bytes=10**8, max_pixels=10**8)
+        assert converted.shape == portrait.shape and converted.dtype == np.uint8
+        assert iou(one_face(detector.detect(converted)).box, expected.box) > 0.85, mode
+
+
+@needs_data
+def test_concurrent_calls_give_identical_results(detector: MTCNN, portrait: np.ndarray) -> None:
+    group = np.asarray(Image.open(GROUP).convert("RGB").reduce(2))
+    images = [portrait, group, np.ascontiguousarray(portrait[:, ::-1])]
+    expected = [detector.detect(image) for image in images]
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        results = list(pool.map(detector.detect, images * 3))
+    assert any(len(faces) > 1 for faces in expected)
+    for got, want in zip(results, expected * 3, strict=True):
+        assert [(f.box, f.score) for f in got] == [(f.box, f.score) for f in want]
+        assert all(np.array_equal(a.keypoints, b.keypoints) for a, b in zip(got, want, strict=True))
+
+
+@needs_data
+def test_non_contiguous_input(detector: MTCNN, portrait: np.ndarray) -> None:
+    mirrored = portrait[:, ::-1]
+    face = one_face(detector.detect(mirrored))
+    original = one_face(detector.detect(portrait))
+    width = portrait.shape[1] - 1
+    assert iou((width - face.box[2], face.box[1], width - face.box[0], face.box[3]), original.box) > 0.85
+
+
+# --- edge cases ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "shape", [(1, 1), (5, 5), (11, 11), (12, 12), (13, 40), (1, 640), (640, 1), (11, 2000), (24, 24)]
+)
+def test_tiny_and_thin_images_do_not_crash(detector: MTCNN, shape: tuple[int, int]) -> None:
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
+    faces = detector.detect(
+        image, DetectionParams(threshold_pnet=0.0, threshold_rnet=0.0, threshold_onet=0.0)
+    )
+    if min(shape) < 12:
+        assert faces == []
+    for face in faces:
+        assert 0 <= face.box[0] <= face.box[2] <= shape[1] - 1
+
+
+@pytest.mark.parametrize("value", [0, 255])
+def test_flat_images_give_no_face(detector: MTCNN, value: int) -> None:
+    assert detector.detect(np.full((480, 640, 3), value, np.uint8)) == []
+
+
+@needs_data
+def test_large_min_face_size(detector: MTCNN, portrait: np.ndarray) -> None:
+    face = one_face(detector.detect(portrait))  # about 100 x 150 px
+    assert one_face(detector.detect(portrait, DetectionParams(min_face_size=60))).box == pytest.approx(
+        face.box, abs=0.1 * face.width
+    )
+    # MTCNN's minimum is where the pyramid starts, not a filter: a 200 px window may still
+    # regress onto the 100 px face, but never onto anything else.
+    for other in detector.detect(portrait, DetectionParams(min_face_size=200)):
+        assert iou(other.box, face.box) > 0.5
+    assert detector.detect(portrait, DetectionParams(min_face_size=241)) == []  # larger than the image
+    assert detector.detect(portrait, DetectionParams(min_face_size=10_000)) == []
+
+
+@needs_data
+def test_small_min_face_size_upsamples(detector: MTCNN, portrait: np.ndarray) -> None:
+    small = np.asarray(Image.fromarray(portrait).resize((40, 30), Image.Resampling.LANCZOS))
+    assert cascade.pyramid_scales(30, 40, 8, 10**9)[0] == pytest.approx(1.5)
+    expected = one_face(detector.detect(small))  # about 14 px wide
+    for size in (8, 1):
+        face = one_face(detector.detect(small, DetectionParams(min_face_size=size)))
+        assert iou(face.box, expected.box) > 0.7
+
+
+@needs_data
+def test_threshold_one_finds_nothing(detector: MTCNN, portrait: np.ndarray) -> None:
+    for params in (
+        DetectionParams(threshold_pnet=1.0),
+        DetectionParams(threshold_rnet=1.0),
+        DetectionParams(threshold_onet=1.0),
+    ):
+        assert detector.detect(portrait, params) == []
+
+
+@needs_data
+def test_threshold_zero_keeps_the_face_and_more(detector: MTCNN, portrait: np.ndarray) -> None:
+    face = one_face(detector.detect(portrait))
+    faces = detector.detect(
+        portrait, DetectionParams(threshold_pnet=0.0, threshold_rnet=0.0, threshold_onet=0.0)
+    )
+    assert len(faces) > 1
+    assert faces[0].box == face.box or any(iou(other.box, face.box) > 0.85 for other in faces)
+    assert [f.score for f in faces] == sorted((f.score for f in faces), reverse=True)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"min_face_size": 0},
+        {"min_face_size": -20},
+        {"min_face_size": 20.5},
+        {"min_face_size": True},
+        {"min_face_size": "20"},
+        {"threshold_pnet": -0.01},
+        {"threshold_rnet": 1.01},
+        {"threshold_onet": math.nan},
+        {"threshold_onet": "0.7"},
+    ],
+)
+def test_invalid_params_raise(kwargs: dict) -> None:
+    with pytest.raises(ValueError, match=next(iter(kwargs))):
+        DetectionParams(**kwargs)
+
+
+def test_params_are_frozen_with_reference_defaults() -> None:
+    params = DetectionParams()
+    assert (params.min_face_size, params.threshold_pnet, params.threshold_rnet, params.threshold_onet) == (
+        20,
+        0.6,
+        0.7,
+        0.7,
+    )
+    with pytest.raises(AttributeError):
+        params.min_face_size = 40  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        np.zeros((40, 40), np.uint8),
+        np.zeros((40, 40, 4), np.uint8),
+        np.zeros((40, 40, 3), np.float32),
+        [[0, 0, 0]],
+    ],
+)
+def test_invalid_images_raise(detector: MTCNN, image: object) -> None:
+    with pytest.raises(ValueError, match="RGB uint8"):
+        detector.detect(image)  # type: ignore[arg-type]
+
+
+def test_unknown_provider_raises() -> None:
+    with pytest.raises(ValueError, match="not available"):
+        MTCNN(providers=["NoSuchExecutionProvider"])
+
+
+# --- building blocks -----------------------------------------------------------------------------
+
+
+def test_pyramid_stops_at_the_pnet_window() -> None:
+    scales = cascade.pyramid_scales(480, 640, 20, 10**9)
+    assert scales[0] == pytest.approx(0.6)
+    assert all(b / a == pytest.approx(cascade.SCALE_FACTOR) for a, b in itertools.pairwise(scales))
+    assert int(480 * scales[-1]) >= 12 > int(480 * scales[-1] * cascade.SCALE_FACTOR)
+    assert cascade.pyramid_scales(11, 1000, 20, 10**9) == []
+    assert cascade.pyramid_scales(100, 100, 101, 10**9) == []
+    # Levels over the pixel budget are skipped, not the smaller ones.
+    assert cascade.pyramid_scales(1000, 1000, 12, 600_000)[0] == pytest.approx(cascade.SCALE_FACTOR)
+
+
+def test_area_pyramid_averages_covered_area() -> None:
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 256, (9, 12, 3), dtype=np.uint8)
+    pyramid = cascade.AreaPyramid(image)
+    thirds = image.astype(np.float64).reshape(9, 4, 3, 3).mean(axis=2)
+    np.testing.assert_allclose(pyramid.level(9, 4), thirds, atol=1e-3)
+    # 12 -> 8 columns: each output column covers 1.5 input columns.
+    row = image[0, :, 0].astype(np.float64)
+    expected = [
+        (row[i] + 0.5 * row[i + 1]) / 1.5 if k % 2 == 0 else (0.5 * row[i] + row[i + 1]) / 1.5
+        for k, i in enumerate([0, 1, 3, 4, 6, 7, 9, 10])
+    ]
+    np.testing.assert_allclose(pyramid.level(9, 8)[0, :, 0], expected, atol=1e-3)
+    np.testing.assert_allclose(pyramid.level(9, 12), image, atol=1e-3)
+
+
+def test_nms_drops_boxes_overlapped_by_any_better_box() -> None:
+    # b overlaps a, c overlaps only b: the reference drops c too although b is dropped itself.
+    boxes = np.asarray([[0, 0, 10, 10, 0.9], [3, 0, 13, 10, 0.8], [6, 0, 16, 10, 0.7], [40, 40, 50, 50, 0.6]])
+    assert cascade.nms(boxes, 0.3).tolist() == [0, 3]
+    assert cascade.nms(boxes, 0.9).tolist() == [0, 1, 2, 3]
+    inner = np.asarray([[0, 0, 100, 100, 0.9], [10, 10, 30, 30, 0.8]])
+    assert cascade.nms(inner, 0.7).tolist() == [0, 1]
+    assert cascade.nms(inner, 0.7, over_min=True).tolist() == [0]
+    assert cascade.nms(np.empty((0, 5)), 0.5).tolist() == []
+
+
+def test_nms_in_blocks_equals_one_block(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(2)
+    corners = rng.uniform(0, 200, (300, 2))
+    boxes = np.concatenate([corners, corners + rng.uniform(5, 40, (300, 2)), rng.random((300, 1))], axis=1)
+    boxes = cascade.sort_by_score(boxes)
+    whole = cascade.nms(boxes, 0.5)
+    monkeypatch.setattr(cascade, "_NMS_BLOCK", 7)
+    assert cascade.nms(boxes, 0.5).tolist() == whole.tolist()
+
+
+def test_square_keeps_the_centre() -> None:
+    squared = cascade.square(np.asarray([[10.0, 20.0, 30.0, 60.0, 0.5]]))
+    assert squared.tolist() == [[0.0, 20.0, 40.0, 60.0, 0.5]]
+
+
+def test_crops_sample_bilinearly_and_fill_outside() -> None:
+    image = np.arange(10 * 10 * 3, dtype=np.uint8).reshape(10, 10, 3)
+    # The reference divides by the size but samples over size - 1: a box 0..10 spans pixels 0..9.
+    whole = cascade.crop_patches(image, np.asarray([[0.0, 0.0, 10.0, 10.0]]), 10)
+    np.testing.assert_allclose(whole[0], image, atol=1e-4)
+    half = cascade.crop_patches(image, np.asarray([[0.0, 0.0, 10.0, 10.0]]), 19)
+    np.testing.assert_allclose(half[0, 1, 1], image[:2, :2].astype(np.float32).mean(axis=(0, 1)), atol=1e-4)
+    outside = cascade.crop_patches(image, np.asarray([[-20.0, -20.0, 30.0, 30.0]]), 5)
+    assert outside[0, 0, 0].tolist() == [cascade.OUTSIDE_PIXEL] * 3
+    np.testing.assert_allclose(
+        outside[0, 2, 2], image[4:6, 4:6].astype(np.float32).mean(axis=(0, 1)), atol=0.6
+    )

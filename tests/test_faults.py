@@ -1,0 +1,165 @@
+"""Faults on the real service (uvicorn, embedded PostgreSQL): bursts, a database outage, a crash."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from facegate.gallery import EmbeddedServer
+from tests.data import FACES
+from tests.live import LiveServer
+
+KEY = "faults-test-key"
+AUTH = {"X-API-Key": KEY}
+PORTRAIT = FACES / "portraits" / "Barack_Obama" / "fr_obama_small.jpg"
+LARGE_PHOTO = FACES / "groups" / "deepface_selfie-many-people.jpg"
+DB_TIMEOUT = 1.0
+
+
+def live_server(data_dir: Path, log: Path, **env: str) -> LiveServer:
+    base = {
+        "APP_TOKEN": KEY,
+        "FACEGATE_DATA_DIR": str(data_dir),
+        "DATABASE_URL": "",
+        "DB_HOST": "",
+        "DB_TIMEOUT": str(DB_TIMEOUT),
+        "RATE_LIMIT_PER_MINUTE": "0",
+    }
+    return LiveServer({**base, **env}, log)
+
+
+def register(url: str, name: str, timeout: float = 60) -> httpx.Response:
+    files = {"image": (PORTRAIT.name, PORTRAIT.read_bytes())}
+    return httpx.post(f"{url}/register", headers=AUTH, data={"name": name}, files=files, timeout=timeout)
+
+
+def all_users(url: str) -> list[dict]:
+    users: list[dict] = []
+    while True:
+        page = httpx.get(f"{url}/users", headers=AUTH, params={"offset": len(users), "limit": 500}).json()
+        users += page["users"]
+        if len(users) >= page["total"]:
+            return users
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """One service for the module (starting one costs seconds); the last test kills it.
+
+    One inference slot and a queue of two, so that a burst overflows it.
+    """
+    root = tmp_path_factory.mktemp("faults")
+    env = {"MAX_CONCURRENT_INFERENCE": "1", "MAX_INFERENCE_QUEUE": "2"}
+    with live_server(root / "data", root / "server.log", **env) as live:
+        yield live
+
+
+def test_a_burst_is_queued_up_to_the_bound_and_the_rest_refused(service: LiveServer) -> None:
+    photo = LARGE_PHOTO.read_bytes()
+
+    def detect(_: int) -> httpx.Response:
+        return httpx.post(f"{service.url}/detect", headers=AUTH, files={"file": ("a.jpg", photo)}, timeout=60)
+
+    with ThreadPoolExecutor(12) as pool:
+        responses = list(pool.map(detect, range(12)))
+    codes = [r.status_code for r in responses]
+    assert set(codes) <= {200, 503}, codes
+    assert codes.count(200) >= 3 and codes.count(503) >= 1, codes
+    assert all(r.headers["Retry-After"] == "1" for r in responses if r.status_code == 503)
+
+
+def test_a_chunked_body_over_the_limit_is_413_over_real_http(service: LiveServer) -> None:
+    def endless() -> Iterator[bytes]:
+        yield b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.jpg"\r\n\r\n'
+        for _ in range(100):  # 100 MB, far over the 2 x 20 MB request limit
+            yield b"\0" * (1 << 20)
+
+    headers = {**AUTH, "Content-Type": "multipart/form-data; boundary=b"}
+    try:
+        response = httpx.post(f"{service.url}/detect", headers=headers, content=endless(), timeout=60)
+    except httpx.WriteError:
+        return  # the server answered and closed the connection while we were still sending: refused
+    assert response.status_code == 413
+    assert "over" in response.json()["detail"]
+
+
+@pytest.mark.slow
+def test_a_database_outage_gives_503_and_the_same_process_recovers(service: LiveServer) -> None:
+    assert register(service.url, "before the outage").status_code == 201
+    database = EmbeddedServer(Path(service.env["FACEGATE_DATA_DIR"]) / "pg")
+    database.start()  # adopts the service's running server
+    try:
+        database.stop()
+        answers = {
+            "register": lambda: register(service.url, "during the outage"),
+            "recognize": lambda: httpx.post(
+                f"{service.url}/recognize", headers=AUTH, files={"image": PORTRAIT.read_bytes()}, timeout=60
+            ),
+            "stats": lambda: httpx.get(f"{service.url}/stats", headers=AUTH, timeout=60),
+            "users": lambda: httpx.get(f"{service.url}/users", headers=AUTH, timeout=60),
+            "health": lambda: httpx.get(f"{service.url}/health", timeout=60),
+        }
+        for what, call in answers.items():
+            started = time.monotonic()
+            response = call()
+            assert response.status_code == 503, (what, response.text)
+            assert "database" in response.text
+            assert time.monotonic() - started < DB_TIMEOUT + 5, what  # no hang
+        detected = httpx.post(
+            f"{service.url}/detect", headers=AUTH, files={"file": PORTRAIT.read_bytes()}, timeout=60
+        )
+        assert detected.status_code == 200 and len(detected.json()["boxes"]) == 1
+    finally:
+        database.start()
+    pid = service.process.pid  # type: ignore[union-attr]
+    deadline = time.monotonic() + 60
+    while (response := register(service.url, "after the outage")).status_code == 503:
+        assert time.monotonic() < deadline, "the service did not recover within 60 s"
+        time.sleep(1)
+    database.release()
+    assert response.status_code == 201, response.text
+    assert service.process.poll() is None and service.process.pid == pid  # type: ignore[union-attr]
+    names = {user["name"] for user in all_users(service.url)}
+    assert names == {"before the outage", "after the outage"}
+
+
+@pytest.mark.slow
+def test_acknowledged_registrations_survive_a_sigkill(service: LiveServer) -> None:
+    acknowledged: dict[int, str] = {}
+    stop = threading.Event()
+
+    def keep_registering(worker: int) -> None:
+        for attempt in range(10_000):
+            if stop.is_set():
+                return
+            name = f"client {worker} user {attempt}"
+            try:
+                response = register(service.url, name, timeout=30)
+            except httpx.HTTPError:
+                return  # the server died under this request: it was never acknowledged
+            if response.status_code == 201:
+                acknowledged[response.json()["user_id"]] = name
+
+    with ThreadPoolExecutor(4) as pool:
+        clients = [pool.submit(keep_registering, worker) for worker in range(4)]
+        deadline = time.monotonic() + 120
+        while len(acknowledged) < 8 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        service.stop(signal.SIGKILL)  # mid-way: other registrations are in flight
+        stop.set()
+        for client in clients:
+            client.result()
+    assert len(acknowledged) >= 8
+
+    with live_server(Path(service.env["FACEGATE_DATA_DIR"]), service.log_path) as restarted:
+        users = {user["id"]: user for user in all_users(restarted.url)}
+    for user_id, name in acknowledged.items():
+        assert users[user_id]["name"] == name
+    assert all(user["face_count"] == 1 for user in users.values())  # none half-written

@@ -1,0 +1,97 @@
+"""Identification on the shared portraits: the whole pipeline against a real pgvector gallery."""
+
+from __future__ import annotations
+
+import csv
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from facegate.config import Settings
+from facegate.gallery import EmbeddedServer, Gallery
+from facegate.imaging import load_image_file
+from facegate.pipeline import NoFaceError, Pipeline
+from tests.conftest import create_database
+from tests.data import FACES
+
+THRESHOLD = Settings(_env_file=None).face_match_threshold
+Enrolled = tuple[Gallery, dict[str, list[Path]]]
+
+
+def portraits_by_identity() -> dict[str, list[Path]]:
+    people: dict[str, list[Path]] = defaultdict(list)
+    with (FACES / "MANIFEST.csv").open() as manifest:
+        for row in csv.DictReader(manifest):
+            if row["kind"] == "portrait" and row["identity"]:
+                people[row["identity"]].append(FACES / row["path"])
+    return people
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Pipeline:
+    return Pipeline.from_settings(
+        Settings(facegate_data_dir=tmp_path_factory.mktemp("models"), _env_file=None)
+    )
+
+
+@pytest.fixture(scope="module")
+def enrolled(pipeline: Pipeline, pg_server: EmbeddedServer) -> Iterator[Enrolled]:
+    """A gallery with one photo of each person who has two or more; returns the photos left to probe."""
+    gallery = Gallery.open(create_database(pg_server), pipeline.embedder.name, pipeline.embedder.dim)
+    probes: dict[str, list[Path]] = {}
+    for identity, photos in sorted(portraits_by_identity().items()):
+        if len(photos) < 2:
+            continue
+        for index, photo in enumerate(photos):
+            try:
+                face = pipeline.single_face(load_image_file(photo))
+            except NoFaceError:
+                continue  # try the person's next photo for enrolment
+            gallery.add_user(identity, face.embedding, face.face.box)
+            probes[identity] = photos[:index] + photos[index + 1 :]
+            break
+    yield gallery, probes
+    gallery.close()
+
+
+@pytest.mark.slow
+def test_rank1_identification_of_enrolled_people(pipeline: Pipeline, enrolled: Enrolled) -> None:
+    gallery, probes = enrolled
+    assert len(probes) == 20  # every person with two or more photos could be enrolled
+    correct = matched = total = 0
+    misses = []
+    for identity, photos in probes.items():
+        for photo in photos:
+            face = pipeline.largest_face(load_image_file(photo))
+            best = gallery.search(face.embedding[None, :], k=1)[0][0]
+            total += 1
+            correct += best.name == identity
+            matched += best.name == identity and best.distance <= THRESHOLD
+            if best.name != identity:
+                misses.append(f"{photo.name}: {best.name} at {best.distance:.3f}")
+    assert total >= 55
+    assert correct / total >= 0.95, misses
+    # Informative floor for the threshold: most genuine probes also pass it.
+    assert matched / total >= 0.8, f"{matched}/{total} within {THRESHOLD}"
+
+
+@pytest.mark.slow
+def test_people_never_enrolled_are_no_match(pipeline: Pipeline, enrolled: Enrolled) -> None:
+    gallery, _ = enrolled
+    strangers = [photos[0] for photos in portraits_by_identity().values() if len(photos) == 1]
+    assert len(strangers) == 3
+    for photo in strangers:
+        face = pipeline.largest_face(load_image_file(photo))
+        best = gallery.search(face.embedding[None, :], k=1)[0][0]
+        assert best.distance > THRESHOLD, f"{photo.name} matched {best.name} at {best.distance:.3f}"
+
+
+def test_group_photos_give_one_result_per_face(pipeline: Pipeline) -> None:
+    expected = {"fr_two_people.jpg": 2, "deepface_couple.jpg": 2, "facenetpytorch_multiface.jpg": 6}
+    for name, count in expected.items():
+        faces = pipeline.analyse(load_image_file(FACES / "groups" / name))
+        assert len(faces) == count, name
+        assert [f.face.area for f in faces] == sorted((f.face.area for f in faces), reverse=True)
+        assert all(abs(float((f.embedding**2).sum()) - 1) < 1e-4 for f in faces)

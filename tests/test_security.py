@@ -1,0 +1,419 @@
+"""Scoped keys, rate and concurrency limits, time budget, body limits, request ids, metrics, bad input."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import pytest
+from fastapi.testclient import TestClient
+from starlette.types import Message, Receive, Scope, Send
+
+from facegate.api.auth import KeyRing
+from facegate.api.deps import Services
+from facegate.api.middleware import RequestDeadline, UploadSizeLimit
+from facegate.api.ratelimit import RateLimiter, retry_after
+from tests.conftest import API_KEY, SCOPED_KEYS
+from tests.data import FACES
+from tests.test_api import BAD_UPLOADS, unique, upload
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+OBAMA = FACES / "portraits" / "Barack_Obama"
+BIDEN = FACES / "portraits" / "Joe_Biden"
+
+# The columns of README's auth table, and the key each sends (None: no header).
+CALLERS: dict[str, str | None] = {
+    "no key": None,
+    "wrong key": "not-" + API_KEY,
+    "`detect`": SCOPED_KEYS["detect"],
+    "`recognize`": SCOPED_KEYS["recognize"],
+    "`admin`": SCOPED_KEYS["admin"],
+}
+
+
+def readme_auth_table() -> dict[tuple[str, str], dict[str, str]]:
+    """(method, path) → {caller column: "✓" | "401" | "403"}, from README's Security section."""
+    lines = README.read_text().splitlines()
+    header_at = next(i for i, line in enumerate(lines) if line.startswith("| endpoint | no key |"))
+    columns = [cell.strip() for cell in lines[header_at].strip("|").split("|")][1:]
+    table = {}
+    for line in lines[header_at + 2 :]:
+        if not line.startswith("|"):
+            break
+        first, *cells = (cell.strip() for cell in line.strip("|").split("|"))
+        method, path = first.strip("`").split(" ", 1)
+        table[(method, path)] = dict(zip(columns, cells, strict=True))
+    return table
+
+
+AUTH_TABLE = readme_auth_table()
+
+
+def services(client: TestClient) -> Services:
+    return client.app.state.services  # type: ignore[attr-defined]
+
+
+def headers(scope: str) -> dict[str, str]:
+    return {"X-API-Key": SCOPED_KEYS[scope]}
+
+
+def gallery_size(client: TestClient) -> tuple[int, int]:
+    stats = client.get("/stats", headers=headers("admin")).json()
+    return stats["total_users"], stats["total_faces"]
+
+
+# --- keys and scopes -----------------------------------------------------------------------------
+
+
+def test_readme_auth_table_lists_every_route_of_the_openapi_document(secured: TestClient) -> None:
+    spec = secured.get("/openapi.json").json()
+    operations = {(method.upper(), path) for path, ops in spec["paths"].items() for method in ops}
+    assert operations == set(AUTH_TABLE)
+
+
+@pytest.mark.parametrize(("method", "path"), sorted(AUTH_TABLE), ids=" ".join)
+def test_auth_matrix_matches_the_readme(secured: TestClient, method: str, path: str) -> None:
+    # No body: a request that gets past the key check is answered 200, 404 or 422 without inference.
+    url = path.replace("{user_id}", "1")
+    for caller, expected in AUTH_TABLE[(method, path)].items():
+        key = CALLERS[caller]
+        response = secured.request(method, url, headers={} if key is None else {"X-API-Key": key})
+        if expected == "✓":
+            assert response.status_code not in (401, 403), (caller, response.text)
+        else:
+            assert response.status_code == int(expected), (caller, response.text)
+            assert response.json()["detail"]
+
+
+def test_a_key_without_the_scope_is_told_which_scope_is_needed(secured: TestClient) -> None:
+    response = secured.post("/register", headers=headers("recognize"))
+    assert response.status_code == 403
+    assert "'recognize'" in response.json()["detail"] and "'admin'" in response.json()["detail"]
+    unauthenticated = secured.post("/register", headers={"X-API-Key": "nope"})
+    assert unauthenticated.headers["WWW-Authenticate"] == "API-Key"
+
+
+@pytest.mark.parametrize(
+    "extra", ["name-only", "a:detect", "a::key", ":detect:key", "a:superuser:key"]
+)  # fmt: skip
+def test_malformed_extra_keys_are_refused_at_start_up(extra: str) -> None:
+    with pytest.raises(ValueError, match=r"name:scope:key|unknown scope"):
+        KeyRing.parse("admin-key", extra)
+
+
+def test_keys_are_kept_as_digests_only() -> None:
+    ring = KeyRing.parse("admin-key", "ui:recognize:secret-key-1")
+    assert "secret-key-1" not in repr(vars(ring)) and "admin-key" not in repr(vars(ring))
+    assert ring.identify("secret-key-1").name == "ui"  # type: ignore[union-attr]
+    assert ring.identify("secret-key-") is None and ring.identify("") is None
+
+
+# --- rate limits ---------------------------------------------------------------------------------
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_token_bucket_allows_a_burst_then_the_rate() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(per_minute=60, burst=3, clock=clock)
+    assert [limiter.acquire("a") for _ in range(3)] == [0, 0, 0]
+    assert limiter.acquire("a") == pytest.approx(1.0)  # one token a second
+    assert limiter.acquire("b") == 0  # buckets are per key
+    clock.now += 0.5
+    assert limiter.acquire("a") == pytest.approx(0.5)
+    clock.now += 0.5
+    assert limiter.acquire("a") == 0
+    clock.now += 3600
+    assert [limiter.acquire("a") for _ in range(4)][-1] > 0  # refills to the burst, no further
+
+
+def test_rate_limit_zero_means_unlimited() -> None:
+    limiter = RateLimiter(per_minute=0, burst=1)
+    assert all(limiter.acquire("a") == 0 for _ in range(1000))
+
+
+def test_over_the_rate_a_key_gets_429_with_retry_after(
+    secured: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(services(secured), "rate_limiter", RateLimiter(per_minute=6, burst=2))
+    codes = [secured.get("/stats", headers=headers("recognize")).status_code for _ in range(2)]
+    limited = secured.get("/stats", headers=headers("recognize"))
+    assert codes == [200, 200] and limited.status_code == 429
+    assert limited.headers["Retry-After"] == "10"  # 6 a minute: the next token in 10 s
+    assert "recognize-client" in limited.json()["detail"]
+    assert secured.get("/stats", headers=headers("admin")).status_code == 200  # other keys unaffected
+    assert secured.get("/stats").status_code == 401  # no key: refused before the rate is counted
+
+
+# --- bounded inference queue ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def inference_busy(secured: TestClient, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The app's only inference slot taken by someone else, and no queue allowed."""
+    limiter = anyio.CapacityLimiter(1)
+    monkeypatch.setattr(services(secured), "inference_limiter", limiter)
+    monkeypatch.setattr(services(secured).settings, "max_inference_queue", 0)
+    blocker = object()
+    secured.portal.call(limiter.acquire_on_behalf_of, blocker)  # type: ignore[union-attr]
+    yield
+    secured.portal.call(limiter.release_on_behalf_of, blocker)  # type: ignore[union-attr]
+
+
+@pytest.mark.usefixtures("inference_busy")
+def test_a_request_beyond_the_inference_queue_is_503_with_retry_after(secured: TestClient) -> None:
+    before = gallery_size(secured)
+    started = time.monotonic()
+    response = secured.post("/detect", headers=headers("detect"), files=upload(OBAMA / "fr_obama_small.jpg"))
+    assert time.monotonic() - started < 2  # refused at once, not queued
+    assert response.status_code == 503 and response.headers["Retry-After"] == "1"
+    assert "waiting for inference" in response.json()["detail"]
+    registered = secured.post(
+        "/register",
+        headers=headers("admin"),
+        data={"name": unique("busy")},
+        files=upload(OBAMA / "fr_obama_small.jpg", "image"),
+    )
+    assert registered.status_code == 503 and gallery_size(secured) == before
+    metrics = secured.get("/metrics", headers=headers("detect")).text
+    assert 'facegate_inference_requests{state="running"} 1.0' in metrics
+
+
+# --- request time budget -------------------------------------------------------------------------
+
+
+async def _sleep_then_answer(scope: Scope, receive: Receive, send: Send) -> None:
+    await anyio.sleep(30)
+
+
+async def _answer_slowly(scope: Scope, receive: Receive, send: Send) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await anyio.sleep(0.5)
+    await send({"type": "http.response.body", "body": b"complete"})
+
+
+async def _two_thread_steps(scope: Scope, receive: Receive, send: Send) -> None:
+    await anyio.to_thread.run_sync(time.sleep, 0.6)
+    await anyio.to_thread.run_sync(time.sleep, 3)
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"late"})
+
+
+def test_a_request_over_its_time_budget_gets_504_json() -> None:
+    started = time.monotonic()
+    response = TestClient(RequestDeadline(_sleep_then_answer, seconds=0.2)).get("/")
+    assert response.status_code == 504 and "0.2 s" in response.json()["detail"]
+    assert time.monotonic() - started < 5
+
+
+def test_a_started_response_is_not_cut_off() -> None:
+    response = TestClient(RequestDeadline(_answer_slowly, seconds=0.2)).get("/")
+    assert response.status_code == 200 and response.content == b"complete"
+
+
+def test_the_budget_lets_a_thread_finish_its_step_and_skips_the_rest() -> None:
+    # Threads cannot be interrupted: the 504 comes when the step under way is done, not before.
+    started = time.monotonic()
+    response = TestClient(RequestDeadline(_two_thread_steps, seconds=0.1)).get("/")
+    assert response.status_code == 504
+    assert 0.5 < time.monotonic() - started < 2.5
+
+
+# --- body limits ---------------------------------------------------------------------------------
+
+
+def test_a_streamed_body_is_refused_once_it_passes_the_limit() -> None:
+    """Without Content-Length the middleware counts the bytes and stops reading at the limit."""
+    chunks_read = 0
+
+    async def receive() -> Message:
+        nonlocal chunks_read
+        chunks_read += 1
+        return {"type": "http.request", "body": b"x" * 1000, "more_body": True}  # endless
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        while (await receive()).get("more_body"):
+            pass
+
+    async def send(message: Message) -> None:
+        pass
+
+    scope = {"type": "http", "method": "POST", "path": "/", "headers": []}
+    with pytest.raises(Exception, match="over 10000 bytes") as raised:
+        anyio.run(UploadSizeLimit(app, max_body=10_000), scope, receive, send)
+    assert getattr(raised.value, "status_code", None) == 413
+    assert chunks_read == 11
+
+
+def test_a_chunked_upload_over_the_limit_is_413(secured: TestClient) -> None:
+    limit = services(secured).settings.max_upload_bytes
+
+    def body() -> Iterator[bytes]:
+        yield b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.jpg"\r\n\r\n\xff\xd8\xff'
+        for _ in range(2 * limit // (1 << 20) + 2):
+            yield b"\0" * (1 << 20)
+        yield b"\r\n--b--\r\n"
+
+    response = secured.post(
+        "/detect",
+        headers={**headers("detect"), "Content-Type": "multipart/form-data; boundary=b"},
+        content=body(),
+    )
+    assert response.status_code == 413 and "over" in response.json()["detail"]
+
+
+# --- request ids, logs, metrics ------------------------------------------------------------------
+
+
+def test_request_ids_are_honoured_or_generated(secured: TestClient) -> None:
+    assert secured.get("/health", headers={"X-Request-ID": "abc-123.x:y"}).headers["X-Request-ID"] == (
+        "abc-123.x:y"
+    )
+    for bad in ("has space", "x" * 129, "semi;colon"):
+        generated = secured.get("/health", headers={"X-Request-ID": bad}).headers["X-Request-ID"]
+        assert re.fullmatch(r"[0-9a-f]{32}", generated)
+    assert secured.get("/nowhere").headers["X-Request-ID"]  # on errors too
+
+
+def test_logs_carry_the_request_id_and_never_keys_or_names(
+    secured: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    name = unique("Secret Person")
+    with caplog.at_level(logging.DEBUG):
+        registered = secured.post(
+            "/register",
+            headers={**headers("admin"), "X-Request-ID": "trace-42"},
+            data={"name": name},
+            files=upload(BIDEN / "fr_biden.jpg", "image"),
+        )
+        secured.post(
+            "/recognize", headers=headers("recognize"), files=upload(BIDEN / "fr_biden2.jpg", "image")
+        )
+        secured.post("/register", headers={"X-API-Key": "guessed-" + API_KEY})
+    assert registered.status_code == 201, registered.text
+    access = [r.getMessage() for r in caplog.records if r.name == "facegate.access"]
+    assert any(
+        "route=/register status=201" in m and "key=admin-client request_id=trace-42" in m for m in access
+    )
+    text = caplog.text + "".join(str(vars(record)) for record in caplog.records)
+    for secret in [name, API_KEY, *SCOPED_KEYS.values()]:
+        assert secret not in text
+    secured.delete(f"/users/{registered.json()['user_id']}", headers=headers("admin"))
+
+
+def test_metrics_report_requests_stages_and_gallery_size(secured: TestClient) -> None:
+    recognized = secured.post(
+        "/recognize", headers=headers("recognize"), files=upload(OBAMA / "fr_obama_small.jpg", "image")
+    )
+    assert recognized.status_code == 200
+    assert secured.get("/metrics").status_code == 401
+    response = secured.get("/metrics", headers=headers("detect"))
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
+    samples = dict(
+        line.rsplit(" ", 1) for line in response.text.splitlines() if line and not line.startswith("#")
+    )
+    assert float(samples['facegate_http_requests_total{method="POST",route="/recognize",status="200"}']) >= 1
+    assert (
+        'facegate_http_request_duration_seconds_bucket{le="+Inf",method="POST",route="/recognize",status="200"}'
+        in samples
+    )
+    for stage in ("decode", "detect", "embed", "search"):
+        assert float(samples[f'facegate_inference_stage_seconds_count{{stage="{stage}"}}']) >= 1
+    users, faces = gallery_size(secured)
+    assert (
+        float(samples["facegate_gallery_users"]) == users
+        and float(samples["facegate_gallery_faces"]) == faces
+    )
+    assert samples["facegate_database_up"] == "1.0"
+    assert not any("/users/1" in key or "nowhere" in key for key in samples)  # templates only
+
+
+def test_unmatched_paths_share_one_metrics_label(secured: TestClient) -> None:
+    secured.get("/some/random/path-123")
+    secured.request("BREW", "/coffee-456")
+    text = secured.get("/metrics", headers=headers("detect")).text
+    assert 'method="GET",route="unmatched",status="404"' in text
+    assert 'method="other",route="unmatched",status="404"' in text
+    assert "path-123" not in text and "BREW" not in text
+
+
+# --- bad input: the documented 4xx, and the gallery unchanged -----------------------------------
+
+
+@pytest.mark.parametrize("value", ["-0.5", "nan", "inf", "-inf", "2.5", "abc", "1e400"])
+@pytest.mark.parametrize("path", ["/recognize", "/verify"])
+def test_bad_thresholds_are_422(secured: TestClient, path: str, value: str) -> None:
+    photo = OBAMA / "fr_obama_small.jpg"
+    files = (
+        upload(photo, "image")
+        if path == "/recognize"
+        else {**upload(photo, "image1"), **upload(photo, "image2")}
+    )
+    response = secured.post(path, params={"threshold": value}, headers=headers("recognize"), files=files)
+    assert response.status_code == 422 and response.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [("x" * 100_000, 422), ("x" * 2_000_000, 400), ("zero\u200bwidth", 422), ("line\u2028break", 422),
+     ("para\u2029graph", 422), ("del\x7f", 422), ("\u200b", 422), ("\ud800", 422)],
+    ids=["100k chars", "2 MB", "zero width", "line separator", "paragraph separator", "DEL",
+         "only invisible", "lone surrogate"],
+)  # fmt: skip
+def test_unusable_names_are_refused_and_nothing_is_stored(
+    secured: TestClient, name: str, expected: int
+) -> None:
+    before = gallery_size(secured)
+    response = secured.post(
+        "/register",
+        headers=headers("admin"),
+        data={"name": name.encode("utf-8", "surrogatepass")},
+        files=upload(OBAMA / "fr_obama_small.jpg", "image"),
+    )
+    assert response.status_code == expected, response.text
+    assert gallery_size(secured) == before
+
+
+@pytest.fixture(scope="module")
+def enrolled(secured: TestClient) -> Iterator[int]:
+    """A registered person of the secured app."""
+    response = secured.post(
+        "/register",
+        headers=headers("admin"),
+        data={"name": unique("Barack Obama")},
+        files=upload(OBAMA / "fr_obama.jpg", "image"),
+    )
+    assert response.status_code == 201, response.text
+    yield response.json()["user_id"]
+    secured.delete(f"/users/{response.json()['user_id']}", headers=headers("admin"))
+
+
+@pytest.mark.parametrize("case", sorted(BAD_UPLOADS))
+def test_bad_uploads_to_verify_and_add_face_get_the_documented_status(
+    secured: TestClient, enrolled: int, case: str
+) -> None:
+    data, expected = BAD_UPLOADS[case]
+    bad = ("photo.jpg", data, "image/jpeg")
+    before = gallery_size(secured)
+    verified = secured.post(
+        "/verify",
+        headers=headers("recognize"),
+        files={**upload(OBAMA / "fr_obama1.jpg", "image1"), "image2": bad},
+    )
+    added = secured.post(f"/users/{enrolled}/faces", headers=headers("admin"), files={"image": bad})
+    assert (verified.status_code, added.status_code) == (expected, expected)
+    assert gallery_size(secured) == before
+
+
+def test_retry_after_is_whole_seconds() -> None:
+    assert [retry_after(s) for s in (0.0, 0.01, 1.0, 1.2, 59.9)] == ["1", "1", "1", "2", "60"]
