@@ -259,7 +259,8 @@ def main() -> None:
     same, different = identity_across_pose(samples, args.min_yaw_change, args.recognition_cache)
     turned = Bounds().turned_match_threshold
     print(
-        f"\n| embedding distance, LFW pairs with Δyaw ≥ {args.min_yaw_change} | n | min | p1 | p5 | median | p95 | p99 | max |"
+        f"\n| embedding distance, LFW pairs with Δyaw ≥ {args.min_yaw_change} "
+        "| n | min | p1 | p5 | median | p95 | p99 | max |"
     )
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     print(row("same person", same))

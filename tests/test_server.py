@@ -22,7 +22,15 @@ def data_dir(tmp_path: Path) -> Path:
 
 
 def server(data_dir: Path, tmp_path: Path) -> LiveServer:
-    env = {"APP_TOKEN": KEY, "FACEGATE_DATA_DIR": str(data_dir), "DATABASE_URL": "", "DB_HOST": ""}
+    # Room for all 20 parallel requests in the inference queue: these tests are about the
+    # gallery, and the queue bound has its own tests (test_faults.py).
+    env = {
+        "APP_TOKEN": KEY,
+        "FACEGATE_DATA_DIR": str(data_dir),
+        "DATABASE_URL": "",
+        "DB_HOST": "",
+        "MAX_INFERENCE_QUEUE": "32",
+    }
     return LiveServer(env, tmp_path / "server.log")
 
 

@@ -148,15 +148,18 @@ def _run_uvicorn(args: argparse.Namespace, settings: Settings, workers: int) -> 
 
 
 def _ui(args: argparse.Namespace, settings: Settings) -> int:
-    return subprocess.call(_streamlit_command(args.host, args.port))
+    return subprocess.call(_streamlit_command(args.host, args.port, settings))
 
 
-def _streamlit_command(host: str, port: int) -> list[str]:
+def _streamlit_command(host: str, port: int, settings: Settings) -> list[str]:
     app = Path(__file__).parent / "ui" / "app.py"
     return [
         sys.executable, "-m", "streamlit", "run", str(app),
         "--server.address", host, "--server.port", str(port),
         "--server.headless", "true", "--browser.gatherUsageStats", "false",
+        # The UI forwards uploads to the API: refuse in the browser what the API would refuse.
+        "--server.maxUploadSize", str(max(1, settings.max_upload_bytes // 2**20)),
+        "--client.toolbarMode", "viewer", "--server.fileWatcherType", "none",
     ]  # fmt: skip
 
 
@@ -179,7 +182,7 @@ def _up(args: argparse.Namespace, settings: Settings) -> int:
         api_command += ["--workers", str(args.workers)]
     children = [
         subprocess.Popen(api_command, env=env),
-        subprocess.Popen(_streamlit_command(args.host, args.ui_port), env=env),
+        subprocess.Popen(_streamlit_command(args.host, args.ui_port, settings), env=env),
     ]
     logger.info("API: %s (docs at %s/docs)   UI: http://%s:%d", api_url, api_url, args.host, args.ui_port)
     signal.signal(signal.SIGTERM, _interrupt)

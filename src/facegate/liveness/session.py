@@ -116,7 +116,7 @@ class Verdict:
 
 
 def draw_challenges(rng: random.Random) -> tuple[Challenge, ...]:
-    """Two or three distinct challenges in random order, always including one turn: the turn is
+    """Two or three distinct challenges in random order, at least one of them a turn: the turn is
     where the flat-photo check applies, so no sequence can be passed without it."""
     turn = rng.choice(TURNS)
     others = [c for c in Challenge if c not in TURNS] + [t for t in TURNS if t is not turn]

@@ -21,6 +21,7 @@ ends it without a verdict; nothing keeps running for it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import time
@@ -28,6 +29,7 @@ from typing import Any
 
 import anyio
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocketState
 
 from facegate.api.auth import Scope
 from facegate.api.deps import Services, decode, infer
@@ -83,7 +85,9 @@ async def liveness_stream(websocket: WebSocket) -> None:
             "liveness session %s abandoned by the client after %d frame(s)", session.id, mailbox.received
         )
         return
-    await websocket.close()
+    if websocket.client_state is WebSocketState.CONNECTED:
+        with contextlib.suppress(WebSocketDisconnect):  # the client may leave as the verdict arrives
+            await websocket.close()
 
 
 def _opening(session: Session) -> dict[str, Any]:
@@ -98,6 +102,12 @@ def _opening(session: Session) -> dict[str, Any]:
 
 async def _run(websocket: WebSocket, services: Services, session: Session, mailbox: LatestFrame) -> None:
     """Answer frames until the session has its verdict (or its deadline passes), then send it."""
+
+    async def handle(data: bytes) -> dict[str, Any]:
+        image = await decode(services, data)
+        observation = await infer(services, lambda: observe_frame(services.pipeline, image))
+        return _progress(session.observe(observation))
+
     while session.verdict is None:
         taken: Taken | None = None
         with anyio.move_on_after(session.remaining()):
@@ -105,12 +115,6 @@ async def _run(websocket: WebSocket, services: Services, session: Session, mailb
         if taken is None:
             session.expire()
             break
-
-        async def handle(data: bytes) -> dict[str, Any]:
-            image = await decode(services, data)
-            observation = await infer(services, lambda: observe_frame(services.pipeline, image))
-            return _progress(session.observe(observation))
-
         body = await _process(taken, handle)
         if "error" in body:
             body = {"type": "error", **body}
