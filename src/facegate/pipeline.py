@@ -15,7 +15,6 @@ from facegate.detection import MTCNN, DetectionParams
 from facegate.embedding import Embedder, create_embedder
 from facegate.faces import Face
 
-
 # A face narrower than this fraction of the largest face does not compete with it for registration.
 BACKGROUND_FACE_RATIO = 0.4
 
