@@ -54,16 +54,22 @@ def pgdata_dir() -> Iterator[Path]:
         yield directory
 
 
+def create_database(server: EmbeddedServer) -> str:
+    """A new, empty database on `server`; returns its DSN."""
+    name = f"test_{uuid.uuid4().hex[:16]}"
+    with psycopg.connect(server.dsn("postgres"), autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    return server.dsn(name)
+
+
 @pytest.fixture
 def gallery_dsn(pg_server: EmbeddedServer) -> Iterator[str]:
     """The DSN of a new, empty database (no schema yet), dropped after the test."""
-    name = f"test_{uuid.uuid4().hex[:16]}"
-    admin_dsn = pg_server.dsn("postgres")
-    with psycopg.connect(admin_dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    yield pg_server.dsn(name)
+    dsn = create_database(pg_server)
+    yield dsn
     # A test may have stopped and restarted the server: reconnect rather than reuse a connection.
     with psycopg.connect(pg_server.dsn("postgres"), autocommit=True) as conn:
+        name = psycopg.conninfo.conninfo_to_dict(dsn)["dbname"]
         conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
@@ -87,32 +93,30 @@ def gallery(gallery_dsn: str) -> Iterator[Gallery]:
 API_KEY = "test-key-" + uuid.uuid4().hex
 
 
-def create_database(server: EmbeddedServer) -> str:
-    """A new, empty database on `server`; returns its DSN."""
-    name = f"test_{uuid.uuid4().hex[:16]}"
-    with psycopg.connect(server.dsn("postgres"), autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    return server.dsn(name)
+def app_settings(server: EmbeddedServer, data_dir: Path, **overrides: object) -> Settings:
+    """Settings of an app under test: its own new database on `server`, no `.env`, `API_KEY` as admin."""
+    values: dict[str, object] = {"app_token": API_KEY, "database_url": create_database(server), **overrides}
+    return Settings(facegate_data_dir=data_dir, _env_file=None, **values)
+
+
+def running_app(settings: Settings) -> Iterator[TestClient]:
+    """A test client of the app built from `settings`, with its lifespan (models, pool) running."""
+    from facegate.api.app import create_app  # the models load only in the sessions that need them
+
+    with TestClient(create_app(settings)) as test_client:
+        yield test_client
 
 
 @pytest.fixture(scope="session")
 def api_settings(pg_server: EmbeddedServer, tmp_path_factory: pytest.TempPathFactory) -> Settings:
     """Settings of the API under test: its own database on the session's server."""
-    return Settings(
-        app_token=API_KEY,
-        database_url=create_database(pg_server),
-        facegate_data_dir=tmp_path_factory.mktemp("facegate-data"),
-        _env_file=None,
-    )
+    return app_settings(pg_server, tmp_path_factory.mktemp("facegate-data"))
 
 
 @pytest.fixture(scope="session")
 def anonymous(api_settings: Settings) -> Iterator[TestClient]:
     """A client of the API under test that sends no key."""
-    from facegate.api.app import create_app  # the models load only in the sessions that need them
-
-    with TestClient(create_app(api_settings)) as test_client:
-        yield test_client
+    yield from running_app(api_settings)
 
 
 @pytest.fixture
@@ -134,15 +138,10 @@ SCOPED_KEYS = {scope: f"{scope}-key-{uuid.uuid4().hex}" for scope in ("detect", 
 @pytest.fixture(scope="session")
 def secured(pg_server: EmbeddedServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
     """A client, sending no key, of an app configured with FACEGATE_API_KEYS (`SCOPED_KEYS`)."""
-    from facegate.api.app import create_app
-
-    settings = Settings(
-        app_token=API_KEY,
+    settings = app_settings(
+        pg_server,
+        tmp_path_factory.mktemp("facegate-secured"),
         facegate_api_keys=",".join(f"{scope}-client:{scope}:{key}" for scope, key in SCOPED_KEYS.items()),
-        database_url=create_database(pg_server),
-        facegate_data_dir=tmp_path_factory.mktemp("facegate-secured"),
         rate_limit_per_minute=0,
-        _env_file=None,
     )
-    with TestClient(create_app(settings)) as test_client:
-        yield test_client
+    yield from running_app(settings)

@@ -21,9 +21,8 @@ from websockets.sync.client import connect
 
 from facegate.api.ratelimit import RateLimiter
 from facegate.api.routes import stream
-from facegate.config import Settings
 from facegate.gallery import EmbeddedServer
-from tests.conftest import create_database
+from tests.conftest import app_settings, running_app
 from tests.data import FACES
 from tests.servers import api_server, free_port, nginx_server
 
@@ -42,18 +41,14 @@ TRY_AGAIN_LATER = 1013
 @pytest.fixture(scope="module")
 def app_client(pg_server: EmbeddedServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
     """An app with an admin key, a detect-only key and a recognise key, and no rate limit."""
-    from facegate.api.app import create_app
-
-    settings = Settings(
+    settings = app_settings(
+        pg_server,
+        tmp_path_factory.mktemp("stream-data"),
         app_token=ADMIN_KEY,
         facegate_api_keys=f"cam:detect:{DETECT_KEY},door:recognize:{RECOGNIZE_KEY}",
-        database_url=create_database(pg_server),
-        facegate_data_dir=tmp_path_factory.mktemp("stream-data"),
         rate_limit_per_minute=0,
-        _env_file=None,
     )
-    with TestClient(create_app(settings)) as client:
-        yield client
+    yield from running_app(settings)
 
 
 def headers(key: str) -> dict[str, str]:

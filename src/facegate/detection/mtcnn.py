@@ -11,8 +11,8 @@ import onnxruntime as ort
 
 from facegate.detection import cascade
 from facegate.detection.networks import build_network
-from facegate.detection.weights import NetworkName
 from facegate.faces import Face
+from facegate.runtime import create_session
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +30,6 @@ MAX_LEVEL_PIXELS = 40_000_000
 MAX_PROPOSALS_PER_LEVEL = 10_000
 # Crops per RNet/ONet run, to bound the batch's memory.
 MAX_BATCH = 2048
-
-_PREFERRED_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,10 +64,9 @@ class MTCNN:
     def __init__(self, providers: Sequence[str] | None = None, threads: int = 0) -> None:
         if threads < 0:
             raise ValueError(f"threads must be >= 0 (0 = ONNX Runtime's default), got {threads}")
-        chosen = _resolve_providers(providers)
-        self._pnet = _session("pnet", chosen, threads)
-        self._rnet = _session("rnet", chosen, threads)
-        self._onet = _session("onet", chosen, threads)
+        self._pnet = create_session(build_network("pnet"), providers, threads)
+        self._rnet = create_session(build_network("rnet"), providers, threads)
+        self._onet = create_session(build_network("onet"), providers, threads)
         log.info("MTCNN on %s", self._pnet.get_providers())
 
     def detect(self, image: np.ndarray, params: DetectionParams = DetectionParams()) -> list[Face]:
@@ -148,23 +145,3 @@ def _faces(boxes: np.ndarray, landmarks: np.ndarray, height: int, width: int) ->
         Face(box=tuple(float(v) for v in box), score=float(score), keypoints=points.astype(np.float64))
         for box, score, points in zip(clipped, boxes[:, 4], landmarks, strict=True)
     ]
-
-
-def _resolve_providers(providers: Sequence[str] | None) -> list[str]:
-    """`None` = CUDA when this onnxruntime build offers it, else CPU; otherwise the list as given."""
-    available = ort.get_available_providers()
-    if providers is None:
-        return [name for name in _PREFERRED_PROVIDERS if name in available]
-    missing = [name for name in providers if name not in available]
-    if missing:
-        raise ValueError(f"ONNX Runtime providers not available: {missing}; available: {available}")
-    return list(providers)
-
-
-def _session(name: NetworkName, providers: list[str], threads: int) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    return ort.InferenceSession(build_network(name), sess_options=options, providers=providers)

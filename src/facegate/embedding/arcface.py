@@ -16,8 +16,8 @@ import numpy as np
 from PIL import Image
 
 from facegate.embedding.base import Embedder
-from facegate.embedding.runtime import create_session
 from facegate.faces import Face
+from facegate.runtime import create_session
 
 CHIP_SIZE = 112
 # insightface's reference landmarks for a 112 × 112 crop, in `Face.keypoints` order.

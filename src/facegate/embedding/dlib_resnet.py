@@ -18,8 +18,8 @@ from facegate.embedding.alignment import face_chips
 from facegate.embedding.base import Embedder
 from facegate.embedding.dlib_onnx import INPUT_NAME, converted_model
 from facegate.embedding.models import RESNET_PATH, dlib_resnet
-from facegate.embedding.runtime import create_session
 from facegate.faces import Face
+from facegate.runtime import create_session
 
 MODEL_NAME = "dlib_resnet_v1"
 MIRROR_SUFFIX = "+mirror"

@@ -1,4 +1,4 @@
-"""ONNX Runtime sessions for the embedding models, configured the same way for every model."""
+"""ONNX Runtime sessions for every model (detection and embedding), configured one way."""
 
 from __future__ import annotations
 
