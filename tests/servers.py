@@ -111,8 +111,9 @@ def wait_until_up(url: str, server: Child, timeout: float, *, any_status: bool =
 
 
 @contextmanager
-def api_server(work: Path, token: str, root_path: str = "") -> Iterator[str]:
-    """The API with its own embedded PostgreSQL; yields its base URL. Its log goes to `work`.
+def api_server(work: Path, token: str, root_path: str = "", **settings: str) -> Iterator[str]:
+    """The API with its own embedded PostgreSQL (plus `settings`, env var names as keywords); yields
+    its base URL. Its log goes to `work`.
 
     The database lives outside pytest's folder: as root, pgserver runs PostgreSQL as a `pgserver`
     user that must traverse the parent folders, and every pytest session that starts makes
@@ -120,7 +121,7 @@ def api_server(work: Path, token: str, root_path: str = "") -> Iterator[str]:
     """
     data = Path(tempfile.mkdtemp(prefix="facegate-test-api-"))
     port = free_port()
-    env = clean_env(APP_TOKEN=token, FACEGATE_DATA_DIR=str(data), API_ROOT_PATH=root_path)
+    env = clean_env(APP_TOKEN=token, FACEGATE_DATA_DIR=str(data), API_ROOT_PATH=root_path, **settings)
     command = [
         sys.executable, "-m", "uvicorn", "--factory", "facegate.api.app:create_app",
         "--host", "127.0.0.1", "--port", str(port),
@@ -135,9 +136,15 @@ def api_server(work: Path, token: str, root_path: str = "") -> Iterator[str]:
 
 
 @contextmanager
-def ui_server(work: Path, api_url: str, token: str, port: int) -> Iterator[str]:
-    """The Streamlit UI on `port`, talking to `api_url`; yields its base URL."""
-    env = clean_env(API_URL=api_url, APP_TOKEN=token, FACEGATE_DATA_DIR=str(work / "ui-data"))
+def ui_server(work: Path, api_url: str, token: str, port: int, browser_api_url: str = "") -> Iterator[str]:
+    """The Streamlit UI on `port`, talking to `api_url` (the browser to `browser_api_url`, empty: the
+    same); yields its base URL."""
+    env = clean_env(
+        API_URL=api_url,
+        APP_TOKEN=token,
+        FACEGATE_DATA_DIR=str(work / "ui-data"),
+        UI_BROWSER_API_URL=browser_api_url,
+    )
     command = [
         sys.executable, "-m", "streamlit", "run", str(UI_SCRIPT),
         "--server.address", "127.0.0.1", "--server.port", str(port), "--server.headless", "true",

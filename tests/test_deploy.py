@@ -77,6 +77,13 @@ def test_compose_api_is_scalable_and_uses_the_database(base: dict[str, Any]) -> 
     assert api["depends_on"]["db"]["condition"] == "service_healthy"
 
 
+def test_compose_ui_sends_the_browser_to_the_api_through_the_gateway(base: dict[str, Any]) -> None:
+    ui = base["services"]["ui"]["environment"]
+    assert ui["API_URL"] == "http://api:8000"  # the UI's own calls stay inside the Compose network
+    assert ui["UI_BROWSER_API_URL"] == "/api"  # the browser's socket: nginx, on the page's origin
+    assert "location /api/ws/" in NGINX_TEMPLATE.read_text()
+
+
 def test_compose_nginx_fills_the_project_template(base: dict[str, Any]) -> None:
     nginx = base["services"]["nginx"]
     assert [port["target"] for port in nginx["ports"]] == [80]

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from PIL import Image, ImageOps
 from playwright.sync_api import BrowserContext, Page, expect, sync_playwright
 from websockets.sync.client import connect
 
@@ -40,6 +41,9 @@ ARTIFACTS = REPO / "artifacts" / "e2e"
 TOKEN = "e2e-" + uuid.uuid4().hex
 TWO_PEOPLE = FACES / "groups" / "fr_two_people.jpg"  # Obama (left) and Biden (right)
 OBAMA = FACES / "portraits" / "Barack_Obama"
+CAMERA_PHOTO = OBAMA / "fr_obama-480p.jpg"
+CAMERA_SIZE = (640, 480)
+LIVENESS_TIMEOUT_S = 10  # a still photo never passes: the session ends with its deadline
 # A page's work: an upload, one API call on a loaded 2-core machine, the redraw.
 STEP_TIMEOUT_MS = 90_000
 BUSY_SIGNS = ("stStatusWidget", "stSpinner", "stSkeleton")
@@ -67,22 +71,44 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     ui_address = f"127.0.0.1:{ui_port}"
     # The UI, too, reaches the API through the gateway, which puts nginx on its every request.
     with (
-        api_server(work, TOKEN, root_path="/api") as api,
+        api_server(work, TOKEN, root_path="/api", LIVENESS_TIMEOUT=str(LIVENESS_TIMEOUT_S)) as api,
         nginx_server(work, nginx_port, api.removeprefix("http://"), ui_address),
-        ui_server(work, f"{gateway}/api", TOKEN, ui_port),
+        # The browser's sockets go to the page's own origin, as in deploy/docker-compose.yml.
+        ui_server(work, f"{gateway}/api", TOKEN, ui_port, browser_api_url="/api"),
     ):
         yield Stack(gateway=gateway, api=api)
 
 
+def write_y4m(photo: Path, target: Path, size: tuple[int, int] = CAMERA_SIZE, frames: int = 5) -> None:
+    """A still photo as a Y4M video, the format Chromium's fake camera plays (in a loop): a text
+    header, then per frame "FRAME" and the raw I420 planes (full-size Y, quarter-size Cb and Cr)."""
+    ycbcr = ImageOps.fit(Image.open(photo).convert("RGB"), size).convert("YCbCr")
+    luma, blue, red = ycbcr.split()
+    half = (size[0] // 2, size[1] // 2)
+    planes = luma.tobytes() + blue.resize(half).tobytes() + red.resize(half).tobytes()
+    with target.open("wb") as video:
+        video.write(f"YUV4MPEG2 W{size[0]} H{size[1]} F5:1 Ip A1:1 C420jpeg\n".encode())
+        for _ in range(frames):
+            video.write(b"FRAME\n" + planes)
+
+
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrowserContext]:
-    # Debian's Chromium, never a downloaded one; a fresh profile in a temporary folder.
+    # Debian's Chromium, never a downloaded one; a fresh profile in a temporary folder. Its camera
+    # is a fake one showing a still photo, allowed without asking (only the Liveness page uses it).
     profile = tmp_path_factory.mktemp("chromium-profile")
+    camera = tmp_path_factory.mktemp("camera") / "still-photo.y4m"
+    write_y4m(CAMERA_PHOTO, camera)
+    fake_camera = [
+        "--use-fake-ui-for-media-stream",
+        "--use-fake-device-for-media-stream",
+        f"--use-file-for-fake-video-capture={camera}",
+    ]
     with sync_playwright() as playwright:
         context = playwright.chromium.launch_persistent_context(
             profile,
             executable_path=str(CHROMIUM),
-            args=CHROMIUM_ARGS,
+            args=[*CHROMIUM_ARGS, *fake_camera],
             headless=True,
             viewport={"width": 1400, "height": 1700},
         )
@@ -187,6 +213,30 @@ def test_register_then_recognise_in_the_browser(stack: Stack, page: Page) -> Non
     expect(page.get_by_text(f"Recognised: {name}")).to_be_visible()
     expect(page.get_by_test_id("stException")).to_have_count(0)
     screenshot(page, "recognise-two-people")
+
+
+def test_liveness_with_a_still_photo_as_the_camera(stack: Stack, page: Page) -> None:
+    """The whole path: Start asks the API for a ticket, the page's component opens the camera
+    (Chromium's fake one, showing a photo), streams frames through nginx's /api/ws/ and shows the
+    instructions, then the verdict: a photo cannot do the challenges."""
+    open_page(page, stack.gateway + "/liveness")
+    expect(page.get_by_role("heading", name="Liveness")).to_be_visible()
+    page.get_by_role("button", name="Start").click()
+    component = page.frame_locator('iframe[title="Liveness check"]')
+    instruction = component.get_by_test_id("instruction")
+    expect(instruction).to_have_text(re.compile("Blink|Turn your head|Open your mouth"))
+    expect(component.get_by_test_id("progress")).to_contain_text(re.compile(r"0 of [23] challenges done"))
+    expect(component.get_by_test_id("status")).not_to_have_class("error")
+    screenshot(page, "liveness-instruction")
+
+    verdict = component.get_by_test_id("verdict")
+    expect(verdict).to_be_visible(timeout=(LIVENESS_TIMEOUT_S + 60) * 1000)
+    expect(verdict).to_contain_text("live: false")
+    expect(verdict).to_contain_text("expired: ")
+    # The frames reached the detector: the photo's face was seen, so the reason is not a missing face.
+    expect(verdict).not_to_contain_text("no_face")
+    expect(instruction).to_have_text("Finished")
+    screenshot(page, "liveness-verdict")
 
 
 # --- plain HTTP, through nginx -------------------------------------------------------------------

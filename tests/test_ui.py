@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -12,6 +14,7 @@ import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
+from facegate.api.tickets import LIVENESS_GRANT, TicketSigner
 from facegate.config import Settings, get_settings
 from facegate.ui.client import ApiClient, ApiError, Upload, error_message
 from tests.data import FACES
@@ -42,11 +45,11 @@ def api(api_url: str) -> Iterator[ApiClient]:
 def start_ui(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Callable[..., AppTest]]:
     """Starts the UI configured by the environment, as `facegate ui` would be."""
 
-    def start(api_url: str, token: str = TOKEN, page: str = "") -> AppTest:
+    def start(api_url: str, token: str = TOKEN, page: str = "", **environment: str) -> AppTest:
         for name in Settings.model_fields:
             monkeypatch.delenv(name.upper(), raising=False)
-        monkeypatch.setenv("API_URL", api_url)
-        monkeypatch.setenv("APP_TOKEN", token)
+        for name, value in {**environment, "API_URL": api_url, "APP_TOKEN": token}.items():
+            monkeypatch.setenv(name, value)
         monkeypatch.setenv("FACEGATE_DATA_DIR", str(tmp_path))
         monkeypatch.chdir(tmp_path)  # no developer's .env
         # The settings and the UI's client are cached per process: start from the new environment.
@@ -242,6 +245,36 @@ def test_camera_snapshot_is_labelled_with_names(
     assert f"Recognised: {name}" in texts(app.text)
     [image] = app.image  # the snapshot with the faces drawn
     assert image.captions == ["camera snapshot"]
+
+
+# --- Liveness ------------------------------------------------------------------------------------
+
+
+def test_liveness_page_offers_start_and_hands_the_browser_a_ticket_not_the_key(
+    start_ui: Callable[..., AppTest], api_url: str
+) -> None:
+    app = start_ui(api_url, page="liveness", UI_BROWSER_API_URL="/api")
+    assert "Liveness" in texts(app.title)
+    assert "Press Start" in texts(app.info)[0]
+    assert not app.get("iframe")  # no camera, no socket, until Start
+    app.button(key="liveness-start").click().run()
+    assert not app.exception and not app.error
+    [frame] = app.get("iframe")
+    html = frame.proto.srcdoc
+    config = json.loads(re.search(r'<script type="application/json" id="config">(.*?)</script>', html)[1])
+    assert config["api"] == "/api"
+    assert TOKEN not in html  # the UI's key stays on the server
+    ticket = TicketSigner(TOKEN).verify(config["ticket"], LIVENESS_GRANT)  # the API's own ticket
+    assert ticket == "admin"
+
+
+def test_liveness_page_reports_a_refused_ticket(start_ui: Callable[..., AppTest], api_url: str) -> None:
+    app = start_ui(api_url, token="wrong-key", page="liveness")
+    app.button(key="liveness-start").click().run()
+    assert not app.exception and not app.get("iframe")
+    assert any(
+        e.startswith("Cannot start a liveness session: missing or wrong API key") for e in texts(app.error)
+    )
 
 
 # --- Failures of the API itself ------------------------------------------------------------------

@@ -100,6 +100,10 @@ class Settings(BaseSettings):
 
     # --- UI ---
     api_url: str = "http://127.0.0.1:8000"
+    ui_browser_api_url: str = Field(
+        default="",
+        description="The API's address as the user's browser reaches it (Liveness page); empty = API_URL.",
+    )
 
     @field_validator("facegate_data_dir")
     @classmethod
@@ -112,6 +116,10 @@ class Settings(BaseSettings):
     def session_threads(self) -> int:
         """`ONNX_THREADS`, else this worker's share of the cores: more threads than cores only contend."""
         return self.onnx_threads or max(1, available_cores() // self.workers())
+
+    def browser_api_url(self) -> str:
+        """Where the browser's pages open their sockets: relative (`/api`) resolves against the page."""
+        return self.ui_browser_api_url or self.api_url
 
     def external_dsn(self) -> str | None:
         """The DSN of an external server from `DATABASE_URL` or the `DB_*` variables; None = embedded."""

@@ -17,6 +17,7 @@ from facegate.api.metrics import MeteredPipeline, Metrics
 from facegate.api.middleware import RequestContext, RequestDeadline, UploadSizeLimit
 from facegate.api.ratelimit import RateLimiter
 from facegate.api.routes import detect, liveness, recognize, stream, system, users
+from facegate.api.tickets import TicketSigner
 from facegate.config import Settings, get_settings
 from facegate.gallery import Gallery, resolve_dsn
 from facegate.pipeline import Pipeline
@@ -47,6 +48,7 @@ def build_services(settings: Settings, metrics: Metrics) -> Services:
     return Services(
         settings=settings,
         keys=keys,
+        tickets=TicketSigner(api_key),
         pipeline=pipeline,
         gallery=gallery,
         inference_limiter=anyio.CapacityLimiter(settings.max_concurrent_inference),

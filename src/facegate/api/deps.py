@@ -14,6 +14,7 @@ from fastapi import Depends, HTTPException, Request, UploadFile, status
 from facegate.api.auth import KeyRing
 from facegate.api.metrics import Metrics
 from facegate.api.ratelimit import RateLimiter
+from facegate.api.tickets import TicketSigner
 from facegate.config import Settings
 from facegate.gallery import Gallery
 from facegate.imaging import decode_image
@@ -30,6 +31,7 @@ class Services:
 
     settings: Settings
     keys: KeyRing
+    tickets: TicketSigner
     pipeline: Pipeline
     gallery: Gallery
     inference_limiter: anyio.CapacityLimiter

@@ -163,3 +163,8 @@ def error_responses(*codes: int) -> dict[int | str, dict]:
         }
         for code in sorted(set(codes))
     }
+
+
+class TicketResponse(BaseModel):
+    ticket: str = Field(description='send as the first message {"ticket": "..."} on WS /ws/liveness')
+    expires_at: int = Field(description="Unix time after which the ticket opens nothing")

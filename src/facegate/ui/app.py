@@ -1,6 +1,7 @@
 """The FaceGate web UI: `streamlit run src/facegate/ui/app.py` (or `facegate ui`).
 
-Settings come from the environment: `API_URL` (the API to talk to) and `APP_TOKEN` (its key).
+Settings come from the environment: `API_URL` (the API to talk to), `APP_TOKEN` (its key) and
+`UI_BROWSER_API_URL` (the API's address as the user's browser reaches it, for the Liveness page).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ def main() -> None:
         st.Page(VIEWS / "gallery.py", title="Gallery", icon=":material/group:"),
         st.Page(VIEWS / "recognize.py", title="Recognise", icon=":material/person_search:"),
         st.Page(VIEWS / "camera.py", title="Camera", icon=":material/photo_camera:"),
+        st.Page(VIEWS / "liveness.py", title="Liveness", icon=":material/face_retouching_natural:"),
     ]
     page = st.navigation(pages)
     api_status()

@@ -98,6 +98,10 @@ class ApiClient:
     def delete_user(self, user_id: int) -> dict[str, Any]:
         return self._call("DELETE", f"/users/{user_id}")
 
+    def liveness_ticket(self) -> dict[str, Any]:
+        """A short-lived ticket for `WS /ws/liveness`: what the browser gets instead of this key."""
+        return self._call("POST", "/liveness/tickets")
+
     # --- transport ---------------------------------------------------------------------------
 
     def _call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:

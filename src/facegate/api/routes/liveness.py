@@ -3,7 +3,9 @@
 Protocol (JSON text messages from the server, binary frames from the client):
 
 1. Authentication as on the other sockets (`X-API-Key` header or a first `{"api_key": ...}`
-   message; scope `recognize`), handled by the stream module's helpers.
+   message; scope `recognize`), handled by the stream module's helpers, or a first
+   `{"ticket": ...}` message: a ticket from `POST /liveness/tickets`, so that a page in a browser
+   can open a session without holding an API key (see `facegate.api.tickets`).
 2. The server opens a session and sends `{"type": "session", "session_id", "challenges",
    "deadline" (Unix time), "timeout_s"}`.
 3. For each frame it processes: `{"type": "progress", "frame", "skipped", "face_found",
@@ -25,16 +27,18 @@ import contextlib
 import logging
 import random
 import time
-from typing import Any
+from typing import Annotated, Any
 
 import anyio
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from starlette.websockets import WebSocketState
 
-from facegate.api.auth import Scope
-from facegate.api.deps import Services, decode, infer
+from facegate.api.auth import ApiKey, Scope, require
+from facegate.api.deps import Services, ServicesDep, decode, infer
 from facegate.api.routes.recognize import recognize_image
 from facegate.api.routes.stream import LatestFrame, StreamClosed, Taken, _open, _process, _receive, _send
+from facegate.api.schemas import TicketResponse
+from facegate.api.tickets import LIVENESS_GRANT
 from facegate.config import Settings
 from facegate.gallery.errors import GalleryError
 from facegate.liveness.frames import observe_frame
@@ -57,10 +61,20 @@ def session_bounds(settings: Settings) -> Bounds:
     )
 
 
+@router.post("/liveness/tickets", response_model=TicketResponse)
+async def liveness_ticket(
+    services: ServicesDep, key: Annotated[ApiKey, require(Scope.RECOGNIZE)]
+) -> TicketResponse:
+    """A ticket that opens `WS /ws/liveness` for TICKET_TTL_S (60 s): what a browser page sends as its
+    first message `{"ticket": "..."}` instead of an API key it must not hold."""
+    ticket = services.tickets.issue(LIVENESS_GRANT, key.name)
+    return TicketResponse(ticket=ticket.token, expires_at=ticket.expires_at)
+
+
 @router.websocket("/ws/liveness")
 async def liveness_stream(websocket: WebSocket) -> None:
     try:
-        services = await _open(websocket, Scope.RECOGNIZE)
+        services = await _open(websocket, Scope.RECOGNIZE, ticket_grant=LIVENESS_GRANT)
     except (StreamClosed, WebSocketDisconnect):
         return
     # Tests put a seeded `random.Random` here to fix the challenge order; the service never does.

@@ -8,9 +8,11 @@ processes that one. So a client that sends faster than the server can work gets 
 latest frame, never a growing backlog, and memory stays at two frames per connection.
 
 Authentication: the `X-API-Key` header, or (browsers cannot set headers on a WebSocket) a first
-text message `{"api_key": "..."}`. A missing or wrong key, a key without the endpoint's scope and
-invalid query parameters are answered with one error message and close code 1008; opening a
-stream counts against the key's rate limit (over it: status 429, close code 1013). A frame that
+text message `{"api_key": "..."}`; `WS /ws/liveness` also takes `{"ticket": "..."}`, a short-lived
+ticket from `POST /liveness/tickets` (see `facegate.api.tickets`). A missing or wrong key or
+ticket, a key without the endpoint's scope and invalid query parameters are answered with one error
+message and close code 1008; opening a stream counts against the key's rate limit (a ticket's: the
+key it was issued to; over it: status 429, close code 1013). A frame that
 cannot be used (not an image, corrupt, too large, no face) is answered with an error message
 `{"error", "status", "frame", "skipped"}` and the stream goes on.
 """
@@ -29,11 +31,12 @@ import anyio
 from fastapi import APIRouter, HTTPException, WebSocket, WebSocketDisconnect, status
 from pydantic import ValidationError, validate_call
 
-from facegate.api.auth import ApiKey, Scope
+from facegate.api.auth import Scope
 from facegate.api.deps import Services, decode, infer
 from facegate.api.ratelimit import retry_after
 from facegate.api.routes.detect import detection_params
 from facegate.api.routes.recognize import ThresholdQuery, recognize_image
+from facegate.api.tickets import TICKET_TTL_S, TicketError
 from facegate.faces import detection_dict
 from facegate.gallery.errors import GalleryError
 from facegate.imaging import ImageError
@@ -134,16 +137,75 @@ async def recognize_stream(websocket: WebSocket) -> None:
 # --- opening: key, scope, parameters -------------------------------------------------------------
 
 
-async def _open(websocket: WebSocket, scope: Scope) -> Services:
-    """Accept the socket and check the caller's key and its scope; `StreamClosed` when refused."""
+async def _open(websocket: WebSocket, scope: Scope, ticket_grant: str | None = None) -> Services:
+    """Accept the socket and check the caller's key and its scope, or, on an endpoint that takes
+    tickets (`ticket_grant`), a ticket for it; `StreamClosed` when refused."""
     await websocket.accept()
     services: Services = websocket.app.state.services
-    key = services.keys.identify(await _presented_key(websocket))
-    if key is None:
+    credentials = await _credentials(websocket)
+    holder = _ticket_holder(services, credentials.ticket, ticket_grant)
+    by_ticket = holder is not None
+    if holder is None:
+        holder = await _key_holder(websocket, services, credentials.api_key, scope, ticket_grant)
+    # Opening a stream counts as one request of the key's rate (a ticket's: the key it was issued
+    # to); its frames are bounded already, one inference at a time per stream.
+    if (wait := services.rate_limiter.acquire(holder)) > 0:
         await _refuse(
             websocket,
-            status.HTTP_401_UNAUTHORIZED,
-            'missing or wrong API key: send the X-API-Key header or a first message {"api_key": "..."}',
+            status.HTTP_429_TOO_MANY_REQUESTS,
+            f"the key '{holder}' is over its rate limit; retry in {retry_after(wait)} s",
+            close_code=status.WS_1013_TRY_AGAIN_LATER,
+        )
+    _remember(websocket, holder, by_ticket=by_ticket)
+    return services
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    api_key: str | None = None
+    ticket: str | None = None
+
+
+async def _credentials(websocket: WebSocket) -> Credentials:
+    """The header's key, else what the first message holds (waiting at most AUTH_TIMEOUT)."""
+    if header := websocket.headers.get("x-api-key"):
+        return Credentials(api_key=header)
+    with anyio.move_on_after(AUTH_TIMEOUT):
+        message = await websocket.receive()
+        return _credentials_in(message.get("text"))  # nothing for a frame sent first or a disconnect
+    return Credentials()
+
+
+def _credentials_in(text: str | None) -> Credentials:
+    try:
+        body = json.loads(text or "")
+    except ValueError:
+        return Credentials()
+    if not isinstance(body, dict):
+        return Credentials()
+    key, ticket = body.get("api_key"), body.get("ticket")
+    return Credentials(key if isinstance(key, str) else None, ticket if isinstance(ticket, str) else None)
+
+
+def _ticket_holder(services: Services, ticket: str | None, grant: str | None) -> str | None:
+    """The name of the key a valid ticket for `grant` was issued to; None without one."""
+    if ticket is None or grant is None:
+        return None  # a ticket opens only the endpoint it was made for
+    try:
+        return services.tickets.verify(ticket, grant)
+    except TicketError as exc:
+        logger.info("stream ticket refused: %s", exc)
+        return None
+
+
+async def _key_holder(
+    websocket: WebSocket, services: Services, presented: str | None, scope: Scope, ticket_grant: str | None
+) -> str:
+    """The name of the presented key, when it exists and covers `scope`; refuses the socket otherwise."""
+    key = services.keys.identify(presented)
+    if key is None:
+        await _refuse(
+            websocket, status.HTTP_401_UNAUTHORIZED, _NO_KEY + (_TICKET_HINT if ticket_grant else "")
         )
     if not key.allows(scope):
         await _refuse(
@@ -151,42 +213,18 @@ async def _open(websocket: WebSocket, scope: Scope) -> Services:
             status.HTTP_403_FORBIDDEN,
             f"the key '{key.name}' has scope '{key.scope}'; this needs '{scope}'",
         )
-    # Opening a stream counts as one request of the key's rate; its frames are bounded already,
-    # one inference at a time per stream.
-    if (wait := services.rate_limiter.acquire(key.name)) > 0:
-        await _refuse(
-            websocket,
-            status.HTTP_429_TOO_MANY_REQUESTS,
-            f"the key '{key.name}' is over its rate limit; retry in {retry_after(wait)} s",
-            close_code=status.WS_1013_TRY_AGAIN_LATER,
-        )
-    _remember(websocket, key)
-    return services
+    return key.name
 
 
-async def _presented_key(websocket: WebSocket) -> str | None:
-    """The header's key, else the `api_key` of the first message (waiting at most AUTH_TIMEOUT)."""
-    if header := websocket.headers.get("x-api-key"):
-        return header
-    with anyio.move_on_after(AUTH_TIMEOUT):
-        message = await websocket.receive()
-        return _key_in(message.get("text"))  # None for a frame sent first or a disconnect
-    return None
+_NO_KEY = 'missing or wrong API key: send the X-API-Key header or a first message {"api_key": "..."}'
+_TICKET_HINT = f' (or {{"ticket": "..."}} from POST /liveness/tickets, valid {TICKET_TTL_S} s)'
 
 
-def _key_in(text: str | None) -> str | None:
-    try:
-        body = json.loads(text or "")
-    except ValueError:
-        return None
-    key = body.get("api_key") if isinstance(body, dict) else None
-    return key if isinstance(key, str) else None
-
-
-def _remember(websocket: WebSocket, key: ApiKey) -> None:
+def _remember(websocket: WebSocket, holder: str, *, by_ticket: bool) -> None:
     # The same record HTTP requests keep (auth.authenticate): logs name the key, never show it.
-    websocket.state.key_name = key.name
-    logger.info("%s stream opened by key '%s'", websocket.url.path, key.name)
+    websocket.state.key_name = holder
+    how = "a ticket of key" if by_ticket else "key"
+    logger.info("%s stream opened by %s '%s'", websocket.url.path, how, holder)
 
 
 async def _query(websocket: WebSocket, parse: Callable[..., Any]) -> Any:
