@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -71,16 +72,6 @@ def test_registrations_survive_a_restart_on_the_embedded_database(data_dir: Path
     assert response.json()["matched_user"]["name"] == "Barack Obama"
 
 
-def test_serve_generates_a_key_when_none_is_set(data_dir: Path, tmp_path: Path) -> None:
-    env = {"APP_TOKEN": "", "FACEGATE_DATA_DIR": str(data_dir), "DATABASE_URL": "", "DB_HOST": ""}
-    with LiveServer(env, tmp_path / "server.log") as live:
-        key = (data_dir / "api_key").read_text().strip()
-        assert len(key) >= 32
-        assert (data_dir / "api_key").stat().st_mode & 0o077 == 0  # readable by its owner only
-        assert httpx.get(f"{live.url}/stats", headers={"X-API-Key": key}).status_code == 200
-        assert httpx.get(f"{live.url}/stats", headers={"X-API-Key": "guess"}).status_code == 401
-
-
 def postmasters(data_dir: Path) -> list[psutil.Process]:
     """The PostgreSQL servers running on `data_dir`'s database (their command line names it)."""
     pgdata = str(data_dir.resolve() / "pg")
@@ -90,6 +81,20 @@ def postmasters(data_dir: Path) -> list[psutil.Process]:
         if process.info["name"] == "postgres" and "-D" in command and pgdata in command:
             found.append(process)
     return found
+
+
+def test_serve_generates_a_key_when_none_is_set(data_dir: Path, tmp_path: Path) -> None:
+    env = {"APP_TOKEN": "", "FACEGATE_DATA_DIR": str(data_dir), "DATABASE_URL": "", "DB_HOST": ""}
+    with LiveServer(env, tmp_path / "server.log") as live:
+        key = (data_dir / "api_key").read_text().strip()
+        assert len(key) >= 32
+        assert (data_dir / "api_key").stat().st_mode & 0o077 == 0  # readable by its owner only
+        assert httpx.get(f"{live.url}/stats", headers={"X-API-Key": key}).status_code == 200
+        assert httpx.get(f"{live.url}/stats", headers={"X-API-Key": "guess"}).status_code == 401
+        assert len(postmasters(data_dir)) == 1
+    # One worker serves in the `facegate serve` process itself: its SIGTERM stops the database too.
+    assert live.process.returncode == 128 + signal.SIGTERM
+    assert postmasters(data_dir) == []
 
 
 @pytest.mark.slow

@@ -101,6 +101,10 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     os.environ["WEB_CONCURRENCY"] = str(workers)
     get_settings.cache_clear()
     logger.info("%d worker(s), %d ONNX Runtime thread(s) each", workers, get_settings().session_threads())
+    # With one worker uvicorn serves in this process and, once shut down, raises the SIGTERM it
+    # caught again: as SystemExit it unwinds the clean-ups below (stopping the embedded PostgreSQL)
+    # instead of killing the process on the spot (`docker stop`, systemd).
+    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
     with _shared_database(settings):
         _run_uvicorn(args, settings, workers)
     return 0

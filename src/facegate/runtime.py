@@ -31,6 +31,7 @@ def create_session(
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = threads
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     source = str(model) if isinstance(model, Path) else model
     session = ort.InferenceSession(source, sess_options=options, providers=resolve_providers(providers))
     log.debug("ONNX Runtime session on %s", session.get_providers())

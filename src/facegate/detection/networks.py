@@ -61,7 +61,18 @@ class _Graph:
             weight = weight / PIXEL_SCALE
         (y,) = self.node("Conv", [x, self.constant(weight), self.constant(bias)])
         # Keras shares the slope over height and width: one value per channel.
-        (y,) = self.node("PRelu", [y, self.constant(slope.reshape(-1, 1, 1))])
+        return self.prelu(y, slope.reshape(-1, 1, 1))
+
+    def prelu(self, x: str, slope: np.ndarray) -> str:
+        """PReLU as `x + (slope - 1) * min(x, 0)`.
+
+        ONNX Runtime's PRelu kernel broadcasts the slope element by element: it was the costliest
+        node of PNet and RNet, slower than the convolutions. Min, Mul and Add take its fast
+        per-channel broadcast paths. Within float rounding of PRelu (about 1e-6 here).
+        """
+        (negative,) = self.node("Min", [x, self.constant(np.zeros((), np.float32), "zero")])
+        (scaled,) = self.node("Mul", [negative, self.constant(slope - 1)])
+        (y,) = self.node("Add", [x, scaled])
         return y
 
     def max_pool(self, x: str, size: int, *, same: bool) -> str:
@@ -80,8 +91,7 @@ class _Graph:
         kernel = kernel.reshape(width, height, channels, -1).transpose(2, 1, 0, 3).reshape(kernel.shape)
         (flat,) = self.node("Flatten", [x], axis=1)
         (y,) = self.node("Gemm", [flat, self.constant(kernel), self.constant(bias)])
-        (y,) = self.node("PRelu", [y, self.constant(slope)])
-        return y
+        return self.prelu(y, slope)
 
     def heads(self, x: str, regression_sizes: list[int], *, conv: bool) -> list[str]:
         """The regression heads and the face probability from one merged layer."""

@@ -37,7 +37,7 @@ from facegate.api.auth import ApiKey, Scope, require
 from facegate.api.deps import Services, ServicesDep, decode, infer
 from facegate.api.routes.recognize import recognize_image
 from facegate.api.routes.stream import LatestFrame, StreamClosed, Taken, _open, _process, _receive, _send
-from facegate.api.schemas import TicketResponse
+from facegate.api.schemas import KEYED_ERRORS, TicketResponse, error_responses
 from facegate.api.tickets import LIVENESS_GRANT
 from facegate.config import Settings
 from facegate.gallery.errors import GalleryError
@@ -61,7 +61,7 @@ def session_bounds(settings: Settings) -> Bounds:
     )
 
 
-@router.post("/liveness/tickets", response_model=TicketResponse)
+@router.post("/liveness/tickets", response_model=TicketResponse, responses=error_responses(*KEYED_ERRORS))
 async def liveness_ticket(
     services: ServicesDep, key: Annotated[ApiKey, require(Scope.RECOGNIZE)]
 ) -> TicketResponse:
