@@ -66,9 +66,10 @@ def timed(call: Callable[[], httpx.Response]) -> float:
 
 def run(embedder: str, people: int, requests: int) -> dict[str, list[float]]:
     with tempfile.TemporaryDirectory() as folder:
+        # One process serves every request here: it gets all the cores, as `serve --workers 1` would.
         settings = Settings(
             app_token=KEY, facegate_data_dir=Path(folder), face_embedder=embedder, rate_limit_per_minute=0,
-            _env_file=None,
+            web_concurrency=1, _env_file=None,
         )  # fmt: skip
         with TestClient(create_app(settings), headers={"X-API-Key": KEY}) as client:
             services = client.app.state.services
