@@ -76,17 +76,18 @@ def child(name: str, command: list[str], log_dir: Path, env: Mapping[str, str]) 
     try:
         yield Child(name, process, log)
     finally:
-        _stop(process, name)
+        stop(process, name)
 
 
-def _stop(process: subprocess.Popen[bytes], name: str) -> None:
+def stop(process: subprocess.Popen[bytes], name: str, sig: int = signal.SIGTERM) -> None:
+    """Send `sig` and wait for the process to exit; kill it if it has not within 30 s."""
     if process.poll() is not None:
         return
-    process.send_signal(signal.SIGTERM)
+    process.send_signal(sig)
     try:
-        process.wait(timeout=20)
+        process.wait(timeout=30)
     except subprocess.TimeoutExpired:
-        logger.warning("%s (pid %d) ignored SIGTERM; killing it", name, process.pid)
+        logger.warning("%s (pid %d) ignored signal %d; killing it", name, process.pid, sig)
         process.kill()
         process.wait()
 

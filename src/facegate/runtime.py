@@ -31,6 +31,8 @@ def create_session(
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = threads
+    # Idle threads spinning after a run take the cores from the NumPy work between runs (and from
+    # the other workers): MTCNN at 640x480, 72.8 ms spinning vs 51.6 ms not (BENCHMARKS.md).
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     source = str(model) if isinstance(model, Path) else model
     session = ort.InferenceSession(source, sess_options=options, providers=resolve_providers(providers))
