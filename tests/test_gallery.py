@@ -26,7 +26,7 @@ from facegate.gallery import (
     GalleryUnavailable,
     ModelMismatchError,
     UnknownUserError,
-    resolve_dsn,
+    database_dsn,
 )
 from facegate.gallery.schema import HNSW_INDEX, migrate
 
@@ -369,5 +369,6 @@ def test_start_after_the_server_itself_was_killed(pgdata_dir: Path) -> None:
 
 def test_external_database_url_starts_nothing(tmp_path: Path) -> None:
     settings = Settings(database_url="postgresql://u:p@db.example:5432/x", facegate_data_dir=tmp_path)
-    assert resolve_dsn(settings) == "postgresql://u:p@db.example:5432/x"
+    with database_dsn(settings) as dsn:
+        assert dsn == "postgresql://u:p@db.example:5432/x"
     assert not (tmp_path / "pg").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 
 from tests.data import FACES
 from tests.live import LiveServer
+from tests.servers import API_START_TIMEOUT, child, clean_env, free_port, wait_until_up
 
 KEY = "live-test-key"
 OBAMA = FACES / "portraits" / "Barack_Obama"
@@ -94,6 +96,19 @@ def test_serve_generates_a_key_when_none_is_set(data_dir: Path, tmp_path: Path) 
         assert len(postmasters(data_dir)) == 1
     # One worker serves in the `facegate serve` process itself: its SIGTERM stops the database too.
     assert live.process.returncode == 128 + signal.SIGTERM
+    assert postmasters(data_dir) == []
+
+
+def test_the_app_under_plain_uvicorn_stops_the_database_it_started(data_dir: Path, tmp_path: Path) -> None:
+    port = free_port()
+    env = clean_env(APP_TOKEN=KEY, FACEGATE_DATA_DIR=str(data_dir))
+    app = "facegate.api.app:create_app"
+    command = [sys.executable, "-m", "uvicorn", "--factory", app, "--port", str(port)]
+    with child("uvicorn", command, tmp_path, env) as server:
+        wait_until_up(f"http://127.0.0.1:{port}/health", server, API_START_TIMEOUT)
+        assert len(postmasters(data_dir)) == 1
+    # uvicorn re-raises the SIGTERM after its shutdown, which skips exit hooks: the app's shutdown
+    # has to have stopped the server already.
     assert postmasters(data_dir) == []
 
 

@@ -117,18 +117,12 @@ def _shared_database(settings: Settings) -> Iterator[None]:
     The workers then never start or stop it themselves; this process stops it when the last worker
     has exited (unless another process, say `facegate enroll`, still uses it).
     """
-    if settings.external_dsn():
-        yield
-        return
-    from facegate.gallery import EmbeddedServer
+    from facegate.gallery import database_dsn
 
-    server = EmbeddedServer(settings.facegate_data_dir / "pg")
-    os.environ["DATABASE_URL"] = server.start()
-    get_settings.cache_clear()
-    try:
+    with database_dsn(settings) as dsn:
+        os.environ["DATABASE_URL"] = dsn
+        get_settings.cache_clear()
         yield
-    finally:
-        server.release()
 
 
 def _run_uvicorn(args: argparse.Namespace, settings: Settings, workers: int) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from facegate.config import Settings
-from facegate.gallery import DuplicateNameError, Gallery, resolve_dsn
+from facegate.gallery import DuplicateNameError, Gallery, database_dsn
 from facegate.imaging import ImageError, load_image_file
 from facegate.pipeline import EmbeddedFace, NoFaceError, Pipeline
 
@@ -41,13 +41,13 @@ class EnrollReport:
 @contextmanager
 def open_services(settings: Settings) -> Iterator[tuple[Pipeline, Gallery]]:
     pipeline = Pipeline.from_settings(settings)
-    gallery = Gallery.open(
-        resolve_dsn(settings), pipeline.embedder.name, pipeline.embedder.dim, timeout=settings.db_timeout
-    )
-    try:
-        yield pipeline, gallery
-    finally:
-        gallery.close()
+    with database_dsn(settings) as dsn:
+        embedder = pipeline.embedder
+        gallery = Gallery.open(dsn, embedder.name, embedder.dim, timeout=settings.db_timeout)
+        try:
+            yield pipeline, gallery
+        finally:
+            gallery.close()
 
 
 def person_folders(root: Path) -> list[Path]:

@@ -19,7 +19,7 @@ from facegate.api.ratelimit import RateLimiter
 from facegate.api.routes import detect, liveness, recognize, stream, system, users
 from facegate.api.tickets import TicketSigner
 from facegate.config import Settings, get_settings
-from facegate.gallery import Gallery, resolve_dsn
+from facegate.gallery import Gallery, database_dsn
 from facegate.pipeline import Pipeline
 
 logger = logging.getLogger(__name__)
@@ -30,14 +30,14 @@ _MULTIPART_OVERHEAD = 64 * 1024
 _MAX_UPLOADS_PER_REQUEST = 2
 
 
-def build_services(settings: Settings, metrics: Metrics) -> Services:
+def build_services(settings: Settings, dsn: str, metrics: Metrics) -> Services:
     api_key = settings.api_key()
     if not api_key:
         raise RuntimeError("no API key: set APP_TOKEN (or start with `facegate serve`, which generates one)")
     keys = KeyRing.parse(api_key, settings.facegate_api_keys.get_secret_value())
     pipeline = MeteredPipeline(Pipeline.from_settings(settings), metrics)
     gallery = Gallery.open(
-        resolve_dsn(settings),
+        dsn,
         pipeline.embedder.name,
         pipeline.embedder.dim,
         pool_min=settings.db_pool_min,
@@ -63,13 +63,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        services = await anyio.to_thread.run_sync(build_services, settings, metrics)
-        app.state.services = services
-        logger.info("FaceGate %s ready (embedder %s)", __version__, services.pipeline.embedder.name)
-        try:
-            yield
-        finally:
-            services.gallery.close()
+        # Starting or stopping an embedded server blocks the loop for a moment, before any request
+        # is served or after the last one.
+        with database_dsn(settings) as dsn:
+            services = await anyio.to_thread.run_sync(build_services, settings, dsn, metrics)
+            app.state.services = services
+            logger.info("FaceGate %s ready (embedder %s)", __version__, services.pipeline.embedder.name)
+            try:
+                yield
+            finally:
+                services.gallery.close()
 
     app = FastAPI(
         title="FaceGate",

@@ -1,6 +1,6 @@
 """The PostgreSQL + pgvector gallery: people, their face embeddings and nearest-person search."""
 
-from facegate.gallery.embedded import EmbeddedServer, resolve_dsn
+from facegate.gallery.embedded import EmbeddedServer, database_dsn
 from facegate.gallery.errors import (
     DuplicateNameError,
     EmbeddedServerError,
@@ -24,5 +24,5 @@ __all__ = [
     "ModelMismatchError",
     "UnknownUserError",
     "UserRecord",
-    "resolve_dsn",
+    "database_dsn",
 ]

@@ -18,7 +18,8 @@ import json
 import logging
 import os
 import time
-from contextlib import suppress
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -144,9 +145,20 @@ def _ensure_database(admin_dsn: str, database: str) -> None:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
 
 
-def resolve_dsn(settings: Settings) -> str:
-    """The external server's DSN when one is configured, else the embedded server's (started if needed)."""
+@contextmanager
+def database_dsn(settings: Settings) -> Iterator[str]:
+    """The external server's DSN when one is configured, else the embedded server's: started (or
+    adopted) for the block and released after it, so it stops when its last user is done.
+
+    Released here rather than by pgserver's exit hook: a server (uvicorn) that re-raises the SIGTERM
+    it handled ends its process without running exit hooks, which would leave PostgreSQL running.
+    """
     external = settings.external_dsn()
     if external:
-        return external
-    return EmbeddedServer(settings.facegate_data_dir / "pg").start()
+        yield external
+        return
+    server = EmbeddedServer(settings.facegate_data_dir / "pg")
+    try:
+        yield server.start()
+    finally:
+        server.release()
