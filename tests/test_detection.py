@@ -8,10 +8,12 @@ import math
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import onnx
+import onnxruntime as ort
 import pytest
 from PIL import Image
 
-from facegate.detection import MTCNN, DetectionParams, cascade
+from facegate.detection import MTCNN, DetectionParams, cascade, mtcnn, networks
 from facegate.faces import Face
 from facegate.imaging import decode_image, load_image_file
 from tests.data import FACES
@@ -88,6 +90,62 @@ def test_concurrent_calls_give_identical_results(detector: MTCNN, portrait: np.n
     for got, want in zip(results, expected * 3, strict=True):
         assert [(f.box, f.score) for f in got] == [(f.box, f.score) for f in want]
         assert all(np.array_equal(a.keypoints, b.keypoints) for a, b in zip(got, want, strict=True))
+
+
+@needs_data
+def test_lanes_give_the_serial_result(portrait: np.ndarray, monkeypatch: pytest.MonkeyPatch) -> None:
+    group = load_image_file(GROUP)
+    serial, lanes = MTCNN(threads=1), MTCNN(threads=3)
+    for image in (portrait, group):
+        want = serial.detect(image)
+        assert want and [(f.box, f.score) for f in lanes.detect(image)] == [(f.box, f.score) for f in want]
+    # More crops than one batch holds: several chunks per lane, queued on the lane threads.
+    monkeypatch.setattr(mtcnn, "MAX_BATCH", 4)
+    chunked = lanes.detect(group)
+    want = serial.detect(group)
+    assert len(chunked) == len(want)
+    for got, expected in zip(chunked, want, strict=True):
+        # A batch of another size may round the last bit differently in ONNX Runtime's kernels.
+        np.testing.assert_allclose(got.box, expected.box, rtol=1e-5, atol=1e-3)
+        assert got.score == pytest.approx(expected.score, abs=1e-5)
+
+
+def test_levels_shared_out_evenly_among_lanes() -> None:
+    sizes = [cascade.level_size(480, 640, s) for s in cascade.pyramid_scales(480, 640, 20, 10**9)]
+    shares = mtcnn._share_out(sizes, 2)
+    assert sorted(itertools.chain(*shares)) == list(range(len(sizes)))
+    work = [sum(sizes[i][0] * sizes[i][1] for i in share) for share in shares]
+    # The largest level alone is about half of all pixels; the other lane takes the rest.
+    assert shares[0][0] == 0 and max(work) / min(work) < 1.2
+    assert mtcnn._share_out(sizes[:2], 8) == [[0], [1]]
+    assert mtcnn._share_out(sizes, 1) == [list(range(len(sizes)))]
+
+
+def test_prelu_graph_matches_prelu() -> None:
+    """The elementwise PReLU, with slopes below 0, between 0 and 1, and above 1."""
+    slopes = np.asarray([-1.3, 0.0, 0.25, 1.0, 1.7], np.float32)
+    graph = networks._Graph([])
+    y = graph.prelu("x", slopes.reshape(-1, 1, 1))
+    declared = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 5, 3, 4])
+    model = graph.model("prelu", [declared], {"y": (y, [1, 5, 3, 4])})
+    x = np.random.default_rng(0).normal(size=(1, 5, 3, 4)).astype(np.float32)
+    (got,) = ort.InferenceSession(model, providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    want = np.where(x > 0, x, slopes.reshape(-1, 1, 1) * x)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+
+
+def test_padded_channels_leave_pnet_unchanged(monkeypatch: pytest.MonkeyPatch) -> None:
+    image = np.random.default_rng(1).uniform(0, 255, size=(1, 40, 52, 3)).astype(np.float32)
+    padded = networks.build_network("pnet")
+    monkeypatch.setattr(networks, "CHANNEL_BLOCK", 1)
+    plain = networks.build_network("pnet")
+    assert len(padded) > len(plain)  # zero channels were added
+    outputs = [
+        ort.InferenceSession(m, providers=["CPUExecutionProvider"]).run(None, {"image": image})
+        for m in (padded, plain)
+    ]
+    for got, want in zip(*outputs, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
 @needs_data

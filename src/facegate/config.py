@@ -88,7 +88,10 @@ class Settings(BaseSettings):
     onnx_threads: int = Field(
         default=0,
         ge=0,
-        description="Threads per ONNX Runtime session; 0 = the CPU cores shared out among the workers.",
+        description=(
+            "Threads per ONNX Runtime session (MTCNN: parallel lanes of one thread); "
+            "0 = the CPU cores shared out among the workers."
+        ),
     )
     web_concurrency: int | None = Field(
         default=None, ge=1, description="API worker processes (`facegate serve`, `up`); unset = one per core."

@@ -19,6 +19,11 @@ from facegate.detection.weights import NetworkName, load_weights
 OPSET = 17
 PIXEL_MEAN = 127.5
 PIXEL_SCALE = 128.0
+# ONNX Runtime's fast convolutions (its NCHWc layout) take input channels in blocks of 8 (AVX2) or
+# 16 (AVX-512). A layer with 10 or 28 input channels falls back to plain NCHW with a reorder on
+# either side, which cost PNet more than its largest convolution; layers are padded with zero
+# channels to a multiple of 16 instead.
+CHANNEL_BLOCK = 16
 
 Dim = int | str  # a fixed size or a symbolic one
 
@@ -31,6 +36,8 @@ class _Graph:
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
         self._count = 0
+        # Zero channels the last convolution appended, which the next kernel's input must match.
+        self._padded_channels = 0
 
     def _name(self, prefix: str) -> str:
         self._count += 1
@@ -59,20 +66,41 @@ class _Graph:
         if normalise_input:
             bias = bias - weight.sum(axis=(1, 2, 3)) * (PIXEL_MEAN / PIXEL_SCALE)
             weight = weight / PIXEL_SCALE
+        weight = self._pad_input_channels(weight)
+        # Padded channels are 0 after the convolution (zero kernel and bias) and stay 0 after
+        # PReLU and pooling.
+        extra = -len(bias) % CHANNEL_BLOCK
+        weight = np.pad(weight, ((0, extra), (0, 0), (0, 0), (0, 0)))
+        bias, slope = np.pad(bias, (0, extra)), np.pad(slope.reshape(-1), (0, extra))
+        self._padded_channels = extra
         (y,) = self.node("Conv", [x, self.constant(weight), self.constant(bias)])
         # Keras shares the slope over height and width: one value per channel.
         return self.prelu(y, slope.reshape(-1, 1, 1))
 
-    def prelu(self, x: str, slope: np.ndarray) -> str:
-        """PReLU as `x + (slope - 1) * min(x, 0)`.
+    def _pad_input_channels(self, weight: np.ndarray) -> np.ndarray:
+        """An (out, in, h, w) kernel with zero inputs for the channels the last layer padded."""
+        padding = self._padded_channels
+        self._padded_channels = 0
+        return np.pad(weight, ((0, 0), (0, padding), (0, 0), (0, 0)))
 
-        ONNX Runtime's PRelu kernel broadcasts the slope element by element: it was the costliest
-        node of PNet and RNet, slower than the convolutions. Min, Mul and Add take its fast
-        per-channel broadcast paths. Within float rounding of PRelu (about 1e-6 here).
+    def prelu(self, x: str, slope: np.ndarray) -> str:
+        """PReLU as `x + sign * relu(kappa * x)`: kappa = slope - 1 and sign = +1 where slope <= 1,
+        kappa = 1 - slope and sign = -1 where slope > 1 (the sign's Mul only when a slope is > 1).
+
+        ONNX Runtime runs Mul by a per-channel constant, Relu and Add inside its blocked
+        convolution layout (NCHWc); its PRelu kernel, Max and Min leave that layout with a reorder
+        on either side, and PRelu broadcasts the slope element by element. PNet, RNet and ONet ran
+        7.8, 8.8 and 3.4 ms with PRelu, 6.4, 4.4 and 2.1 ms like this (BENCHMARKS.md). Within float
+        rounding of PRelu (below 1e-6 on the networks' outputs).
         """
-        (negative,) = self.node("Min", [x, self.constant(np.zeros((), np.float32), "zero")])
-        (scaled,) = self.node("Mul", [negative, self.constant(slope - 1)])
-        (y,) = self.node("Add", [x, scaled])
+        exceeds_one = slope > 1
+        kappa = np.where(exceeds_one, 1 - slope, slope - 1).astype(np.float32)
+        (scaled,) = self.node("Mul", [x, self.constant(kappa)])
+        (negative_part,) = self.node("Relu", [scaled])
+        if exceeds_one.any():
+            sign = np.where(exceeds_one, -1, 1).astype(np.float32)
+            (negative_part,) = self.node("Mul", [negative_part, self.constant(sign)])
+        (y,) = self.node("Add", [x, negative_part])
         return y
 
     def max_pool(self, x: str, size: int, *, same: bool) -> str:
@@ -86,6 +114,8 @@ class _Graph:
 
         The rows of the kernel are reordered once here instead of transposing every activation.
         """
+        if self._padded_channels:
+            raise ValueError("a dense layer cannot follow a channel-padded convolution")
         kernel, bias, slope = self.take(), self.take(), self.take()
         height, width, channels = keras_feature_shape
         kernel = kernel.reshape(width, height, channels, -1).transpose(2, 1, 0, 3).reshape(kernel.shape)
@@ -104,7 +134,8 @@ class _Graph:
         biases.append(class_bias[1:] - class_bias[:1])
         kernel, bias = np.concatenate(kernels, axis=-1), np.concatenate(biases)
         if conv:
-            (y,) = self.node("Conv", [x, self.constant(kernel.transpose(3, 2, 0, 1)), self.constant(bias)])
+            weight = self._pad_input_channels(kernel.transpose(3, 2, 0, 1))
+            (y,) = self.node("Conv", [x, self.constant(weight), self.constant(bias)])
         else:
             (y,) = self.node("Gemm", [x, self.constant(kernel), self.constant(bias)])
         sizes = self.constant(np.asarray([*regression_sizes, 1], np.int64), "split")
