@@ -58,18 +58,18 @@ class AreaPyramid:
     """
 
     def __init__(self, image: np.ndarray) -> None:
-        self.height, self.width = image.shape[:2]
+        self._height, self._width = image.shape[:2]
         self._image = image
         self._cumulative_rows = _running_sum(image)
 
     def level(self, height: int, width: int) -> np.ndarray:
         """The (height, width, 3) float32 level; several threads may ask for levels at once."""
         rows = _row_sums(self._cumulative_rows, self._image, height)
-        index, weight = _column_taps(self.width, width)
+        index, weight = _column_taps(self._width, width)
         # Weights come repeated per channel, with the area normalisation folded in, so that each
         # product runs along whole rows: numpy broadcasting a (width, 1) weight over (width, 3)
         # pixels works three values at a time and is several times slower.
-        weight = np.repeat(weight * np.float32(height * width / (self.height * self.width)), 3, axis=1)
+        weight = np.repeat(weight * np.float32(height * width / (self._height * self._width)), 3, axis=1)
         level = np.take(rows, index[0], axis=1).reshape(height, -1) * weight[0]
         for tap_index, tap_weight in zip(index[1:], weight[1:], strict=True):
             level += np.take(rows, tap_index, axis=1).reshape(height, -1) * tap_weight

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -12,6 +11,7 @@ from typing import TypeVar
 import numpy as np
 import onnxruntime as ort
 
+from facegate.config import available_cores
 from facegate.detection import cascade
 from facegate.detection.networks import build_network
 from facegate.faces import Face
@@ -74,7 +74,7 @@ class MTCNN:
         """`threads`: the cores detection may use (0 = all this process may run on)."""
         if threads < 0:
             raise ValueError(f"threads must be >= 0 (0 = every available core), got {threads}")
-        lanes = threads or _available_cores()
+        lanes = threads or available_cores()
         # PNet runs once per pyramid level, on small maps where ONNX Runtime's threads hardly
         # help (two ran it 1.3x faster than one at 640x480). The levels are shared out among
         # `lanes` threads instead, each network running on one core, and so are the crops of
@@ -106,10 +106,14 @@ class MTCNN:
             return np.empty((0, 5), np.float32)
         pyramid = cascade.AreaPyramid(image)
 
-        def run_lane(levels: list[int]) -> dict[int, np.ndarray]:
-            return {level: self._level_proposals(pyramid, scales[level], params) for level in levels}
+        sizes = [cascade.level_size(height, width, scale) for scale in scales]
 
-        shares = _share_out([cascade.level_size(height, width, scale) for scale in scales], self._lanes)
+        def run_lane(levels: list[int]) -> dict[int, np.ndarray]:
+            return {
+                level: self._level_proposals(pyramid, sizes[level], scales[level], params) for level in levels
+            }
+
+        shares = _share_out(sizes, self._lanes)
         per_level: dict[int, np.ndarray] = {}
         for lane_result in self._in_lanes(run_lane, shares):
             per_level.update(lane_result)
@@ -138,10 +142,10 @@ class MTCNN:
         return [work(items[0])] + [future.result() for future in futures]
 
     def _level_proposals(
-        self, pyramid: cascade.AreaPyramid, scale: float, params: DetectionParams
+        self, pyramid: cascade.AreaPyramid, size: tuple[int, int], scale: float, params: DetectionParams
     ) -> np.ndarray:
-        """PNet's boxes on one pyramid level after the level's own NMS, best first."""
-        level = pyramid.level(*cascade.level_size(pyramid.height, pyramid.width, scale))
+        """PNet's boxes on the pyramid level of `size` (at `scale`) after the level's own NMS, best first."""
+        level = pyramid.level(*size)
         regression, probability = self._pnet.run(None, {"image": level[None]})
         boxes = cascade.pnet_proposals(probability[0, 0], regression[0], scale, params.threshold_pnet)
         boxes = boxes[:MAX_PROPOSALS_PER_LEVEL]
@@ -166,13 +170,6 @@ class MTCNN:
         boxes, points = boxes[selected], points[selected]
         kept = cascade.nms(boxes, NMS_ONET, over_min=True)
         return boxes[kept], points[kept]
-
-
-def _available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def _share_out(sizes: list[tuple[int, int]], lanes: int) -> list[list[int]]:
