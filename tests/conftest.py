@@ -94,8 +94,14 @@ API_KEY = "test-key-" + uuid.uuid4().hex
 
 
 def app_settings(server: EmbeddedServer, data_dir: Path, **overrides: object) -> Settings:
-    """Settings of an app under test: its own new database on `server`, no `.env`, `API_KEY` as admin."""
-    values: dict[str, object] = {"app_token": API_KEY, "database_url": create_database(server), **overrides}
+    """Settings of an app under test: its own new database on `server`, no `.env`, `API_KEY` as admin,
+    and no rate limit unless `overrides` set one (see `tests.servers.UNLIMITED`)."""
+    values: dict[str, object] = {
+        "app_token": API_KEY,
+        "database_url": create_database(server),
+        "rate_limit_per_minute": 0,
+        **overrides,
+    }
     return Settings(facegate_data_dir=data_dir, _env_file=None, **values)
 
 
@@ -129,7 +135,7 @@ def client(anonymous: TestClient) -> Iterator[TestClient]:
 
 # ============================================================================================
 # A second app with a key of each scope (security and fuzz tests): its own database, so that
-# generated requests cannot touch the first app's gallery, and no rate limit unless a test sets one.
+# generated requests cannot touch the first app's gallery.
 # ============================================================================================
 
 SCOPED_KEYS = {scope: f"{scope}-key-{uuid.uuid4().hex}" for scope in ("detect", "recognize", "admin")}
@@ -142,6 +148,5 @@ def secured(pg_server: EmbeddedServer, tmp_path_factory: pytest.TempPathFactory)
         pg_server,
         tmp_path_factory.mktemp("facegate-secured"),
         facegate_api_keys=",".join(f"{scope}-client:{scope}:{key}" for scope, key in SCOPED_KEYS.items()),
-        rate_limit_per_minute=0,
     )
     yield from running_app(settings)

@@ -2,25 +2,24 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from tests.servers import Child, free_port, stop, wait_until_up
+from tests.servers import Child, clean_env, free_port, stop, wait_until_up
 
 
 class LiveServer:
-    """`facegate serve` in a child process, with its own environment; a context manager."""
+    """`facegate serve` in a child process, with `env` over a clean environment; a context manager."""
 
     def __init__(
         self, env: Mapping[str, str], log_path: Path, port: int | None = None, workers: int = 1
     ) -> None:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {**os.environ, **env}
+        self.env = clean_env(**env)
         self.log_path = log_path
         self.workers = workers
         self.process: subprocess.Popen[bytes] | None = None

@@ -44,12 +44,18 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+# Servers under test have no rate limit unless a test sets one: how many requests a test sends
+# within the default burst depends on how fast the machine is.
+UNLIMITED = {"RATE_LIMIT_PER_MINUTE": "0"}
+
+
 def clean_env(**overrides: str) -> dict[str, str]:
-    """This process's environment without any FaceGate setting, plus `overrides`.
+    """This process's environment without any FaceGate setting, plus `UNLIMITED` and `overrides`.
 
     A developer's DATABASE_URL or APP_TOKEN must not leak into the servers under test.
     """
     env = {k: v for k, v in os.environ.items() if k.lower() not in Settings.model_fields}
+    env.update(UNLIMITED)
     env.update(overrides)
     return env
 

@@ -11,6 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from facegate.config import Settings
 from tests.conftest import API_KEY
 from tests.data import FACES
 
@@ -40,6 +41,13 @@ def gallery_size(client: TestClient) -> tuple[int, int]:
 
 
 # --- open endpoints and auth ---------------------------------------------------------------------
+
+
+def test_the_app_under_test_has_no_rate_limit(client: TestClient) -> None:
+    """However fast the machine, the suite's own requests never run into the default limit."""
+    over_the_default_burst = Settings.model_fields["rate_limit_burst"].default + 1
+    codes = {client.get("/stats").status_code for _ in range(over_the_default_burst)}
+    assert codes == {200}
 
 
 def test_root_lists_endpoints_without_a_key(anonymous: TestClient) -> None:
@@ -136,7 +144,48 @@ def test_detect_parameters_out_of_range_are_422(client: TestClient, params: dict
 
 
 def test_detect_without_a_file_is_422(client: TestClient) -> None:
-    assert client.post("/detect").status_code == 422
+    response = client.post("/detect")
+    assert response.status_code == 422
+    assert "'image' or 'file'" in response.json()["detail"]
+
+
+@pytest.mark.parametrize("field", ["image", "file"])
+def test_detect_takes_the_photo_as_image_or_file(client: TestClient, field: str) -> None:
+    for path in ("/detect", "/detect/annotated"):
+        response = client.post(path, files=upload(OBAMA / "fr_obama_small.jpg", field))
+        assert response.status_code == 200, (path, response.text)
+    boxes = client.post("/detect", files=upload(OBAMA / "fr_obama_small.jpg", field)).json()["boxes"]
+    assert len(boxes) == 1
+
+
+def test_detect_refuses_two_photos_at_once(client: TestClient) -> None:
+    photo = OBAMA / "fr_obama_small.jpg"
+    response = client.post("/detect", files={**upload(photo, "image"), **upload(photo, "file")})
+    assert response.status_code == 422 and "got both" in response.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "kwargs"),
+    [
+        ("post", "/detect", {"params": {"min_face_size": 0}}),
+        ("post", "/recognize", {}),
+        ("post", "/register", {"data": {"name": ""}}),
+        ("get", "/users/not-a-number", {}),
+        ("delete", "/users/999999999", {}),
+        ("get", "/no/such/path", {}),
+        ("put", "/detect", {}),
+    ],
+)
+def test_every_error_has_one_sentence_in_detail(
+    client: TestClient, method: str, path: str, kwargs: dict
+) -> None:
+    response = getattr(client, method)(path, **kwargs)
+    assert 400 <= response.status_code < 500
+    body = response.json()
+    assert isinstance(body["detail"], str) and body["detail"]
+    assert set(body) <= {"detail", "errors"}
+    if "errors" in body:  # validation: FastAPI's field list beside the sentence
+        assert all({"loc", "msg", "type"} <= set(error) for error in body["errors"])
 
 
 # --- bad uploads: the documented 4xx, and the gallery unchanged ---------------------------------

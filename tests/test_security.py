@@ -19,6 +19,7 @@ from facegate.api.middleware import RequestDeadline, UploadSizeLimit
 from facegate.api.ratelimit import RateLimiter, retry_after
 from tests.conftest import API_KEY, SCOPED_KEYS
 from tests.data import FACES
+from tests.support import FakeClock
 from tests.test_api import BAD_UPLOADS, unique, upload
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -115,14 +116,6 @@ def test_keys_are_kept_as_digests_only() -> None:
 # --- rate limits ---------------------------------------------------------------------------------
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_token_bucket_allows_a_burst_then_the_rate() -> None:
     clock = FakeClock()
     limiter = RateLimiter(per_minute=60, burst=3, clock=clock)
@@ -145,7 +138,8 @@ def test_rate_limit_zero_means_unlimited() -> None:
 def test_over_the_rate_a_key_gets_429_with_retry_after(
     secured: TestClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(services(secured), "rate_limiter", RateLimiter(per_minute=6, burst=2))
+    limiter = RateLimiter(per_minute=6, burst=2, clock=FakeClock())
+    monkeypatch.setattr(services(secured), "rate_limiter", limiter)
     codes = [secured.get("/stats", headers=headers("recognize")).status_code for _ in range(2)]
     limited = secured.get("/stats", headers=headers("recognize"))
     assert codes == [200, 200] and limited.status_code == 429

@@ -25,6 +25,7 @@ from facegate.gallery import EmbeddedServer
 from tests.conftest import app_settings, running_app
 from tests.data import FACES
 from tests.servers import api_server, free_port, nginx_server
+from tests.support import FakeClock
 
 ADMIN_KEY = "stream-admin-" + uuid.uuid4().hex
 DETECT_KEY = "stream-detect-" + uuid.uuid4().hex
@@ -236,7 +237,7 @@ def test_opening_streams_counts_against_the_key_rate_limit(
     app_client: TestClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     services = app_client.app.state.services  # type: ignore[attr-defined]
-    monkeypatch.setattr(services, "rate_limiter", RateLimiter(per_minute=1, burst=1))
+    monkeypatch.setattr(services, "rate_limiter", RateLimiter(per_minute=1, burst=1, clock=FakeClock()))
     with app_client.websocket_connect("/ws/detect", headers=headers(DETECT_KEY)) as socket:
         assert send_and_receive(socket, SMALL_FRAME.read_bytes())["frame"] == 1
     error, code = refusal(app_client, "/ws/detect", headers=headers(DETECT_KEY))

@@ -18,7 +18,8 @@ from facegate.config import Settings, get_settings
 logger = logging.getLogger("facegate")
 
 _WS_FRAME_SLACK = 1 << 20
-_WORKERS_HELP = "API worker processes (default: WEB_CONCURRENCY, else one per CPU core)"
+_KEY_ANNOUNCED = "--key-announced"
+_WORKERS_HELP = "API worker processes (default: WEB_CONCURRENCY, else one per two CPU cores)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -38,6 +39,8 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the REST API")
     _add_server_args(serve, port=8000)
     serve.add_argument("--workers", type=_positive, help=_WORKERS_HELP)
+    # `facegate up` has told the user where the key is already.
+    serve.add_argument(_KEY_ANNOUNCED, action="store_true", help=argparse.SUPPRESS)
     serve.set_defaults(handler=_serve)
 
     ui = commands.add_parser("ui", help="run the Streamlit web UI")
@@ -67,6 +70,9 @@ def _parser() -> argparse.ArgumentParser:
         "enroll", help="register people from a folder with one sub-folder per person"
     )
     enroll.add_argument("folder", type=Path)
+    enroll.add_argument(
+        "--report", type=Path, metavar="FILE", help="also write each skipped photo and why to this CSV file"
+    )
     enroll.set_defaults(handler=_enroll)
 
     recognize = commands.add_parser(
@@ -94,7 +100,8 @@ def _add_server_args(parser: argparse.ArgumentParser, *, port: int) -> None:
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
-    _announce_key(settings)
+    if not args.key_announced:
+        _announce_key(settings)
     workers = args.workers or settings.workers()
     # Each worker reads its settings afresh (with one worker, in this process): the worker count
     # decides its share of the cores for ONNX Runtime (Settings.session_threads).
@@ -146,7 +153,7 @@ def _run_uvicorn(args: argparse.Namespace, settings: Settings, workers: int) -> 
 
 
 def _ui(args: argparse.Namespace, settings: Settings) -> int:
-    return subprocess.call(_streamlit_command(args.host, args.port, settings))
+    return _supervise([_streamlit_command(args.host, args.port, settings)], dict(os.environ))
 
 
 def _streamlit_command(host: str, port: int, settings: Settings) -> list[str]:
@@ -165,25 +172,23 @@ def _up(args: argparse.Namespace, settings: Settings) -> int:
     """API and UI as two child processes; Ctrl-C or SIGTERM stops both."""
     _announce_key(settings)
     api_url = f"http://{args.host}:{args.api_port}"
-    env = {**os.environ, "API_URL": api_url}
-    api_command = [
-        sys.executable,
-        "-m",
-        "facegate",
-        "serve",
-        "--host",
-        args.host,
-        "--port",
-        str(args.api_port),
-    ]
+    api_command = [sys.executable, "-m", "facegate", "serve", "--host", args.host]
+    api_command += ["--port", str(args.api_port), _KEY_ANNOUNCED]
     if args.workers:
         api_command += ["--workers", str(args.workers)]
-    children = [
-        subprocess.Popen(api_command, env=env),
-        subprocess.Popen(_streamlit_command(args.host, args.ui_port, settings), env=env),
-    ]
+    ui_command = _streamlit_command(args.host, args.ui_port, settings)
     logger.info("API: %s (docs at %s/docs)   UI: http://%s:%d", api_url, api_url, args.host, args.ui_port)
+    return _supervise([api_command, ui_command], {**os.environ, "API_URL": api_url})
+
+
+def _supervise(commands: list[list[str]], env: dict[str, str]) -> int:
+    """Run `commands` as children until one exits, Ctrl-C or SIGTERM; then stop them all.
+
+    Without this a SIGTERM ends only this process, and its children keep running and keep their
+    ports (`docker stop`, systemd and `kill` all send SIGTERM).
+    """
     signal.signal(signal.SIGTERM, _interrupt)
+    children = [subprocess.Popen(command, env=env) for command in commands]
     try:
         while all(child.poll() is None for child in children):
             try:
@@ -210,6 +215,7 @@ def _stop(children: list[subprocess.Popen[bytes]]) -> None:
             child.wait(timeout=15)
         except subprocess.TimeoutExpired:
             child.kill()
+            child.wait()
 
 
 def _announce_key(settings: Settings) -> None:
@@ -271,7 +277,7 @@ def _detect(args: argparse.Namespace, settings: Settings) -> int:
 def _enroll(args: argparse.Namespace, settings: Settings) -> int:
     from facegate.enroll import enroll_folder
 
-    return enroll_folder(args.folder, settings)
+    return enroll_folder(args.folder, settings, args.report)
 
 
 def _recognize(args: argparse.Namespace, settings: Settings) -> int:

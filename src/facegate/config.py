@@ -12,6 +12,9 @@ from urllib.parse import quote
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# What one worker process keeps busy by default (see `Settings.workers`).
+CORES_PER_WORKER = 2
+
 
 class Settings(BaseSettings):
     """Service configuration. Field names map to env vars case-insensitively (`APP_TOKEN`, ...)."""
@@ -94,7 +97,9 @@ class Settings(BaseSettings):
         ),
     )
     web_concurrency: int | None = Field(
-        default=None, ge=1, description="API worker processes (`facegate serve`, `up`); unset = one per core."
+        default=None,
+        ge=1,
+        description="API worker processes (`facegate serve`, `up`); unset = one per two cores, at least one.",
     )
     onnx_providers: str = Field(
         default="auto", description="Comma-separated ONNX Runtime providers, or 'auto' (CUDA when available)."
@@ -114,7 +119,9 @@ class Settings(BaseSettings):
         return value.expanduser().resolve()
 
     def workers(self) -> int:
-        return self.web_concurrency or available_cores()
+        """`WEB_CONCURRENCY`, else one worker per two cores: one worker's models already keep two
+        cores busy (MTCNN's two lanes), and a second worker on them only contends (BENCHMARKS.md, Load)."""
+        return self.web_concurrency or max(1, available_cores() // CORES_PER_WORKER)
 
     def session_threads(self) -> int:
         """`ONNX_THREADS`, else this worker's share of the cores: more threads than cores only contend."""

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import csv
 import logging
 import sys
-from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from facegate.config import Settings
 from facegate.gallery import DuplicateNameError, Gallery, database_dsn
@@ -22,20 +24,33 @@ logger = logging.getLogger(__name__)
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
 
 
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    photo: Path
+    reason: str
+
+
 @dataclass
 class EnrollReport:
     enrolled: int = 0
     already_enrolled: int = 0
     photos_added: int = 0
-    skipped: Counter[str] = field(default_factory=Counter)
+    skipped: list[Skipped] = field(default_factory=list)
 
     def summary(self) -> str:
         lines = [
             f"people enrolled: {self.enrolled}, already in the gallery: {self.already_enrolled}, "
-            f"photos stored: {self.photos_added}, photos skipped: {sum(self.skipped.values())}"
+            f"photos stored: {self.photos_added}, skipped: {len(self.skipped)}"
         ]
-        lines += [f"  skipped, {reason}: {count}" for reason, count in self.skipped.most_common()]
+        lines += [f"  skipped {item.photo}: {item.reason}" for item in self.skipped]
         return "\n".join(lines)
+
+    def write_csv(self, path: Path) -> None:
+        """Each skipped photo and why, for a spreadsheet or a script to follow up."""
+        with path.open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["photo", "reason"])
+            writer.writerows([str(item.photo), item.reason] for item in self.skipped)
 
 
 @contextmanager
@@ -58,7 +73,7 @@ def photos_of(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def enroll_folder(root: Path, settings: Settings) -> int:
+def enroll_folder(root: Path, settings: Settings, report_file: Path | None = None) -> int:
     """Register each sub-folder of `root` as one person (the folder name, `_` read as a space).
 
     Resumable: a person already in the gallery is skipped, so an interrupted run can simply be
@@ -70,12 +85,14 @@ def enroll_folder(root: Path, settings: Settings) -> int:
         return 2
     folders = person_folders(root)
     report = EnrollReport()
-    with open_services(settings) as (pipeline, gallery):
-        for index, folder in enumerate(folders, 1):
-            _progress(index, len(folders), folder.name)
+    with open_services(settings) as (pipeline, gallery), logging_redirect_tqdm():
+        # Log lines go through the bar's writer, above the bar, instead of breaking it.
+        for folder in tqdm(folders, desc="enrolling", unit="person", file=sys.stderr):
             _enroll_person(folder, pipeline, gallery, report)
-    sys.stderr.write("\n")
     print(report.summary())
+    if report_file is not None:
+        report.write_csv(report_file)
+        print(f"skipped photos listed in {report_file}")
     return 0
 
 
@@ -85,12 +102,11 @@ def _enroll_person(folder: Path, pipeline: Pipeline, gallery: Gallery, report: E
         try:
             faces.append(pipeline.single_face(load_image_file(photo)))
         except (ImageError, OSError) as exc:
-            report.skipped["unreadable image"] += 1
-            logger.debug("%s: %s", photo, exc)
+            report.skipped.append(Skipped(photo, f"unreadable image ({exc})"))
         except NoFaceError as exc:
-            report.skipped[str(exc).replace("exactly one face is needed, found ", "")] += 1
-            logger.debug("%s: %s", photo, exc)
+            report.skipped.append(Skipped(photo, str(exc)))
     if not faces:
+        report.skipped.append(Skipped(folder, "no usable photo, so the person was not enrolled"))
         return
     name = folder.name.replace("_", " ")
     try:
@@ -102,13 +118,6 @@ def _enroll_person(folder: Path, pipeline: Pipeline, gallery: Gallery, report: E
         gallery.add_face(user.id, face.embedding, face.face.box)
     report.enrolled += 1
     report.photos_added += len(faces)
-
-
-def _progress(index: int, total: int, label: str) -> None:
-    width = 30
-    done = round(width * index / max(total, 1))
-    sys.stderr.write(f"\r[{'#' * done}{'.' * (width - done)}] {index}/{total} {label[:40]:<40}")
-    sys.stderr.flush()
 
 
 def recognize_files(paths: Sequence[Path], settings: Settings, threshold: float | None) -> int:

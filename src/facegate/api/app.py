@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 
 import anyio
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from facegate import __version__
 from facegate.api.auth import KeyRing
@@ -74,7 +75,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             finally:
                 services.gallery.close()
 
-    app = FastAPI(
+    # Swagger UI and ReDoc from the assets bundled in fastapi-offline, not from a CDN: the docs
+    # work on a machine without internet, and the pages reference no other host.
+    app = FastAPIOffline(
         title="FaceGate",
         version=__version__,
         description=(

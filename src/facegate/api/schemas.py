@@ -120,20 +120,18 @@ class ServiceInfo(BaseModel):
     endpoints: list[str]
 
 
-class ErrorBody(BaseModel):
-    detail: str
-
-
 class FieldError(BaseModel):
     loc: list[str | int]
     msg: str
     type: str
 
 
-class ValidationErrorBody(BaseModel):
-    """A 422: a sentence (no face, a bad name) or FastAPI's list of the fields that failed validation."""
+class ErrorBody(BaseModel):
+    """Every error answer: one sentence in `detail`; a request that failed validation also lists
+    each failing field in `errors`."""
 
-    detail: str | list[FieldError]
+    detail: str
+    errors: list[FieldError] | None = None
 
 
 _ERROR_DESCRIPTIONS: dict[int, str] = {
@@ -158,7 +156,7 @@ def error_responses(*codes: int) -> dict[int | str, dict]:
     """The OpenAPI `responses` entries of these error statuses, for a route decorator."""
     return {
         code: {
-            "model": ValidationErrorBody if code == 422 else ErrorBody,
+            "model": ErrorBody,
             "description": _ERROR_DESCRIPTIONS[code],
         }
         for code in sorted(set(codes))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, File, Query, UploadFile
+from fastapi import APIRouter, Depends, File, HTTPException, Query, UploadFile, status
 from fastapi.responses import Response
 from PIL import Image
 
@@ -35,12 +35,30 @@ def detection_params(
 ParamsDep = Annotated[DetectionParams, Depends(detection_params)]
 
 
+def detection_upload(
+    image: Annotated[UploadFile | None, File(description="the photo (the name every endpoint uses)")] = None,
+    file: Annotated[
+        UploadFile | None, File(description="the photo, by the original detection service's name")
+    ] = None,
+) -> UploadFile:
+    """The photo, sent as `image` or as `file`: exactly one of them."""
+    chosen = image if image is not None else file
+    if chosen is None or (image is not None and file is not None):
+        found = "neither" if chosen is None else "both"
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            detail=f"send the photo in one multipart field, 'image' or 'file' (got {found})",
+        )
+    return chosen
+
+
+UploadDep = Annotated[UploadFile, Depends(detection_upload)]
+
+
 @router.post("/detect", response_model=DetectResponse, responses=_ERRORS)
-async def detect(
-    services: ServicesDep, params: ParamsDep, file: Annotated[UploadFile, File()]
-) -> DetectResponse:
+async def detect(services: ServicesDep, params: ParamsDep, upload: UploadDep) -> DetectResponse:
     """Find every face: boxes `[x1, y1, x2, y2]`, scores and keypoints, by decreasing score."""
-    image = await read_image(file, services)
+    image = await read_image(upload, services)
     faces = await infer(services, lambda: services.pipeline.detect(image, params))
     return DetectResponse.model_validate(detection_dict(faces))
 
@@ -53,11 +71,11 @@ async def detect(
 async def detect_annotated(
     services: ServicesDep,
     params: ParamsDep,
-    file: Annotated[UploadFile, File()],
+    upload: UploadDep,
     format: Annotated[Literal["png", "jpeg"], Query(description="image format of the answer")] = "png",
 ) -> Response:
     """The uploaded image with each face's box, score and keypoints drawn on it."""
-    image = await read_image(file, services)
+    image = await read_image(upload, services)
 
     def render() -> bytes:
         faces = services.pipeline.detect(image, params)

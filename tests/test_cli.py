@@ -1,0 +1,94 @@
+"""The command line as users run it: stopping cleanly, and `facegate enroll`'s report."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.data import FACES
+from tests.servers import API_START_TIMEOUT, child, clean_env, free_port, wait_until_up
+from tests.test_server import postmasters
+
+KEY = "cli-test-key"
+PORTRAITS = FACES / "portraits"
+
+
+def facegate(*args: str) -> list[str]:
+    return [sys.executable, "-m", "facegate", *args]
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["ui", "up", "serve"])
+def test_sigterm_stops_every_child_and_frees_the_ports(command: str, tmp_path: Path) -> None:
+    api_port, ui_port = free_port(), free_port()
+    api_health, ui_health = (
+        f"http://127.0.0.1:{api_port}/health",
+        f"http://127.0.0.1:{ui_port}/_stcore/health",
+    )
+    argv, ready = {
+        "ui": (["ui", "--port", str(ui_port)], [ui_health]),
+        "up": (["up", "--api-port", str(api_port), "--ui-port", str(ui_port)], [api_health, ui_health]),
+        "serve": (["serve", "--port", str(api_port), "--workers", "2"], [api_health]),
+    }[command]
+    data_dir = tmp_path / "data"
+    env = clean_env(APP_TOKEN=KEY, FACEGATE_DATA_DIR=str(data_dir))
+    with child("facegate", facegate(*argv), tmp_path, env) as server:
+        for url in ready:
+            wait_until_up(url, server, API_START_TIMEOUT)
+        family = psutil.Process(server.process.pid).children(recursive=True)
+        assert family, "the command runs its servers in child processes"
+        server.process.send_signal(signal.SIGTERM)
+        server.process.wait(timeout=60)
+    _, alive = psutil.wait_procs(family, timeout=30)
+    for orphan in alive:  # a failing run must not leave them to the next tests
+        orphan.kill()
+    assert [process.pid for process in alive] == []
+    assert not listening(api_port) and not listening(ui_port)
+    assert postmasters(data_dir) == []
+
+
+def test_enroll_names_each_skipped_photo_with_its_reason(tmp_path: Path) -> None:
+    people = tmp_path / "people"
+    obama = people / "Barack_Obama"
+    obama.mkdir(parents=True)
+    shutil.copy(PORTRAITS / "Barack_Obama" / "fr_obama_small.jpg", obama / "good.jpg")
+    (obama / "broken.jpg").write_bytes(b"not a photo at all")
+    shutil.copy(FACES / "noface" / "mtcnn_no-faces.jpg", obama / "landscape.jpg")
+    shutil.copy(FACES / "groups" / "fr_two_people.jpg", obama / "group.jpg")
+    (people / "Nobody").mkdir()
+    report = tmp_path / "skipped.csv"
+    env = clean_env(APP_TOKEN=KEY, FACEGATE_DATA_DIR=str(tmp_path / "data"))
+    done = subprocess.run(
+        facegate("enroll", str(people), "--report", str(report)),
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=API_START_TIMEOUT,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "people enrolled: 1" in done.stdout and "skipped: 4" in done.stdout
+    lines = {line.split(": ", 1)[0].strip(): line for line in done.stdout.splitlines() if "skipped " in line}
+    assert "unreadable image" in lines[f"skipped {obama / 'broken.jpg'}"]
+    assert "no face" in lines[f"skipped {obama / 'landscape.jpg'}"]
+    assert "2 faces" in lines[f"skipped {obama / 'group.jpg'}"]
+    assert "no usable photo" in lines[f"skipped {people / 'Nobody'}"]
+    with report.open() as handle:
+        rows = {row["photo"]: row["reason"] for row in csv.DictReader(handle)}
+    assert set(rows) == {str(obama / name) for name in ("broken.jpg", "landscape.jpg", "group.jpg")} | {
+        str(people / "Nobody")
+    }
+    # The progress bar and the summary do not share lines: every summary line is whole.
+    assert all(
+        line.startswith(("people enrolled", "  skipped", "skipped photos"))
+        for line in done.stdout.splitlines()
+    )
