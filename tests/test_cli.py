@@ -38,10 +38,14 @@ def test_sigterm_stops_every_child_and_frees_the_ports(command: str, tmp_path: P
         f"http://127.0.0.1:{api_port}/health",
         f"http://127.0.0.1:{ui_port}/_stcore/health",
     )
-    argv, ready = {
-        "ui": (["ui", "--port", str(ui_port)], [ui_health]),
-        "up": (["up", "--api-port", str(api_port), "--ui-port", str(ui_port)], [api_health, ui_health]),
-        "serve": (["serve", "--port", str(api_port), "--workers", "2"], [api_health]),
+    argv, ready, ports = {
+        "ui": (["ui", "--port", str(ui_port)], [ui_health], [ui_port]),
+        "up": (
+            ["up", "--api-port", str(api_port), "--ui-port", str(ui_port)],
+            [api_health, ui_health],
+            [api_port, ui_port],
+        ),
+        "serve": (["serve", "--port", str(api_port), "--workers", "2"], [api_health], [api_port]),
     }[command]
     data_dir = tmp_path / "data"
     env = clean_env(APP_TOKEN=KEY, FACEGATE_DATA_DIR=str(data_dir))
@@ -56,8 +60,12 @@ def test_sigterm_stops_every_child_and_frees_the_ports(command: str, tmp_path: P
     for orphan in alive:  # a failing run must not leave them to the next tests
         orphan.kill()
     assert [process.pid for process in alive] == []
-    assert not listening(api_port) and not listening(ui_port)
+    assert not any(listening(port) for port in ports)
     assert postmasters(data_dir) == []
+    log = server.log.read_text()
+    # A quiet start: where the key is, said once; no initdb/pg_ctl transcripts, no platformdirs noise.
+    assert log.count("API key") == (0 if command == "ui" else 1), log
+    assert "Running commandline" not in log and "XDG_RUNTIME_DIR" not in log, log
 
 
 def test_enroll_names_each_skipped_photo_with_its_reason(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from facegate.api.logs import CHATTY_LOGGERS, chatty_level
 from facegate.config import Settings, get_settings
 
 logger = logging.getLogger("facegate")
@@ -29,6 +30,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    for name in CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(chatty_level(settings.log_level))
     return args.handler(args, settings)
 
 

