@@ -15,6 +15,20 @@ from psycopg import sql
 
 from facegate.config import Settings
 from facegate.gallery import EmbeddedServer, Gallery
+from tests.data import FACES, REFERENCE
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Stop at once, saying where, when the shared photos are not beside the repository: most
+    tests use them, and a few hundred missing-file errors would hide the one cause."""
+    missing = [str(folder) for folder in (FACES, REFERENCE) if not folder.is_dir()]
+    if missing:
+        pytest.exit(
+            f"the tests need the shared test data, not found at {', '.join(missing)}: put the "
+            "folder 'shared' (with data/faces and data/reference) beside this repository",
+            returncode=4,
+        )
+
 
 # ============================================================================================
 # Database fixtures (gallery): one real embedded PostgreSQL for the whole session, and a fresh
