@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 from pydantic import ValidationError
 
@@ -70,3 +71,39 @@ def test_api_key_from_env_or_generated_file(monkeypatch: pytest.MonkeyPatch, tmp
     assert len(generated) >= 32
     assert (tmp_path / "api_key").stat().st_mode & 0o777 == 0o600
     assert settings(monkeypatch, FACEGATE_DATA_DIR=str(tmp_path)).ensure_api_key() == generated  # stable
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("auto", None),
+        (" AUTO ", None),
+        ("CPUExecutionProvider", ["CPUExecutionProvider"]),
+        ("CPUExecutionProvider, CPUExecutionProvider", ["CPUExecutionProvider"]),
+        ("CUDAExecutionProvider ,CPUExecutionProvider,", ["CUDAExecutionProvider", "CPUExecutionProvider"]),
+    ],
+)
+def test_onnx_providers_are_parsed_once_for_every_model(
+    monkeypatch: pytest.MonkeyPatch, value: str, expected: list[str] | None
+) -> None:
+    assert settings(monkeypatch, ONNX_PROVIDERS=value).providers() == expected
+
+
+def test_detection_and_embedding_accept_spaces_in_the_provider_list(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from facegate.embedding import create_embedder
+    from facegate.pipeline import create_detector
+
+    providers = "CPUExecutionProvider, CPUExecutionProvider"
+    config = settings(monkeypatch, ONNX_PROVIDERS=providers, FACEGATE_DATA_DIR=str(tmp_path))
+    assert create_detector(config).detect(np.zeros((64, 64, 3), np.uint8)) == []
+    assert create_embedder(config).dim == 128
+
+
+def test_liveness_bounds_default_to_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    from facegate.liveness.session import Bounds
+
+    assert Bounds() == Bounds.from_settings(settings(monkeypatch))
+    changed = Bounds.from_settings(settings(monkeypatch, FACE_VERIFY_THRESHOLD="0.07", LIVENESS_TIMEOUT="5"))
+    assert (changed.match_threshold, changed.timeout_s) == (0.07, 5.0)

@@ -50,6 +50,19 @@ def cosine_distances(queries: np.ndarray, vectors: np.ndarray) -> np.ndarray:
 # --- schema --------------------------------------------------------------------------------------
 
 
+def test_the_gallery_opened_from_settings_uses_every_database_setting(gallery_dsn: str) -> None:
+    """The API and the CLI open it one way: pool size, timeout and `HNSW_EF_SEARCH` all apply."""
+    settings = Settings(_env_file=None, hnsw_ef_search=77, db_pool_min=2, db_pool_max=3, db_timeout=4)
+    opened = Gallery.from_settings(gallery_dsn, "test-model", 16, settings)
+    try:
+        pool = opened._pool
+        assert (pool.min_size, pool.max_size, pool.timeout) == (2, 3, 4)
+        with pool.connection() as conn:
+            assert conn.execute("SHOW hnsw.ef_search").fetchone() == ("77",)
+    finally:
+        opened.close()
+
+
 def test_migrations_apply_once(gallery_dsn: str) -> None:
     with psycopg.connect(gallery_dsn) as conn:
         assert migrate(conn, "m", 16) == [1]

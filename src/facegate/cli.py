@@ -241,14 +241,15 @@ def _detect(args: argparse.Namespace, settings: Settings) -> int:
     from PIL import Image
 
     from facegate.annotate import draw_faces
-    from facegate.detection import MTCNN, DetectionParams
+    from facegate.detection import DetectionParams
     from facegate.faces import detection_dict
     from facegate.imaging import ImageError, load_image_file
+    from facegate.pipeline import create_detector
 
     params = DetectionParams(
         args.min_face_size, args.threshold_pnet, args.threshold_rnet, args.threshold_onet
     )
-    detector = MTCNN(threads=settings.session_threads())
+    detector = create_detector(settings)
     failures = 0
     for path in args.images:
         try:

@@ -127,6 +127,13 @@ class Settings(BaseSettings):
         """`ONNX_THREADS`, else this worker's share of the cores: more threads than cores only contend."""
         return self.onnx_threads or max(1, available_cores() // self.workers())
 
+    def providers(self) -> list[str] | None:
+        """`ONNX_PROVIDERS` as a list without blanks or repeats; None for `auto`."""
+        if self.onnx_providers.strip().lower() == "auto":
+            return None
+        names = [name.strip() for name in self.onnx_providers.split(",") if name.strip()]
+        return list(dict.fromkeys(names)) or None
+
     def browser_api_url(self) -> str:
         """Where the browser's pages open their sockets: relative (`/api`) resolves against the page."""
         return self.ui_browser_api_url or self.api_url

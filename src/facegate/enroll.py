@@ -58,7 +58,7 @@ def open_services(settings: Settings) -> Iterator[tuple[Pipeline, Gallery]]:
     pipeline = Pipeline.from_settings(settings)
     with database_dsn(settings) as dsn:
         embedder = pipeline.embedder
-        gallery = Gallery.open(dsn, embedder.name, embedder.dim, timeout=settings.db_timeout)
+        gallery = Gallery.from_settings(dsn, embedder.name, embedder.dim, settings)
         try:
             yield pipeline, gallery
         finally:

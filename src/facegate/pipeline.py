@@ -29,6 +29,11 @@ class NoFaceError(ValueError):
     """The image holds no face (or, for registration, not exactly one)."""
 
 
+def create_detector(settings: Settings) -> MTCNN:
+    """MTCNN on the configured providers and threads (the pipeline's, and `facegate detect`'s)."""
+    return MTCNN(providers=settings.providers(), threads=settings.session_threads())
+
+
 class Pipeline:
     """The models of one process, loaded once and shared by every request."""
 
@@ -38,9 +43,7 @@ class Pipeline:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Pipeline:
-        providers = None if settings.onnx_providers == "auto" else settings.onnx_providers.split(",")
-        detector = MTCNN(providers=providers, threads=settings.session_threads())
-        return cls(detector, create_embedder(settings))
+        return cls(create_detector(settings), create_embedder(settings))
 
     def detect(self, image: np.ndarray, params: DetectionParams | None = None) -> list[Face]:
         """Faces in order of decreasing score, as the detection API reports them."""

@@ -37,15 +37,7 @@ def build_services(settings: Settings, dsn: str, metrics: Metrics) -> Services:
         raise RuntimeError("no API key: set APP_TOKEN (or start with `facegate serve`, which generates one)")
     keys = KeyRing.parse(api_key, settings.facegate_api_keys.get_secret_value())
     pipeline = MeteredPipeline(Pipeline.from_settings(settings), metrics)
-    gallery = Gallery.open(
-        dsn,
-        pipeline.embedder.name,
-        pipeline.embedder.dim,
-        pool_min=settings.db_pool_min,
-        pool_max=settings.db_pool_max,
-        timeout=settings.db_timeout,
-        ef_search=settings.hnsw_ef_search,
-    )
+    gallery = Gallery.from_settings(dsn, pipeline.embedder.name, pipeline.embedder.dim, settings)
     return Services(
         settings=settings,
         keys=keys,

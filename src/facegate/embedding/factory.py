@@ -11,12 +11,6 @@ from facegate.embedding.dlib_resnet import DlibEmbedder, DlibOnnxEmbedder
 MIRROR = True
 
 
-def _providers(settings: Settings) -> list[str] | None:
-    if settings.onnx_providers == "auto":
-        return None
-    return [name.strip() for name in settings.onnx_providers.split(",") if name.strip()]
-
-
 def create_embedder(settings: Settings) -> Embedder:
     """The configured embedder; the dlib ResNet on ONNX Runtime unless `FACE_EMBEDDER` says otherwise."""
     if settings.face_embedder == "dlib":
@@ -24,10 +18,10 @@ def create_embedder(settings: Settings) -> Embedder:
     if settings.face_embedder == "arcface":
         if settings.arcface_model_path is None:
             raise ValueError("FACE_EMBEDDER=arcface needs ARCFACE_MODEL_PATH (an insightface-format .onnx)")
-        return ArcFaceEmbedder(settings.arcface_model_path, _providers(settings), settings.session_threads())
+        return ArcFaceEmbedder(settings.arcface_model_path, settings.providers(), settings.session_threads())
     return DlibOnnxEmbedder(
         settings.facegate_data_dir / "models",
         mirror=MIRROR,
-        providers=_providers(settings),
+        providers=settings.providers(),
         threads=settings.session_threads(),
     )

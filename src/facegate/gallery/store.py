@@ -11,6 +11,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import numpy as np
 import psycopg
@@ -21,6 +22,9 @@ from psycopg_pool import ConnectionPool
 
 from facegate.gallery.errors import DuplicateNameError, GalleryUnavailable, UnknownUserError
 from facegate.gallery.schema import migrate
+
+if TYPE_CHECKING:
+    from facegate.config import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +122,20 @@ class Gallery:
         self._pool = pool
         self.model = model
         self.dim = dim
+
+    @classmethod
+    def from_settings(cls, dsn: str, model_name: str, dim: int, settings: Settings) -> Gallery:
+        """`open` with the pool, timeout and search settings of `settings`: the API and the CLI
+        open the gallery the same way."""
+        return cls.open(
+            dsn,
+            model_name,
+            dim,
+            pool_min=settings.db_pool_min,
+            pool_max=settings.db_pool_max,
+            timeout=settings.db_timeout,
+            ef_search=settings.hnsw_ef_search,
+        )
 
     @classmethod
     def open(

@@ -17,6 +17,7 @@ from enum import StrEnum
 
 import numpy as np
 
+from facegate.config import Settings
 from facegate.faces import Face
 from facegate.liveness.planarity import planar_residual
 from facegate.liveness.signals import eye_aspect_ratio, mouth_aspect_ratio, yaw_index
@@ -58,12 +59,17 @@ class SessionClosed(RuntimeError):
     """The session already has its verdict: sessions are single-use."""
 
 
+# The settings' defaults, so that a `Bounds()` in a test or benchmark checks what the service does.
+_DEFAULT = {name: info.default for name, info in Settings.model_fields.items()}
+
+
 @dataclass(frozen=True, slots=True)
 class Bounds:
-    """Every threshold of the check (the service fills them from `Settings`)."""
+    """Every threshold of the check; those that are settings default to the settings' defaults
+    (the service fills them from `Settings`: `Bounds.from_settings`)."""
 
-    planar_residual: float = 0.08  # out-of-plane residual a turn needs (benchmarks/liveness_calibrate.py)
-    turn_yaw: float = 0.35  # yaw index a turn must reach
+    planar_residual: float = _DEFAULT["liveness_planar_residual"]  # out-of-plane residual a turn needs
+    turn_yaw: float = _DEFAULT["liveness_turn_yaw"]  # yaw index a turn must reach
     frontal_yaw: float = 0.12  # |yaw index| of a frontal frame
     eye_closed: float = 0.65  # eye aspect ratio below this fraction of the open baseline: closed
     eye_open: float = 0.85  # ... above this fraction: open again
@@ -71,10 +77,20 @@ class Bounds:
     mouth_open: float = 0.5  # ... of an open one
     max_jump: float = 0.5  # box centre moving more than this many box widths between frames
     max_scale_change: float = 1.5  # box width changing by more than this factor between frames
-    match_threshold: float = 0.09  # distance allowed from the first neutral frame (FACE_VERIFY_THRESHOLD)
+    match_threshold: float = _DEFAULT["face_verify_threshold"]  # distance from the first neutral frame
     turned_match_threshold: float = 0.12  # ... from a turned frame (benchmarks/liveness_calibrate.py)
-    timeout_s: float = 20.0
-    max_frames: int = 400
+    timeout_s: float = _DEFAULT["liveness_timeout"]
+    max_frames: int = _DEFAULT["liveness_max_frames"]
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Bounds:
+        return cls(
+            planar_residual=settings.liveness_planar_residual,
+            turn_yaw=settings.liveness_turn_yaw,
+            match_threshold=settings.face_verify_threshold,  # one-to-one: the same face as at the start
+            timeout_s=settings.liveness_timeout,
+            max_frames=settings.liveness_max_frames,
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,7 +39,6 @@ from facegate.api.routes.recognize import recognize_image
 from facegate.api.routes.stream import LatestFrame, StreamClosed, Taken, _open, _process, _receive, _send
 from facegate.api.schemas import KEYED_ERRORS, TicketResponse, error_responses
 from facegate.api.tickets import LIVENESS_GRANT
-from facegate.config import Settings
 from facegate.gallery.errors import GalleryError
 from facegate.liveness.frames import observe_frame
 from facegate.liveness.session import Bounds, Progress, Session
@@ -49,16 +48,6 @@ logger = logging.getLogger(__name__)
 router = APIRouter(tags=["liveness"])
 
 _SYSTEM_RANDOM = random.SystemRandom()
-
-
-def session_bounds(settings: Settings) -> Bounds:
-    return Bounds(
-        planar_residual=settings.liveness_planar_residual,
-        turn_yaw=settings.liveness_turn_yaw,
-        match_threshold=settings.face_verify_threshold,  # one-to-one: the same face as at the start
-        timeout_s=settings.liveness_timeout,
-        max_frames=settings.liveness_max_frames,
-    )
 
 
 @router.post("/liveness/tickets", response_model=TicketResponse, responses=error_responses(*KEYED_ERRORS))
@@ -79,7 +68,7 @@ async def liveness_stream(websocket: WebSocket) -> None:
         return
     # Tests put a seeded `random.Random` here to fix the challenge order; the service never does.
     rng = getattr(websocket.app.state, "liveness_rng", _SYSTEM_RANDOM)
-    session = Session.start(session_bounds(services.settings), rng=rng)
+    session = Session.start(Bounds.from_settings(services.settings), rng=rng)
     mailbox = LatestFrame()
     try:
         await _send(websocket, _opening(session))
