@@ -41,3 +41,15 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     .venv/bin/python -m pip install -q -e ".[$extras]"
     touch "$stamp"
 fi
+
+if [ "$purpose" = test ]; then
+    # tests/test_client.py installs the client alone into a fresh virtualenv without network:
+    # from the wheels of its dependencies and of its build backend, downloaded here once.
+    wheelhouse=.venv/client-wheelhouse
+    if [ ! -f "$wheelhouse/.complete" ] || [ client/pyproject.toml -nt "$wheelhouse/.complete" ]; then
+        echo "Downloading the Python client's dependencies into $wheelhouse"
+        .venv/bin/python -m pip wheel -q -w "$wheelhouse" ./client hatchling
+        rm -f "$wheelhouse"/facegate_client-*.whl  # the test builds the client from the working tree
+        touch "$wheelhouse/.complete"
+    fi
+fi

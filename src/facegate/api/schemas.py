@@ -1,138 +1,11 @@
-"""Response bodies of the API, as the OpenAPI document shows them."""
+"""The OpenAPI `responses` entries of the API's error answers.
+
+The bodies themselves are in `facegate.schemas`, shared with the Python client.
+"""
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Literal
-
-from pydantic import BaseModel, Field
-
-Point = tuple[float, float]
-
-
-class Keypoints(BaseModel):
-    left_eye: Point
-    right_eye: Point
-    nose: Point
-    mouth_left: Point
-    mouth_right: Point
-
-
-class DetectResponse(BaseModel):
-    boxes: list[tuple[float, float, float, float]] = Field(description="[x1, y1, x2, y2] in pixels")
-    scores: list[float]
-    keypoints: list[Keypoints]
-
-
-class MatchedUser(BaseModel):
-    id: int
-    name: str
-
-
-class RecognizedFace(BaseModel):
-    box: tuple[float, float, float, float]
-    score: float
-    keypoints: Keypoints
-    status: Literal["match", "no_match"]
-    distance: float | None = Field(
-        description="cosine distance to the nearest person; null for an empty gallery"
-    )
-    confidence: float
-    matched_user: MatchedUser | None
-
-
-class RecognizeResponse(BaseModel):
-    status: Literal["match", "no_match"]
-    message: str
-    distance: float | None
-    confidence: float
-    matched_user: MatchedUser | None
-    threshold: float
-    faces: list[RecognizedFace]
-
-
-class RegisterResponse(BaseModel):
-    status: Literal["success"] = "success"
-    message: str
-    user_id: int
-    name: str
-    embedding_dimension: int
-
-
-class FaceAdded(BaseModel):
-    status: Literal["success"] = "success"
-    message: str
-    user_id: int
-    face_id: int
-    face_count: int
-
-
-class User(BaseModel):
-    id: int
-    name: str
-    face_count: int
-    created_at: datetime
-    updated_at: datetime
-
-
-class UserList(BaseModel):
-    users: list[User]
-    total: int
-    offset: int
-    limit: int
-
-
-class Deleted(BaseModel):
-    status: Literal["success"] = "success"
-    message: str
-    user_id: int
-
-
-class VerifyResponse(BaseModel):
-    verified: bool
-    distance: float
-    confidence: float
-    threshold: float
-
-
-class Health(BaseModel):
-    status: Literal["healthy", "unhealthy"]
-    database: Literal["connected", "unavailable"]
-    threshold: float
-    embedding_model: str
-    embedding_dimension: int
-    version: str
-    detail: str | None = None
-
-
-class Stats(BaseModel):
-    total_users: int
-    total_faces: int
-    threshold: float
-    embedding_model: str
-    embedding_dimension: int
-
-
-class ServiceInfo(BaseModel):
-    service: str
-    version: str
-    docs: str
-    endpoints: list[str]
-
-
-class FieldError(BaseModel):
-    loc: list[str | int]
-    msg: str
-    type: str
-
-
-class ErrorBody(BaseModel):
-    """Every error answer: one sentence in `detail`; a request that failed validation also lists
-    each failing field in `errors`."""
-
-    detail: str
-    errors: list[FieldError] | None = None
-
+from facegate.schemas import ErrorBody
 
 _ERROR_DESCRIPTIONS: dict[int, str] = {
     400: "Corrupt, truncated or empty image, or a malformed request body",
@@ -161,8 +34,3 @@ def error_responses(*codes: int) -> dict[int | str, dict]:
         }
         for code in sorted(set(codes))
     }
-
-
-class TicketResponse(BaseModel):
-    ticket: str = Field(description='send as the first message {"ticket": "..."} on WS /ws/liveness')
-    expires_at: int = Field(description="Unix time after which the ticket opens nothing")

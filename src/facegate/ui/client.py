@@ -1,23 +1,34 @@
-"""The web UI's HTTP client of the FaceGate API: one method per endpoint, failures as `ApiError`.
+"""The web UI's view of the FaceGate API: the public client (`facegate.client`) as the pages use it.
 
-The UI never imports the models or the gallery: everything goes through this client, so the UI can
-run in its own container against any FaceGate API (directly or behind nginx's `/api/`).
+The pages get plain JSON-like dicts and one exception, `ApiError`, whose message is fit to show to
+a user as it is. The UI never imports the models or the gallery: everything goes through this
+client, so the UI can run in its own container against any FaceGate API (directly or behind
+nginx's `/api/`).
 """
 
 from __future__ import annotations
 
+import io
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ParamSpec
 
 import httpx
+from pydantic import BaseModel
 
+from facegate.client import FaceGateClient, FaceGateError, RequestTimeoutError
+from facegate.client.errors import error_from_response
 from facegate.config import Settings
 
 logger = logging.getLogger(__name__)
 
+P = ParamSpec("P")
+
 # Detection and recognition of a large photo on a busy CPU can take tens of seconds.
 DEFAULT_TIMEOUT = httpx.Timeout(120.0, connect=5.0)
+# One retry after a 429, a 503 or a broken connection: a person waits at a spinner meanwhile.
+_RETRIES = 1
 _USERS_PAGE = 500  # the API's largest page
 
 
@@ -36,9 +47,11 @@ class Upload:
     name: str
     data: bytes
 
-    def part(self) -> tuple[str, bytes, str]:
-        # The API sniffs the type from the bytes, so a generic content type is enough.
-        return (self.name, self.data, "application/octet-stream")
+    def file(self) -> io.BytesIO:
+        """A file object with this name, which the client sends as the upload's file name."""
+        named = io.BytesIO(self.data)
+        named.name = self.name
+        return named
 
 
 @dataclass(frozen=True)
@@ -57,84 +70,62 @@ class ApiClient:
     def __init__(
         self, base_url: str, api_key: str | None, *, timeout: httpx.Timeout = DEFAULT_TIMEOUT
     ) -> None:
-        headers = {"X-API-Key": api_key} if api_key else {}
-        self.base_url = base_url.rstrip("/")
-        self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
+        self._client = FaceGateClient(base_url, api_key, timeout=timeout, max_retries=_RETRIES)
+        self.base_url = self._client.base_url
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ApiClient:
         return cls(settings.api_url, settings.api_key())
 
     def close(self) -> None:
-        self._http.close()
+        self._client.close()
 
     # --- endpoints ---------------------------------------------------------------------------
 
     def health(self) -> dict[str, Any]:
-        return self._call("GET", "/health")
+        return _call(self._client.health)
 
     def detect(self, image: Upload, params: DetectParams) -> dict[str, Any]:
-        return self._call("POST", "/detect", params=vars(params), files={"file": image.part()})
+        return _call(self._client.detect, image.file(), **vars(params))
 
     def register(self, name: str, image: Upload) -> dict[str, Any]:
-        return self._call("POST", "/register", data={"name": name}, files={"image": image.part()})
+        return _call(self._client.register, name, image.file())
 
     def recognize(self, image: Upload, threshold: float | None = None) -> dict[str, Any]:
-        params = {} if threshold is None else {"threshold": threshold}
-        return self._call("POST", "/recognize", params=params, files={"image": image.part()})
+        return _call(self._client.recognize, image.file(), threshold=threshold)
 
     def users(self) -> list[dict[str, Any]]:
         """Every registered person, following the API's pages."""
         users: list[dict[str, Any]] = []
         while True:
-            page = self._call("GET", "/users", params={"offset": len(users), "limit": _USERS_PAGE})
+            page = _call(self._client.users, offset=len(users), limit=_USERS_PAGE)
             users += page["users"]
             if not page["users"] or len(users) >= page["total"]:
                 return users
 
     def add_face(self, user_id: int, image: Upload) -> dict[str, Any]:
-        return self._call("POST", f"/users/{user_id}/faces", files={"image": image.part()})
+        return _call(self._client.add_face, user_id, image.file())
 
     def delete_user(self, user_id: int) -> dict[str, Any]:
-        return self._call("DELETE", f"/users/{user_id}")
+        return _call(self._client.delete_user, user_id)
 
     def liveness_ticket(self) -> dict[str, Any]:
         """A short-lived ticket for `WS /ws/liveness`: what the browser gets instead of this key."""
-        return self._call("POST", "/liveness/tickets")
+        return _call(self._client.liveness_ticket)
 
-    # --- transport ---------------------------------------------------------------------------
 
-    def _call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
-        try:
-            response = self._http.request(method, path, **kwargs)
-        except httpx.TimeoutException as exc:
-            logger.warning("%s %s timed out: %s", method, path, exc)
-            raise ApiError(f"the API at {self.base_url} did not answer in time; try a smaller image") from exc
-        except httpx.HTTPError as exc:
-            logger.warning("%s %s failed: %s", method, path, exc)
-            raise ApiError(f"cannot reach the API at {self.base_url} ({type(exc).__name__})") from exc
-        if response.is_error:
-            message = error_message(response)
-            logger.info("%s %s -> %d: %s", method, path, response.status_code, message)
-            raise ApiError(message, response.status_code)
-        return response.json()
+def _call(method: Callable[P, BaseModel], *args: P.args, **kwargs: P.kwargs) -> dict[str, Any]:
+    """The answer as JSON types, or `ApiError` with a sentence for the page."""
+    try:
+        return method(*args, **kwargs).model_dump(mode="json")
+    except RequestTimeoutError as exc:
+        logger.warning("%s timed out: %s", method.__name__, exc)
+        raise ApiError(f"{exc}; try a smaller image") from exc
+    except FaceGateError as exc:
+        logger.info("%s failed (%s): %s", method.__name__, exc.status_code or type(exc).__name__, exc)
+        raise ApiError(str(exc), exc.status_code) from exc
 
 
 def error_message(response: httpx.Response) -> str:
     """A readable sentence from an error answer: the API's `detail`, or the HTTP status of a proxy's page."""
-    try:
-        detail = response.json()["detail"]
-    except (ValueError, KeyError, TypeError):
-        # Not the API's JSON: an HTML error page of nginx (413, 502, ...) or an empty body.
-        return f"HTTP {response.status_code} {response.reason_phrase}".strip()
-    if isinstance(detail, list):  # FastAPI's validation errors: [{"loc": [...], "msg": "..."}]
-        return "; ".join(_validation_item(item) for item in detail)
-    return str(detail)
-
-
-def _validation_item(item: Any) -> str:
-    if not isinstance(item, dict):
-        return str(item)
-    location = [str(part) for part in item.get("loc", []) if part not in ("body", "query", "path")]
-    message = str(item.get("msg", item))
-    return f"{'.'.join(location)}: {message}" if location else message
+    return str(error_from_response(response))

@@ -12,9 +12,10 @@ from PIL import Image
 from facegate.annotate import draw_faces
 from facegate.api.auth import Scope, require
 from facegate.api.deps import ServicesDep, infer, read_image
-from facegate.api.schemas import KEYED_ERRORS, DetectResponse, error_responses
+from facegate.api.schemas import KEYED_ERRORS, error_responses
 from facegate.detection import DetectionParams
 from facegate.faces import detection_dict
+from facegate.schemas import DetectResponse
 
 router = APIRouter(tags=["detection"], dependencies=[require(Scope.DETECT)])
 

@@ -37,11 +37,12 @@ from facegate.api.auth import ApiKey, Scope, require
 from facegate.api.deps import Services, ServicesDep, decode, infer
 from facegate.api.routes.recognize import recognize_image
 from facegate.api.routes.stream import LatestFrame, StreamClosed, Taken, _open, _process, _receive, _send
-from facegate.api.schemas import KEYED_ERRORS, TicketResponse, error_responses
+from facegate.api.schemas import KEYED_ERRORS, error_responses
 from facegate.api.tickets import LIVENESS_GRANT
 from facegate.gallery.errors import GalleryError
 from facegate.liveness.frames import observe_frame
 from facegate.liveness.session import Bounds, Progress, Session
+from facegate.schemas import TicketResponse
 
 logger = logging.getLogger(__name__)
 

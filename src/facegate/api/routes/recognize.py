@@ -9,16 +9,10 @@ from fastapi import APIRouter, File, Query, UploadFile
 
 from facegate.api.auth import Scope, require
 from facegate.api.deps import Services, ServicesDep, infer, query, read_image
-from facegate.api.schemas import (
-    KEYED_ERRORS,
-    MatchedUser,
-    RecognizedFace,
-    RecognizeResponse,
-    VerifyResponse,
-    error_responses,
-)
+from facegate.api.schemas import KEYED_ERRORS, error_responses
 from facegate.gallery import Match
 from facegate.pipeline import EmbeddedFace, NoFaceError
+from facegate.schemas import MatchedUser, RecognizedFace, RecognizeResponse, VerifyResponse
 
 router = APIRouter(tags=["recognition"], dependencies=[require(Scope.RECOGNIZE)])
 

@@ -9,8 +9,9 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from facegate import __version__
 from facegate.api.auth import Scope, require
 from facegate.api.deps import ServicesDep, query
-from facegate.api.schemas import KEYED_ERRORS, Health, ServiceInfo, Stats, error_responses
+from facegate.api.schemas import KEYED_ERRORS, error_responses
 from facegate.gallery.errors import GalleryError
+from facegate.schemas import Health, ServiceInfo, Stats
 
 router = APIRouter(tags=["service"])
 

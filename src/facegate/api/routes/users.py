@@ -9,16 +9,9 @@ from fastapi import APIRouter, File, Form, HTTPException, Path, Query, UploadFil
 
 from facegate.api.auth import Scope, require
 from facegate.api.deps import ServicesDep, infer, query, read_image
-from facegate.api.schemas import (
-    KEYED_ERRORS,
-    Deleted,
-    FaceAdded,
-    RegisterResponse,
-    User,
-    UserList,
-    error_responses,
-)
+from facegate.api.schemas import KEYED_ERRORS, error_responses
 from facegate.gallery import UserRecord
+from facegate.schemas import Deleted, FaceAdded, RegisterResponse, User, UserList
 
 router = APIRouter(tags=["gallery"], dependencies=[require(Scope.ADMIN)])
 
