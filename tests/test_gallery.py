@@ -7,8 +7,10 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from psycopg import sql
 
 from facegate.config import Settings
 from facegate.gallery import (
+    ConfusableNameError,
     DuplicateNameError,
     EmbeddedServer,
     Gallery,
@@ -27,8 +30,10 @@ from facegate.gallery import (
     ModelMismatchError,
     UnknownUserError,
     database_dsn,
+    schema,
 )
-from facegate.gallery.schema import HNSW_INDEX, migrate
+from facegate.gallery.schema import HNSW_INDEX, MIGRATIONS, migrate
+from facegate.gallery.store import DISK_FULL, UNAVAILABLE, DatabaseHealth
 
 BOX = (10.0, 20.0, 110.0, 140.0)
 
@@ -52,9 +57,9 @@ def cosine_distances(queries: np.ndarray, vectors: np.ndarray) -> np.ndarray:
 
 def test_migrations_apply_once(gallery_dsn: str) -> None:
     with psycopg.connect(gallery_dsn) as conn:
-        assert migrate(conn, "m", 16) == [1]
+        assert migrate(conn, "m", 16) == [1, 2]
         assert migrate(conn, "m", 16) == []
-        assert conn.execute("SELECT version FROM schema_migrations").fetchall() == [(1,)]
+        assert conn.execute("SELECT version FROM schema_migrations ORDER BY 1").fetchall() == [(1,), (2,)]
         assert conn.execute("SELECT model, dim FROM gallery_meta").fetchall() == [("m", 16)]
         column_type = conn.execute(
             "SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
@@ -69,7 +74,32 @@ def test_workers_opening_together_migrate_once(gallery_dsn: str) -> None:
     for opened in galleries:
         opened.close()
     with psycopg.connect(gallery_dsn) as conn:
-        assert conn.execute("SELECT count(*) FROM schema_migrations").fetchone() == (1,)
+        assert conn.execute("SELECT count(*) FROM schema_migrations").fetchone() == (len(MIGRATIONS),)
+
+
+def test_the_skeleton_migration_keeps_earlier_look_alikes(
+    gallery_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Look-alikes registered before the rule stay; the later one gets no skeleton, new ones are refused."""
+    monkeypatch.setattr(schema, "MIGRATIONS", MIGRATIONS[:1])
+    with psycopg.connect(gallery_dsn) as conn:
+        migrate(conn, "m", 16)
+        conn.execute("INSERT INTO users (name) VALUES ('Alice'), ('\u0410lice'), ('Bob')")
+        conn.commit()
+    monkeypatch.undo()
+    gallery = Gallery.open(gallery_dsn, "m", 16)
+    try:
+        with psycopg.connect(gallery_dsn) as conn:
+            rows = conn.execute("SELECT name, name_skeleton FROM users ORDER BY id").fetchall()
+        assert rows == [("Alice", "Alice"), ("\u0410lice", None), ("Bob", "Bob")]
+        vector = unit(np.random.default_rng(3), 1, 16)[0]
+        with pytest.raises(ConfusableNameError, match="'Alice'"):
+            gallery.add_user("Alic\u0435", vector, BOX)  # Cyrillic е
+        with pytest.raises(DuplicateNameError):
+            gallery.add_user("Bob", vector, BOX)
+        assert gallery.add_user("Carol", vector, BOX).name == "Carol"
+    finally:
+        gallery.close()
 
 
 @pytest.mark.parametrize(("model", "dim"), [("other-model", 16), ("test-model", 32)])
@@ -279,9 +309,11 @@ def test_pool_recovers_after_an_outage(pg_server: EmbeddedServer, gallery_dsn: s
         pg_server.stop()
         try:
             began = time.monotonic()
-            with pytest.raises(GalleryUnavailable):
+            with pytest.raises(GalleryUnavailable) as refused:
                 gallery.ping()
             assert time.monotonic() - began < 3.0  # the 1 s timeout, not a hang
+            assert str(refused.value) == UNAVAILABLE  # not PostgreSQL's message with the socket's path
+            assert gallery.health().state == "unavailable"
             with pytest.raises(GalleryUnavailable):
                 gallery.get_user(user.id)
         finally:
@@ -372,3 +404,59 @@ def test_external_database_url_starts_nothing(tmp_path: Path) -> None:
     with database_dsn(settings) as dsn:
         assert dsn == "postgresql://u:p@db.example:5432/x"
     assert not (tmp_path / "pg").exists()
+
+
+@pytest.fixture
+def small_disk() -> Iterator[Path]:
+    """A 120 MB tmpfs, so that the database's disk fills without filling the machine's (root only)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mount = Path(tempfile.mkdtemp(prefix="facegate-test-disk-"))
+    try:
+        command = ["mount", "-t", "tmpfs", "-o", "size=120m", "tmpfs", str(mount)]
+        mounted = subprocess.run(command, check=False)
+        if mounted.returncode != 0:
+            pytest.skip("cannot mount a tmpfs here")
+        try:
+            yield mount
+        finally:
+            subprocess.run(["umount", "--lazy", str(mount)], check=True)
+    finally:
+        mount.rmdir()
+
+
+def fill(disk: Path) -> Path:
+    filler = disk / "filler"
+    with filler.open("wb") as sink:
+        try:
+            while True:
+                sink.write(bytes(1 << 20))
+                sink.flush()
+        except OSError:
+            pass
+    return filler
+
+
+def test_a_full_disk_is_reported_and_cleared_when_space_returns(small_disk: Path) -> None:
+    server = EmbeddedServer(small_disk / "pg")
+    gallery = Gallery.open(server.start(), "m", 16)
+    rng = np.random.default_rng(21)
+    try:
+        gallery.add_user("before", unit(rng, 1, 16)[0], BOX)
+        filler = fill(small_disk)
+        with pytest.raises(GalleryUnavailable) as refused:
+            for attempt in range(10_000):  # until the free space in the table's last pages runs out
+                gallery.add_user(f"user {attempt}", unit(rng, 1, 16)[0], BOX)
+        assert str(refused.value) == DISK_FULL  # no "could not extend file base/..." for clients
+        assert gallery.health() == DatabaseHealth("refusing writes", DISK_FULL)
+        assert gallery.get_user(1).name == "before"  # reads still work
+        filler.unlink()
+        deadline = time.monotonic() + 10
+        while gallery.health().state != "connected":
+            assert time.monotonic() < deadline, "the probe did not see the space come back"
+            time.sleep(0.5)
+        assert gallery.add_user("after", unit(rng, 1, 16)[0], BOX).name == "after"
+    finally:
+        gallery.close()
+        server.stop()
+        server.release()

@@ -10,6 +10,10 @@ never be stopped again. The server itself survives such a kill (pg_ctl daemonise
 start simply adopts it. If the server was killed too, PostgreSQL recovers from its WAL on the next
 start; we only have to clear its lock file when the dead postmaster lingers as a zombie (an init
 that does not reap orphans), which both pgserver and PostgreSQL would take for a live server.
+
+The process that started (or adopted) the server also supervises it (`database_dsn`): a watchdog
+thread restarts a postmaster that died (SIGKILL, the OOM killer, PostgreSQL's own PANIC), so the
+service's connection pools find it again without a restart of the service. The DSN stays the same.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -40,6 +45,11 @@ logger = logging.getLogger(__name__)
 DATABASE = "facegate"
 _HANDLES_FILE = ".handle_pids.json"  # pgserver's list of the processes using a server
 
+# How often the watchdog looks at the postmaster (a psutil call), and the longest it waits between
+# two failed restarts (each failure doubles the wait from WATCH_INTERVAL_S).
+WATCH_INTERVAL_S = 1.0
+_MAX_RESTART_BACKOFF_S = 15.0
+
 
 class EmbeddedServer:
     """The PostgreSQL server whose data lives in `pgdata`; `start` adopts it when it already runs."""
@@ -48,6 +58,9 @@ class EmbeddedServer:
         self.pgdata = pgdata.expanduser().resolve()
         self.database = database
         self._server: PostgresServer | None = None
+        # pgserver's inter-process lock does not exclude threads of one process: the watchdog's
+        # restarts and the owner's release take this one too.
+        self._thread_lock = threading.Lock()
 
     def start(self) -> str:
         """Start (or adopt) the server, create the database if needed and return its DSN."""
@@ -79,15 +92,74 @@ class EmbeddedServer:
         if self._server is not None:
             self._server.stop()
 
+    def is_running(self) -> bool:
+        """Whether a live postmaster (not a dead one, nor a zombie) serves the data directory."""
+        info = PostmasterInfo.read_from_pgdata(self.pgdata)
+        if info is None or info.process is None:
+            return False
+        try:
+            return info.process.is_running() and info.process.status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    def restart_if_dead(self) -> bool:
+        """Start the server again if its postmaster died (PostgreSQL recovers from its WAL).
+
+        Returns whether it was restarted; raises EmbeddedServerError if the restart failed. Another
+        process sharing the server may have restarted it first: then this one adopts it.
+        """
+        with self._thread_lock:
+            if self._server is None or self.is_running():
+                return False
+            logger.warning("the embedded PostgreSQL in %s is not running; restarting it", self.pgdata)
+            try:
+                _clear_zombie_postmaster(self.pgdata)
+                with PostgresServer._lock:
+                    self._server.ensure_postgres_running()
+            except Exception as exc:
+                raise EmbeddedServerError(f"could not restart the embedded PostgreSQL: {exc!r}") from exc
+            logger.info("embedded PostgreSQL running again (%s)", self.pgdata)
+            return True
+
     def release(self) -> None:
         """Give up this process's use of the server, stopping it if no other process uses it.
 
         What happens anyway at a normal exit; calling it early keeps pgserver's exit hook from
         stopping a server it no longer knows the state of.
         """
-        if self._server is not None:
-            self._server.cleanup()
-            self._server = None
+        with self._thread_lock:
+            if self._server is not None:
+                self._server.cleanup()
+                self._server = None
+
+
+class Watchdog:
+    """A daemon thread that restarts the embedded server whenever its postmaster has died."""
+
+    def __init__(self, server: EmbeddedServer, interval: float = WATCH_INTERVAL_S) -> None:
+        self._server = server
+        self._interval = interval
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="facegate-pg-watchdog", daemon=True)
+
+    def __enter__(self) -> Watchdog:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stopped.set()
+        self._thread.join()
+
+    def _watch(self) -> None:
+        wait = self._interval
+        while not self._stopped.wait(wait):
+            try:
+                self._server.restart_if_dead()
+            except EmbeddedServerError:
+                wait = min(2 * wait, _MAX_RESTART_BACKOFF_S)
+                logger.exception("embedded PostgreSQL restart failed; next attempt in %.0f s", wait)
+            else:
+                wait = self._interval
 
 
 def _forget_dead_handles(pgdata: Path) -> None:
@@ -148,7 +220,8 @@ def _ensure_database(admin_dsn: str, database: str) -> None:
 @contextmanager
 def database_dsn(settings: Settings) -> Iterator[str]:
     """The external server's DSN when one is configured, else the embedded server's: started (or
-    adopted) for the block and released after it, so it stops when its last user is done.
+    adopted) for the block, restarted by a watchdog if it dies during it, and released after it, so
+    it stops when its last user is done.
 
     Released here rather than by pgserver's exit hook: a server (uvicorn) that re-raises the SIGTERM
     it handled ends its process without running exit hooks, which would leave PostgreSQL running.
@@ -159,6 +232,8 @@ def database_dsn(settings: Settings) -> Iterator[str]:
         return
     server = EmbeddedServer(settings.facegate_data_dir / "pg")
     try:
-        yield server.start()
+        dsn = server.start()
+        with Watchdog(server):
+            yield dsn
     finally:
         server.release()
