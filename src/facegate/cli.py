@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 from facegate.api.logs import CHATTY_LOGGERS, chatty_level
@@ -20,6 +24,8 @@ logger = logging.getLogger("facegate")
 
 _WS_FRAME_SLACK = 1 << 20
 _KEY_ANNOUNCED = "--key-announced"
+# How long a start waits for its port to be free (workers of a killed supervisor shutting down).
+_PORT_WAIT_S = 40.0
 _WORKERS_HELP = "API worker processes (default: WEB_CONCURRENCY, else one per two CPU cores)"
 
 
@@ -115,9 +121,33 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     # caught again: as SystemExit it unwinds the clean-ups below (stopping the embedded PostgreSQL)
     # instead of killing the process on the spot (`docker stop`, systemd).
     signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
+    # Before the database: a start that cannot listen must not start (nor, leaving, stop) the
+    # PostgreSQL that a server still running on the port uses.
+    _wait_for_port(args.host, args.port)
     with _shared_database(settings):
         _run_uvicorn(args, settings, workers)
     return 0
+
+
+def _wait_for_port(host: str, port: int) -> None:
+    """Return once `host:port` can be bound, waiting out the workers of a killed supervisor.
+
+    Those exit on their own (facegate.api.connections.exit_with_supervisor), within uvicorn's
+    graceful shutdown; past _PORT_WAIT_S the port belongs to something else.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    deadline = time.monotonic() + _PORT_WAIT_S
+    while True:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            try:
+                probe.bind((host, port))
+                return
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE or time.monotonic() > deadline:
+                    raise SystemExit(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+        logger.info("%s:%d is in use; waiting up to %.0f s for it to be free", host, port, _PORT_WAIT_S)
+        time.sleep(1)
 
 
 @contextmanager
@@ -138,14 +168,21 @@ def _shared_database(settings: Settings) -> Iterator[None]:
 def _run_uvicorn(args: argparse.Namespace, settings: Settings, workers: int) -> None:
     import uvicorn
 
+    from facegate.api.connections import GuardedHttpProtocol
     from facegate.api.logs import server_logging_config
 
+    protocol = partial(
+        GuardedHttpProtocol, header_timeout=settings.header_timeout, max_connections=settings.max_connections
+    )
     uvicorn.run(
         "facegate.api.app:create_app",
         factory=True,
         host=args.host,
         port=args.port,
         workers=workers,
+        http=protocol,  # type: ignore[arg-type]  # uvicorn calls it like a protocol class
+        # By then every HTTP request has its answer (504 at REQUEST_TIMEOUT); sockets are closed.
+        timeout_graceful_shutdown=round(settings.request_timeout),
         # A frame a little over MAX_UPLOAD_BYTES gets the stream's 413 message; a far larger one
         # is cut by the protocol (close code 1009) before it is read.
         ws_max_size=settings.max_upload_bytes + _WS_FRAME_SLACK,

@@ -88,6 +88,14 @@ class Settings(BaseSettings):
         default=100, ge=1, description="Requests a key may make at once before the rate applies."
     )
     api_root_path: str = Field(default="", description="Path prefix the API is served under by a proxy.")
+    header_timeout: float = Field(
+        default=10.0, gt=0, description="Seconds a client may take to send a request's line and headers."
+    )
+    max_connections: int = Field(
+        default=512,
+        ge=1,
+        description="Open connections per worker (`facegate serve`); beyond, new ones are closed at once.",
+    )
     onnx_threads: int = Field(
         default=0,
         ge=0,

@@ -15,8 +15,9 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from facegate.config import Settings
-from facegate.gallery import DuplicateNameError, Gallery, database_dsn
+from facegate.gallery import ConfusableNameError, DuplicateNameError, Gallery, database_dsn
 from facegate.imaging import ImageError, load_image_file
+from facegate.names import InvalidNameError, clean_name
 from facegate.pipeline import EmbeddedFace, NoFaceError, Pipeline
 
 logger = logging.getLogger(__name__)
@@ -74,7 +75,8 @@ def photos_of(folder: Path) -> list[Path]:
 
 
 def enroll_folder(root: Path, settings: Settings, report_file: Path | None = None) -> int:
-    """Register each sub-folder of `root` as one person (the folder name, `_` read as a space).
+    """Register each sub-folder of `root` as one person (the folder name, `_` read as a space, under
+    the API's name rule: facegate.names).
 
     Resumable: a person already in the gallery is skipped, so an interrupted run can simply be
     started again. All photos of a person are embedded before anything is stored, so a person is
@@ -108,11 +110,14 @@ def _enroll_person(folder: Path, pipeline: Pipeline, gallery: Gallery, report: E
     if not faces:
         report.skipped.append(Skipped(folder, "no usable photo, so the person was not enrolled"))
         return
-    name = folder.name.replace("_", " ")
     try:
+        name = clean_name(folder.name.replace("_", " "))
         user = gallery.add_user(name, faces[0].embedding, faces[0].face.box)
     except DuplicateNameError:
         report.already_enrolled += 1
+        return
+    except (InvalidNameError, ConfusableNameError) as exc:
+        report.skipped.append(Skipped(folder, f"the folder's name cannot be a person's name: {exc}"))
         return
     for face in faces[1:]:
         gallery.add_face(user.id, face.embedding, face.face.box)

@@ -101,8 +101,8 @@ class VerifyResponse(BaseModel):
 
 
 class Health(BaseModel):
-    status: Literal["healthy", "unhealthy"]
-    database: Literal["connected", "unavailable"]
+    status: Literal["healthy", "degraded"]
+    database: Literal["connected", "unavailable", "refusing writes"]
     threshold: float
     embedding_model: str
     embedding_dimension: int

@@ -12,6 +12,7 @@ from fastapi_offline import FastAPIOffline
 
 from facegate import __version__
 from facegate.api.auth import KeyRing
+from facegate.api.connections import exit_with_supervisor
 from facegate.api.deps import Services
 from facegate.api.errors import install_error_handlers
 from facegate.api.metrics import MeteredPipeline, Metrics
@@ -51,6 +52,7 @@ def build_services(settings: Settings, dsn: str, metrics: Metrics) -> Services:
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
+    exit_with_supervisor()  # a worker of a multi-process server: not an orphan when it is killed
     settings = settings or get_settings()
     metrics = Metrics()
 

@@ -14,6 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from facegate.gallery.errors import (
+    ConfusableNameError,
     DuplicateNameError,
     GalleryError,
     GalleryUnavailable,
@@ -21,12 +22,14 @@ from facegate.gallery.errors import (
     UnknownUserError,
 )
 from facegate.imaging import ImageError
+from facegate.names import InvalidNameError
 from facegate.pipeline import NoFaceError
 
 logger = logging.getLogger(__name__)
 
 _GALLERY_STATUS: dict[type[GalleryError], int] = {
     DuplicateNameError: status.HTTP_409_CONFLICT,
+    ConfusableNameError: status.HTTP_409_CONFLICT,
     UnknownUserError: status.HTTP_404_NOT_FOUND,
     GalleryUnavailable: status.HTTP_503_SERVICE_UNAVAILABLE,
     ModelMismatchError: status.HTTP_503_SERVICE_UNAVAILABLE,
@@ -42,14 +45,15 @@ async def _image_error(_: Request, exc: Exception) -> JSONResponse:
     return _json(exc.status, str(exc))
 
 
-async def _no_face(_: Request, exc: Exception) -> JSONResponse:
+async def _unprocessable(_: Request, exc: Exception) -> JSONResponse:
     return _json(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc))
 
 
 async def _gallery_error(_: Request, exc: Exception) -> JSONResponse:
     code = next((c for kind, c in _GALLERY_STATUS.items() if isinstance(exc, kind)), 500)
     if code >= 500:
-        logger.warning("gallery unavailable: %s", exc)
+        # The client's detail is the clean message; PostgreSQL's own (with its paths) is logged.
+        logger.warning("gallery unavailable: %s (%s)", exc, exc.__cause__)
     return _json(code, str(exc))
 
 
@@ -78,6 +82,7 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(ImageError, _image_error)
-    app.add_exception_handler(NoFaceError, _no_face)
+    app.add_exception_handler(NoFaceError, _unprocessable)
+    app.add_exception_handler(InvalidNameError, _unprocessable)
     app.add_exception_handler(GalleryError, _gallery_error)
     app.add_exception_handler(Exception, _unexpected)

@@ -2,6 +2,7 @@
 
 from facegate.gallery.embedded import EmbeddedServer, database_dsn
 from facegate.gallery.errors import (
+    ConfusableNameError,
     DuplicateNameError,
     EmbeddedServerError,
     GalleryError,
@@ -12,6 +13,7 @@ from facegate.gallery.errors import (
 from facegate.gallery.store import FaceRecord, Gallery, GalleryStats, Match, UserRecord
 
 __all__ = [
+    "ConfusableNameError",
     "DuplicateNameError",
     "EmbeddedServer",
     "EmbeddedServerError",

@@ -15,6 +15,19 @@ class DuplicateNameError(GalleryError):
         self.name = name
 
 
+class ConfusableNameError(GalleryError):
+    """The name looks like one already registered (the same Unicode confusable skeleton)."""
+
+    def __init__(self, name: str, existing_name: str, existing_id: int) -> None:
+        super().__init__(
+            f"the name {name!r} looks like {existing_name!r}, already registered as user {existing_id}; "
+            "choose a name that can be told apart"
+        )
+        self.name = name
+        self.existing_name = existing_name
+        self.existing_id = existing_id
+
+
 class UnknownUserError(GalleryError):
     """No person with this id."""
 

@@ -15,6 +15,7 @@ import psycopg
 from psycopg import sql
 
 from facegate.gallery.errors import ModelMismatchError
+from facegate.names import name_skeleton
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +29,7 @@ _MIGRATION_LOCK = 0x46616365_47617465  # "FaceGate"
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 128
 HNSW_INDEX = "faces_embedding_hnsw_idx"
+NAME_SKELETON_INDEX = "users_name_skeleton_key"
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +37,7 @@ class Migration:
     version: int
     description: str
     statements: Callable[[int], list[sql.Composable]]  # the embedding dimension -> SQL statements
+    then: Callable[[psycopg.Connection], None] | None = None  # a step in Python, after the statements
 
 
 def _initial_schema(dim: int) -> list[sql.Composable]:
@@ -76,8 +79,37 @@ def _initial_schema(dim: int) -> list[sql.Composable]:
     ]
 
 
+def _skeleton_column(_: int) -> list[sql.Composable]:
+    return [sql.SQL("ALTER TABLE users ADD COLUMN name_skeleton text")]
+
+
+def _fill_skeletons(conn: psycopg.Connection) -> None:
+    """Compute the skeletons of the names already registered, then make them unique.
+
+    Look-alikes registered before this rule existed keep their rows: the later one gets no skeleton
+    (a NULL, which the unique index allows) and is named in the log.
+    """
+    owners: dict[str, tuple[int, str]] = {}
+    updates: list[tuple[str, int]] = []
+    for user_id, name in conn.execute("SELECT id, name FROM users ORDER BY id"):
+        skeleton = name_skeleton(name)
+        if skeleton in owners:
+            first_id, first_name = owners[skeleton]
+            logger.warning(
+                "user %d %r looks like user %d %r; both stay registered, but rename one to tell them apart",
+                user_id, name, first_id, first_name,
+            )  # fmt: skip
+            continue
+        owners[skeleton] = (user_id, name)
+        updates.append((skeleton, user_id))
+    with conn.cursor() as cursor:
+        cursor.executemany("UPDATE users SET name_skeleton = %s WHERE id = %s", updates)
+    conn.execute(f"CREATE UNIQUE INDEX {NAME_SKELETON_INDEX} ON users (name_skeleton)")
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "users, faces with an HNSW index, gallery_meta", _initial_schema),
+    Migration(2, "users.name_skeleton: look-alike names are one name", _skeleton_column, _fill_skeletons),
 )
 
 
@@ -102,6 +134,8 @@ def migrate(conn: psycopg.Connection, model: str, dim: int) -> list[int]:
             logger.info("applying schema migration %d: %s", migration.version, migration.description)
             for statement in migration.statements(dim):
                 conn.execute(statement)
+            if migration.then is not None:
+                migration.then(conn)
             conn.execute(
                 "INSERT INTO schema_migrations (version, description) VALUES (%s, %s)",
                 (migration.version, migration.description),

@@ -1,17 +1,20 @@
 """The gallery: people, their face embeddings and nearest-person search, on PostgreSQL + pgvector.
 
 Synchronous psycopg 3 on a connection pool: the API calls it from worker threads. Every method is
-one transaction. Connection failures and pool timeouts become `GalleryUnavailable` (HTTP 503).
+one transaction. Connection failures and pool timeouts become `GalleryUnavailable` (HTTP 503), with
+a message fit for clients: PostgreSQL's own (socket and file paths) goes to the log only.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import psycopg
@@ -20,8 +23,14 @@ from psycopg import errors as pg_errors
 from psycopg.rows import class_row
 from psycopg_pool import ConnectionPool
 
-from facegate.gallery.errors import DuplicateNameError, GalleryUnavailable, UnknownUserError
+from facegate.gallery.errors import (
+    ConfusableNameError,
+    DuplicateNameError,
+    GalleryUnavailable,
+    UnknownUserError,
+)
 from facegate.gallery.schema import migrate
+from facegate.names import name_skeleton
 
 if TYPE_CHECKING:
     from facegate.config import Settings
@@ -36,6 +45,15 @@ _MIN_CANDIDATES = 10
 # A pool slot that cannot reconnect gives up after this long and is re-created on the next request,
 # which caps the back-off between attempts: after an outage the pool is back within seconds.
 _RECONNECT_TIMEOUT_S = 20.0
+
+# The health probe connects on its own, outside the pool, so that it answers at once while the pool
+# is still waiting out DB_TIMEOUT; its result is kept this long, so that a flood of /health requests
+# opens at most one connection per second per process.
+_HEALTH_TTL_S = 1.0
+_PROBE_TIMEOUT_S = 2  # libpq's connect_timeout: whole seconds, at least 2
+
+UNAVAILABLE = "the database is unavailable; retry shortly"
+DISK_FULL = "the database refuses writes: its disk is full"
 
 _SELECT_USERS = """
     SELECT u.id, u.name, u.created_at, u.updated_at,
@@ -99,13 +117,24 @@ class GalleryStats:
     dim: int
 
 
+@dataclass(frozen=True, slots=True)
+class DatabaseHealth:
+    """What the health probe found; `detail` says why when the state is not 'connected'."""
+
+    state: Literal["connected", "unavailable", "refusing writes"]
+    detail: str | None = None
+
+
 @contextmanager
 def _database_errors() -> Iterator[None]:
-    """Connection failures, a server going away mid-query and pool timeouts are all 'unavailable'."""
+    """Connection failures, a server going away mid-query and pool timeouts are all 'unavailable';
+    a full disk is said as such. The exception chained as the cause keeps PostgreSQL's message."""
     try:
         yield
+    except pg_errors.DiskFull as exc:
+        raise GalleryUnavailable(DISK_FULL) from exc
     except psycopg.OperationalError as exc:  # PoolTimeout and PoolClosed are OperationalErrors too
-        raise GalleryUnavailable(f"the database is unavailable: {exc}") from exc
+        raise GalleryUnavailable(UNAVAILABLE) from exc
 
 
 def _pgvector_version(conn: psycopg.Connection) -> tuple[int, ...]:
@@ -117,11 +146,16 @@ def _pgvector_version(conn: psycopg.Connection) -> tuple[int, ...]:
 class Gallery:
     """People and their face embeddings of one model; thread-safe."""
 
-    def __init__(self, pool: ConnectionPool, model: str, dim: int) -> None:
+    def __init__(self, pool: ConnectionPool, model: str, dim: int, dsn: str) -> None:
         """Use `Gallery.open`, which migrates the schema and checks the model first."""
         self._pool = pool
         self.model = model
         self.dim = dim
+        self._dsn = dsn
+        # Set when a write failed for a full disk, cleared by the next write that succeeds.
+        self._refusing_writes = False
+        self._health_lock = threading.Lock()
+        self._health: tuple[float, DatabaseHealth] | None = None
 
     @classmethod
     def from_settings(cls, dsn: str, model_name: str, dim: int, settings: Settings) -> Gallery:
@@ -186,43 +220,102 @@ class Gallery:
         )
         with _database_errors():
             pool.open(wait=True, timeout=timeout)
-        return cls(pool, model_name, dim)
+        return cls(pool, model_name, dim, dsn)
 
     def close(self) -> None:
         self._pool.close()
 
     @contextmanager
-    def _transaction(self) -> Iterator[psycopg.Connection]:
-        """A pooled connection in a transaction: committed on success, rolled back on any exception."""
-        with _database_errors(), self._pool.connection() as conn:
-            yield conn
+    def _transaction(self, *, write: bool = False) -> Iterator[psycopg.Connection]:
+        """A pooled connection in a transaction: committed on success, rolled back on any exception.
+
+        A `write` transaction records whether the disk refused it, for `health`.
+        """
+        try:
+            with _database_errors(), self._pool.connection() as conn:
+                yield conn
+        except GalleryUnavailable as exc:
+            if write and isinstance(exc.__cause__, pg_errors.DiskFull):
+                self._refusing_writes = True
+            raise
+        if write:
+            self._refusing_writes = False
 
     def ping(self) -> None:
         """Return when the database answers; raise GalleryUnavailable otherwise."""
         with self._transaction() as conn:
             conn.execute("SELECT 1")
 
-    def add_user(self, name: str, embedding: np.ndarray, box: Sequence[float]) -> UserRecord:
-        """Register a person with their first face, atomically. DuplicateNameError if the name is taken."""
-        vector = self._vector(embedding)
+    def health(self) -> DatabaseHealth:
+        """Whether the database answers and takes writes, probed at most once per _HEALTH_TTL_S.
+
+        Quick while the database is down (a failed connect to a local socket fails at once; a remote
+        host that does not answer, within _PROBE_TIMEOUT_S).
+        """
+        with self._health_lock:
+            now = time.monotonic()
+            if self._health is None or now - self._health[0] >= _HEALTH_TTL_S:
+                self._health = (now, self._probe())
+            return self._health[1]
+
+    def _probe(self) -> DatabaseHealth:
         try:
-            with self._transaction() as conn:
+            with psycopg.connect(
+                self._dsn,
+                connect_timeout=_PROBE_TIMEOUT_S,
+                application_name="facegate-health",
+                options=f"-c statement_timeout={_PROBE_TIMEOUT_S * 1000}",
+                autocommit=True,
+            ) as conn:
+                conn.execute("SELECT 1")
+                if self._refusing_writes:
+                    _probe_write(conn)
+                    self._refusing_writes = False
+        except pg_errors.DiskFull as exc:
+            logger.warning("database health: %s", exc)
+            return DatabaseHealth("refusing writes", DISK_FULL)
+        except psycopg.Error as exc:
+            logger.warning("database health: %s", exc)
+            return DatabaseHealth("unavailable", UNAVAILABLE)
+        return DatabaseHealth("connected")
+
+    def add_user(self, name: str, embedding: np.ndarray, box: Sequence[float]) -> UserRecord:
+        """Register a person with their first face, atomically.
+
+        DuplicateNameError if the name is taken, ConfusableNameError if a registered name looks like
+        it (the unique indexes decide, so two concurrent look-alikes cannot both get in).
+        """
+        vector = self._vector(embedding)
+        skeleton = name_skeleton(name)
+        try:
+            with self._transaction(write=True) as conn:
                 cursor = conn.cursor(row_factory=class_row(UserRecord))
                 user = cursor.execute(
-                    "INSERT INTO users (name) VALUES (%s) "
+                    "INSERT INTO users (name, name_skeleton) VALUES (%s, %s) "
                     "RETURNING id, name, created_at, updated_at, 1 AS face_count",
-                    (name,),
+                    (name, skeleton),
                 ).fetchone()
                 assert user is not None
                 self._insert_face(conn, user.id, vector, box)
         except pg_errors.UniqueViolation as exc:
-            raise DuplicateNameError(name) from exc
+            raise self._name_conflict(name, skeleton) from exc
         return user
+
+    def _name_conflict(self, name: str, skeleton: str) -> DuplicateNameError | ConfusableNameError:
+        with self._transaction() as conn:
+            row = conn.execute(
+                "SELECT id, name FROM users WHERE name = %s OR name_skeleton = %s "
+                "ORDER BY name = %s DESC LIMIT 1",
+                (name, skeleton, name),
+            ).fetchone()
+        if row is None or row[1] == name:  # `None`: the other one was deleted meanwhile
+            return DuplicateNameError(name)
+        return ConfusableNameError(name, existing_name=row[1], existing_id=row[0])
 
     def add_face(self, user_id: int, embedding: np.ndarray, box: Sequence[float]) -> FaceRecord:
         """Store another face of a registered person. UnknownUserError if there is no such person."""
         vector = self._vector(embedding)
-        with self._transaction() as conn:
+        with self._transaction(write=True) as conn:
             # Touching the row also locks it, so a concurrent delete cannot slip in before the insert.
             if conn.execute("UPDATE users SET updated_at = now() WHERE id = %s", (user_id,)).rowcount == 0:
                 raise UnknownUserError(user_id)
@@ -265,7 +358,7 @@ class Gallery:
 
     def delete_user(self, user_id: int) -> None:
         """Delete a person and (by the foreign key's cascade) all their faces."""
-        with self._transaction() as conn:
+        with self._transaction(write=True) as conn:
             if conn.execute("DELETE FROM users WHERE id = %s", (user_id,)).rowcount == 0:
                 raise UnknownUserError(user_id)
 
@@ -312,3 +405,14 @@ class Gallery:
         if not np.isfinite(array).all() or not np.linalg.norm(array, axis=1).all():
             raise ValueError("embeddings must be finite and non-zero")
         return array
+
+
+def _probe_write(conn: psycopg.Connection) -> None:
+    """A write that needs new disk space, rolled back: a temporary table's first page is a new file.
+
+    Raises DiskFull while the disk is full. Run only after a real write was refused, so that the
+    catalog does not churn with a temporary table per probe.
+    """
+    with conn.transaction(force_rollback=True):
+        conn.execute("CREATE TEMPORARY TABLE facegate_write_probe (b bytea)")
+        conn.execute("INSERT INTO facegate_write_probe VALUES (%s)", (bytes(8192),))

@@ -25,23 +25,24 @@ async def root(request: Request) -> ServiceInfo:
 
 @router.get("/health", response_model=Health, responses={**error_responses(504), 503: {"model": Health}})
 async def health(services: ServicesDep) -> Health | JSONResponse:
-    """Liveness and database status (no key needed); 503 while the database is unreachable."""
+    """Liveness and database status (no key needed).
+
+    `degraded` with a `detail` when the database is unreachable (503: nothing that needs the gallery
+    works) or refuses writes for a full disk (200: detection and recognition still work).
+    """
     embedder = services.pipeline.embedder
+    database = await query(services.gallery.health)
     body = Health(
-        status="healthy",
-        database="connected",
+        status="healthy" if database.state == "connected" else "degraded",
+        database=database.state,
         threshold=services.settings.face_match_threshold,
         embedding_model=embedder.name,
         embedding_dimension=embedder.dim,
         version=__version__,
+        detail=database.detail,
     )
-    try:
-        await query(services.gallery.ping)
-    except GalleryError as exc:
-        unhealthy = body.model_copy(
-            update={"status": "unhealthy", "database": "unavailable", "detail": str(exc)}
-        )
-        return JSONResponse(status_code=503, content=unhealthy.model_dump())
+    if database.state == "unavailable":
+        return JSONResponse(status_code=503, content=body.model_dump())
     return body
 
 

@@ -2,42 +2,35 @@
 
 from __future__ import annotations
 
-import unicodedata
+import re
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, HTTPException, Path, Query, UploadFile, status
+from fastapi import APIRouter, File, Form, Path, Query, UploadFile, status
+from pydantic import BeforeValidator
 
 from facegate.api.auth import Scope, require
 from facegate.api.deps import ServicesDep, infer, query, read_image
+from facegate.api.forms import StrictFormRoute
 from facegate.api.schemas import KEYED_ERRORS, error_responses
 from facegate.gallery import UserRecord
+from facegate.names import clean_name
 from facegate.schemas import Deleted, FaceAdded, RegisterResponse, User, UserList
 
-router = APIRouter(tags=["gallery"], dependencies=[require(Scope.ADMIN)])
+router = APIRouter(tags=["gallery"], dependencies=[require(Scope.ADMIN)], route_class=StrictFormRoute)
 
 _ERRORS = error_responses(*KEYED_ERRORS, 400, 404, 409, 413, 415, 422, 503)
 
-MAX_NAME_LENGTH = 200
-# Control, format (invisible, bidi overrides), surrogate, private-use and unassigned characters, and
-# the line and paragraph separators, which would break a name across lines wherever it is shown.
-_REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
-UserId = Annotated[int, Path(ge=1, le=2**63 - 1)]
+_PLAIN_ID = re.compile(r"[1-9][0-9]*")
 
 
-def clean_name(raw: str) -> str:
-    """NFC-normalised and trimmed, so the same name typed twice is the same name; 422 if unusable."""
-    name = unicodedata.normalize("NFC", raw).strip()
-    if not 1 <= len(name) <= MAX_NAME_LENGTH:
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_CONTENT,
-            detail=f"name must be 1 to {MAX_NAME_LENGTH} characters after trimming",
-        )
-    if any(unicodedata.category(ch) in _REFUSED_CATEGORIES for ch in name):
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_CONTENT,
-            detail="name must not contain control or invisible characters",
-        )
-    return name
+def _plain_id(value: object) -> object:
+    """Digits only: no sign, leading zero, fraction, exponent or `_`, which int() would all accept."""
+    if isinstance(value, str) and not _PLAIN_ID.fullmatch(value):
+        raise ValueError("a user id is a plain positive integer: digits only, not starting with 0")
+    return value
+
+
+UserId = Annotated[int, BeforeValidator(_plain_id), Path(ge=1, le=2**63 - 1)]
 
 
 def user_body(record: UserRecord) -> User:
