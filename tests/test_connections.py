@@ -112,6 +112,14 @@ def test_connections_past_the_cap_are_closed_at_once(guarded: LiveServer) -> Non
     assert httpx.get(f"{guarded.url}/health", timeout=10).status_code == 200
 
 
+def serving(url: str) -> bool:
+    try:
+        httpx.get(f"{url}/health", timeout=2)
+    except httpx.TransportError:
+        return False
+    return True
+
+
 @pytest.mark.slow
 def test_workers_exit_with_a_killed_supervisor_and_a_restart_succeeds(data_dir: Path, tmp_path: Path) -> None:
     log = tmp_path / "server.log"
@@ -124,10 +132,14 @@ def test_workers_exit_with_a_killed_supervisor_and_a_restart_succeeds(data_dir: 
         assert httpx.get(f"{first.url}/health", timeout=10).status_code == 200
         first.process.send_signal(signal.SIGKILL)
         first.process.wait(10)
-        _, alive = psutil.wait_procs(workers, timeout=10)
-        assert not alive, f"workers still running 10 s after their supervisor died: {alive}"
-        with pytest.raises(httpx.TransportError):
-            httpx.get(f"{first.url}/health", timeout=5)
+        # Serving stops within 10 s (a worker's SIGTERM closes its socket at once); the processes
+        # themselves may take longer to finish their shutdown on a loaded machine.
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and serving(first.url):
+            time.sleep(0.2)
+        assert not serving(first.url), "a worker still serves 10 s after its supervisor died"
+        _, alive = psutil.wait_procs(workers, timeout=30)
+        assert not alive, f"workers still running 30 s after their supervisor died: {alive}"
     finally:
         for orphan in workers:  # a failed test must not leave them serving
             if orphan.is_running():

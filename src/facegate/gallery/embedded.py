@@ -122,7 +122,10 @@ class EmbeddedServer:
 
     def is_running(self) -> bool:
         """Whether a live postmaster (not a dead one, nor a zombie) serves the data directory."""
-        info = PostmasterInfo.read_from_pgdata(self.pgdata)
+        try:
+            info = PostmasterInfo.read_from_pgdata(self.pgdata)
+        except AssertionError:  # pgserver's reader, on a postmaster.pid still being written: starting
+            return True
         if info is None or info.process is None:
             return False
         try:
