@@ -306,7 +306,8 @@ def test_camera_shows_what_the_recognise_page_shows(stack: Stack, page: Page, ht
     )
     page.get_by_role("button", name="Take Photo").click()
     wait_for_text(page, "1 face: 1 recognised")
-    expect(page.get_by_text(f"Recognised: {person['name']}")).to_be_visible()
+    # Him, or the Barack Obama another test of this module registered.
+    expect(page.get_by_text(re.compile(r"^Recognised: Barack Obama \w{4}$"))).to_be_visible()
     expect(page.get_by_test_id("stDataFrame")).to_be_visible()
     expect(page.get_by_test_id("stException")).to_have_count(0)
     screenshot(page, "camera-snapshot")
