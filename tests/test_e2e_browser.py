@@ -15,6 +15,8 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -39,9 +41,11 @@ CHROMIUM_ARGS = [
 ]
 ARTIFACTS = REPO / "artifacts" / "e2e"
 TOKEN = "e2e-" + uuid.uuid4().hex
+KEY = {"X-API-Key": TOKEN}
 TWO_PEOPLE = FACES / "groups" / "fr_two_people.jpg"  # Obama (left) and Biden (right)
 OBAMA = FACES / "portraits" / "Barack_Obama"
 CAMERA_PHOTO = OBAMA / "fr_obama-480p.jpg"
+NO_FACE = FACES / "noface" / "skimage_coffee.png"
 CAMERA_SIZE = (640, 480)
 LIVENESS_TIMEOUT_S = 10  # a still photo never passes: the session ends with its deadline
 # A page's work: an upload, one API call on a loaded 2-core machine, the redraw.
@@ -170,10 +174,41 @@ def upload(page: Page, uploader_label: str, photo: Path) -> None:
     expect(uploader.get_by_test_id("stFileChipIconSpinner")).to_have_count(0)
 
 
+def api_register(http: httpx.Client, name: str, photo: Path) -> dict[str, Any]:
+    response = http.post(
+        "/api/register", headers=KEY, data={"name": name}, files={"image": (photo.name, photo.read_bytes())}
+    )
+    assert response.status_code == 201, response.text
+    return {"id": response.json()["user_id"], "name": name}
+
+
+def api_faces(http: httpx.Client, person: dict[str, Any]) -> int:
+    response = http.get(f"/api/users/{person['id']}", headers=KEY)
+    assert response.status_code == 200, response.text
+    return response.json()["face_count"]
+
+
+def person_label(person: dict[str, Any]) -> str:
+    return f"{person['name']} (id {person['id']})"  # as the Gallery lists a person
+
+
 def register(page: Page, name: str, photo: Path) -> None:
     page.get_by_label("Name").fill(name)
     upload(page, "Photo with exactly one face", photo)
     page.get_by_role("button", name="Register").click()
+
+
+def choose_person(page: Page, label: str) -> None:
+    """Pick `label` in the Gallery's "Person" box, as a user does: open the list, click the name."""
+    page.get_by_test_id("stSelectbox").filter(has_text="Person").click()
+    page.get_by_role("option", name=label).click()
+    wait_idle(page)
+
+
+def uploaded_files(page: Page, uploader_label: str) -> list[str]:
+    uploader = page.get_by_test_id("stFileUploader").filter(has_text=uploader_label)
+    expect(uploader).to_be_visible()
+    return [chip.get_attribute("title") or "" for chip in uploader.get_by_test_id("stFileChipName").all()]
 
 
 def screenshot(page: Page, name: str) -> None:
@@ -215,6 +250,101 @@ def test_register_then_recognise_in_the_browser(stack: Stack, page: Page) -> Non
     screenshot(page, "recognise-two-people")
 
 
+def test_gallery_photo_stays_with_the_person_it_was_chosen_for(
+    stack: Stack, page: Page, http: httpx.Client
+) -> None:
+    """Issue 14, point 2, as a user did it: choose a photo in "Another photo of A", switch the choice
+    to B, press Add photo. Then add it to A with a double click: stored once."""
+    suffix = uuid.uuid4().hex[:4]
+    kit = api_register(http, f"Kit Harington {suffix}", OBAMA / "fr_obama1.jpg")
+    rose = api_register(http, f"Rose Leslie {suffix}", FACES / "portraits" / "Joe_Biden" / "fr_biden.jpg")
+    open_page(page, stack.gateway + "/gallery")
+    choose_person(page, person_label(kit))
+    upload(page, f"Another photo of {kit['name']}", OBAMA / "fr_obama2.jpg")
+    add = page.get_by_role("button", name="Add photo")
+    expect(add).to_be_enabled()
+
+    choose_person(page, person_label(rose))
+    # Rose's own uploader, empty: the photo of Kit cannot be added to her.
+    assert uploaded_files(page, f"Another photo of {rose['name']}") == []
+    expect(add).to_be_disabled()
+    add.click(force=True)  # what the user did; a disabled button ignores it
+    wait_idle(page)
+    assert api_faces(http, rose) == 1 and api_faces(http, kit) == 1
+
+    choose_person(page, person_label(kit))
+    upload(page, f"Another photo of {kit['name']}", OBAMA / "fr_obama2.jpg")
+    add.dblclick()  # the second click comes while the first one's run is still going
+    wait_for_text(page, f"{kit['name']} now has 2 photos.")
+    assert uploaded_files(page, f"Another photo of {kit['name']}") == []  # emptied after the success
+    expect(add).to_be_disabled()
+    assert api_faces(http, kit) == 2 and api_faces(http, rose) == 1
+    expect(page.get_by_test_id("stException")).to_have_count(0)
+    screenshot(page, "gallery-photo-added")
+
+    page.get_by_text(f"Yes, delete {kit['name']} and all their photos").click()
+    wait_idle(page)
+    page.get_by_role("button", name="Delete").click()
+    wait_for_text(page, f"Deleted {kit['name']}.")
+    # The choice goes back to nobody instead of jumping to Rose with a photo still chosen.
+    expect(page.get_by_text("Choose a person to add a photo of them or to delete them.")).to_be_visible()
+    expect(page.get_by_role("button", name="Add photo")).to_have_count(0)
+    assert api_faces(http, rose) == 1
+    screenshot(page, "gallery-deleted")
+    http.delete(f"/api/users/{rose['id']}", headers=KEY)
+
+
+def test_camera_shows_what_the_recognise_page_shows(stack: Stack, page: Page, http: httpx.Client) -> None:
+    """A snapshot of Chromium's fake camera (the photo of Obama): the summary, the numbered photo, the
+    table."""
+    person = api_register(http, f"Barack Obama {uuid.uuid4().hex[:4]}", OBAMA / "fr_obama1.jpg")
+    open_page(page, stack.gateway + "/camera")
+    # A snapshot taken before the fake camera's first frames is black.
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('[data-testid=stCameraInput] video')]"
+        ".some((video) => video.readyState >= 2 && video.currentTime > 1)"
+    )
+    page.get_by_role("button", name="Take Photo").click()
+    wait_for_text(page, "1 face: 1 recognised")
+    # Him, or the Barack Obama another test of this module registered.
+    expect(page.get_by_text(re.compile(r"^Recognised: Barack Obama \w{4}$"))).to_be_visible()
+    expect(page.get_by_test_id("stDataFrame")).to_be_visible()
+    expect(page.get_by_test_id("stException")).to_have_count(0)
+    screenshot(page, "camera-snapshot")
+    http.delete(f"/api/users/{person['id']}", headers=KEY)
+
+
+def test_recognise_shows_a_photo_without_a_face(stack: Stack, page: Page) -> None:
+    open_page(page, stack.gateway + "/recognize")
+    upload(page, "Upload a photo", NO_FACE)
+    wait_for_text(page, re.compile("Recognition failed: .*no face"))
+    expect(page.get_by_test_id("stImage").locator("img")).to_be_visible()
+    screenshot(page, "recognise-no-face")
+
+
+def test_the_ui_asks_no_other_host(stack: Stack, browser: BrowserContext) -> None:
+    """Every page, its icons and fonts come from the UI's own server: the UI works offline."""
+    origin = urlsplit(stack.gateway).netloc
+    requested: list[str] = []
+    tab = browser.new_page()
+    tab.on("request", lambda request: requested.append(request.url))
+    try:
+        for path in ("/", "/gallery", "/recognize", "/camera", "/liveness"):
+            open_page(tab, stack.gateway + path)
+            # Chromium fetches the favicon outside the page, unseen by "request": its address, then.
+            requested.append(tab.eval_on_selector("link[rel='shortcut icon']", "(link) => link.href"))
+        tab.get_by_role("button", name="Start").click()
+        component = tab.frame_locator('iframe[title="Liveness check"]')
+        expect(component.get_by_test_id("progress")).to_contain_text("challenges done")
+        wait_idle(tab)
+    finally:
+        tab.close()
+    assert any(url.endswith(".woff2") for url in requested)  # the fonts were asked for, and ...
+    # ... like everything else, from the page's own server (or made in the page: data:, blob:).
+    assert [url for url in requested if urlsplit(url).scheme in ("http", "https", "ws", "wss")
+            and urlsplit(url).netloc != origin] == []  # fmt: skip
+
+
 def test_liveness_with_a_still_photo_as_the_camera(stack: Stack, page: Page) -> None:
     """The whole path: Start asks the API for a ticket, the page's component opens the camera
     (Chromium's fake one, showing a photo), streams frames through nginx's /api/ws/ and shows the
@@ -229,12 +359,22 @@ def test_liveness_with_a_still_photo_as_the_camera(stack: Stack, page: Page) -> 
     expect(component.get_by_test_id("status")).not_to_have_class("error")
     screenshot(page, "liveness-instruction")
 
+    # The component is a document of its own, in the UI's font all the same.
+    frame = page.locator('iframe[title="Liveness check"]').element_handle().content_frame()
+    assert frame is not None
+    frame.wait_for_function(
+        "() => [...document.fonts].some((f) => f.family.includes('Source Sans') && f.status === 'loaded')"
+    )
+    assert frame.evaluate("() => getComputedStyle(document.body).fontFamily").startswith('"Source Sans"')
+
     verdict = component.get_by_test_id("verdict")
     expect(verdict).to_be_visible(timeout=(LIVENESS_TIMEOUT_S + 60) * 1000)
-    expect(verdict).to_contain_text("live: false")
-    expect(verdict).to_contain_text("expired: ")
+    expect(verdict).to_contain_text("Not verified as a live person")
+    # Sentences, not the reasons' codes (those stay in an attribute).
+    expect(verdict.locator('li[data-reason="expired"]')).to_contain_text("The deadline passed with 0 of")
+    expect(verdict).not_to_contain_text("expired:")
     # The frames reached the detector: the photo's face was seen, so the reason is not a missing face.
-    expect(verdict).not_to_contain_text("no_face")
+    expect(verdict.locator('li[data-reason="no_face"]')).to_have_count(0)
     expect(instruction).to_have_text("Finished")
     screenshot(page, "liveness-verdict")
 

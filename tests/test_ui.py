@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 import pytest
@@ -23,9 +24,11 @@ from tests.servers import UI_SCRIPT, api_server, free_port
 TOKEN = "ui-test-" + uuid.uuid4().hex
 TWO_PEOPLE = FACES / "groups" / "fr_two_people.jpg"  # Obama (left, smaller) and Biden (right)
 OBAMA = FACES / "portraits" / "Barack_Obama"
+BIDEN = FACES / "portraits" / "Joe_Biden"
 NO_FACE = FACES / "noface" / "skimage_coffee.png"
 # AppTest runs the page in this process; detection of a large photo on a busy CPU takes seconds.
 RUN_TIMEOUT = 120
+W = TypeVar("W")
 
 
 @pytest.fixture(scope="module")
@@ -89,11 +92,26 @@ def registered(api: ApiClient, photo: Path, name: str) -> Iterator[str]:
         api.delete_user(user["user_id"])
 
 
-def register_in_ui(app: AppTest, name: str, photo: Path) -> AppTest:
-    app.text_input[0].input(name)
-    app.file_uploader(key="register-photo").set_value((photo.name, photo.read_bytes(), "image/jpeg"))
+def labelled(widgets: Iterable[W], label: str) -> W:
+    """The one widget with this label (the Gallery's keys change after each success)."""
+    [widget] = [w for w in widgets if w.label == label]  # type: ignore[attr-defined]
+    return widget
+
+
+def choose(app: AppTest, label: str, photo: Path | None) -> None:
+    uploader = labelled(app.file_uploader, label)
+    uploader.set_value(None if photo is None else (photo.name, photo.read_bytes(), "image/jpeg"))
+
+
+def register_in_ui(app: AppTest, name: str, photo: Path | None) -> AppTest:
+    labelled(app.text_input, "Name").input(name)
+    choose(app, "Photo with exactly one face", photo)
     app.button[0].click()  # the form's only button: Register
     return app.run()
+
+
+def faces_of(api: ApiClient, user_id: int) -> int:
+    return next(user["face_count"] for user in api.users() if user["id"] == user_id)
 
 
 # --- Detect --------------------------------------------------------------------------------------
@@ -149,29 +167,111 @@ def test_detect_page_offers_sample_photos(
 # --- Gallery -------------------------------------------------------------------------------------
 
 
-def test_gallery_register_add_photo_delete(start_ui: Callable[..., AppTest], api_url: str) -> None:
+def test_gallery_register_add_photo_delete(
+    start_ui: Callable[..., AppTest], api_url: str, api: ApiClient
+) -> None:
     name = unique("Barack Obama")
     app = start_ui(api_url, page="gallery")
     register_in_ui(app, name, OBAMA / "fr_obama1.jpg")
     assert not app.exception and not app.error
     assert any(s.startswith(f"Registered {name} (id ") for s in texts(app.success))
+    # The form starts empty again for the next person.
+    assert labelled(app.text_input, "Name").value == ""
     rows = app.dataframe[0].value
     assert rows.loc[rows["name"] == name, "photos"].tolist() == [1]
+    user_id = int(rows.loc[rows["name"] == name, "id"].iloc[0])
 
-    app.selectbox(key="manage-user").select_index(rows.index[rows["name"] == name][0]).run()
-    upload(app, OBAMA / "fr_obama2.jpg", "add-photo")
-    [add] = [button for button in app.button if button.label == "Add photo"]
-    add.click().run()
+    app.selectbox(key="manage-user").select(user_id).run()
+    choose(app, f"Another photo of {name}", OBAMA / "fr_obama2.jpg")
+    app.run()
+    labelled(app.button, "Add photo").click().run()
     assert f"{name} now has 2 photos." in texts(app.success)
     rows = app.dataframe[0].value
     assert rows.loc[rows["name"] == name, "photos"].tolist() == [2]
 
-    user_id = int(rows.loc[rows["name"] == name, "id"].iloc[0])
-    app.checkbox(key=f"confirm-delete-{user_id}").check().run()
-    [delete] = [button for button in app.button if button.label == "Delete"]
-    delete.click().run()
-    assert f"Deleted {name}." in texts(app.success)
-    assert not app.dataframe or name not in app.dataframe[0].value["name"].tolist()
+    with registered(api, BIDEN / "fr_biden.jpg", unique("Joe Biden")):  # somebody else stays
+        app.checkbox(key=f"confirm-delete-{user_id}").check().run()
+        labelled(app.button, "Delete").click().run()
+        assert f"Deleted {name}." in texts(app.success)
+        assert name not in app.dataframe[0].value["name"].tolist()
+        # Nobody is chosen now: the choice does not jump to another person.
+        assert app.selectbox(key="manage-user").value is None
+        assert not [button for button in app.button if button.label in ("Add photo", "Delete")]
+
+
+def test_gallery_photo_chosen_for_one_person_is_not_added_to_another(
+    start_ui: Callable[..., AppTest], api_url: str, api: ApiClient
+) -> None:
+    """Issue 14, point 2: choose a photo of A, switch to B, press Add photo."""
+    with (
+        registered(api, OBAMA / "fr_obama1.jpg", unique("Barack Obama")) as obama,
+        registered(api, BIDEN / "fr_biden.jpg", unique("Joe Biden")) as joe,
+    ):
+        ids = {user["name"]: user["id"] for user in api.users()}
+        app = start_ui(api_url, page="gallery")
+        app.selectbox(key="manage-user").select(ids[obama]).run()
+        choose(app, f"Another photo of {obama}", OBAMA / "fr_obama2.jpg")
+        app.run()
+        assert not labelled(app.button, "Add photo").disabled
+
+        app.selectbox(key="manage-user").select(ids[joe]).run()
+        # Joe's own uploader, empty: there is nothing to add to him.
+        assert labelled(app.button, "Add photo").disabled
+        assert not [u for u in app.file_uploader if u.label == f"Another photo of {obama}"]
+        assert faces_of(api, ids[joe]) == 1 and faces_of(api, ids[obama]) == 1
+
+
+def test_gallery_add_photo_empties_the_uploader_after_success(
+    start_ui: Callable[..., AppTest], api_url: str, api: ApiClient
+) -> None:
+    """A second click after a successful add has no photo to send: no duplicate."""
+    with registered(api, OBAMA / "fr_obama1.jpg", unique("Barack Obama")) as name:
+        [user_id] = [user["id"] for user in api.users() if user["name"] == name]
+        app = start_ui(api_url, page="gallery")
+        app.selectbox(key="manage-user").select(user_id).run()
+        choose(app, f"Another photo of {name}", OBAMA / "fr_obama2.jpg")
+        app.run()
+        labelled(app.button, "Add photo").click().run()
+        assert f"{name} now has 2 photos." in texts(app.success)
+        add = labelled(app.button, "Add photo")
+        assert add.disabled  # a browser user cannot click it
+        app.run()
+        assert faces_of(api, user_id) == 2
+
+
+def test_gallery_refused_photo_keeps_the_form_and_shows_the_photo(
+    start_ui: Callable[..., AppTest], api_url: str, api: ApiClient
+) -> None:
+    name = unique("Nobody")
+    app = start_ui(api_url, page="gallery")
+    register_in_ui(app, name, NO_FACE)
+    [error] = texts(app.error)
+    assert error.startswith(f"Could not register {name}: ")
+    [image] = app.image  # the refused photo, so the user sees what was wrong with it
+    assert image.captions == [NO_FACE.name]
+    # Name and photo are kept: a second photo is the only correction needed.
+    assert labelled(app.text_input, "Name").value == name
+    choose(app, "Photo with exactly one face", OBAMA / "fr_obama1.jpg")
+    app.button[0].click().run()
+    assert any(s.startswith(f"Registered {name} (id ") for s in texts(app.success))
+    assert not app.image  # the refusal is over
+    [user_id] = [user["id"] for user in api.users() if user["name"] == name]
+    api.delete_user(user_id)
+
+
+@pytest.mark.parametrize(
+    ("name", "photo", "expected"),
+    [("Somebody", None, "Choose a photo."), ("", OBAMA / "fr_obama1.jpg", "Enter a name."),
+     ("  ", None, "Enter a name and choose a photo.")],
+    ids=["no-photo", "no-name", "neither"],
+)  # fmt: skip
+def test_gallery_says_what_the_form_is_missing(
+    start_ui: Callable[..., AppTest], api_url: str, name: str, photo: Path | None, expected: str
+) -> None:
+    app = start_ui(api_url, page="gallery")
+    register_in_ui(app, name, photo)
+    assert texts(app.warning) == [expected]
+    assert not app.success and not app.error
 
 
 @pytest.mark.parametrize(
@@ -194,10 +294,9 @@ def test_gallery_explains_a_refused_photo(
 def test_gallery_explains_a_duplicate_name(
     start_ui: Callable[..., AppTest], api_url: str, api: ApiClient
 ) -> None:
-    biden = FACES / "portraits" / "Joe_Biden"
-    with registered(api, biden / "fr_biden2.jpg", unique("Joe Biden")) as name:
+    with registered(api, BIDEN / "fr_biden2.jpg", unique("Joe Biden")) as name:
         app = start_ui(api_url, page="gallery")
-        register_in_ui(app, name, biden / "fr_biden.jpg")
+        register_in_ui(app, name, BIDEN / "fr_biden.jpg")
     [error] = texts(app.error)
     assert "already registered" in error and "Pick another name" in error
 
@@ -230,6 +329,33 @@ def test_recognise_threshold_zero_matches_nobody(
     assert app.dataframe[0].value["person"].tolist() == ["unknown"]
 
 
+def test_recognise_slider_spans_the_useful_distances(
+    start_ui: Callable[..., AppTest], api_url: str, api: ApiClient
+) -> None:
+    """0–0.2 in steps of 0.001: the default 0.06 and /verify's 0.086 can both be chosen."""
+    with registered(api, OBAMA / "fr_obama1.jpg", unique("Barack Obama")) as name:
+        app = start_ui(api_url, page="recognize")
+        [slider] = app.slider
+        assert (slider.min, slider.max, slider.step) == (0.0, 0.2, pytest.approx(0.001))
+        slider.set_value(0.086)
+        upload(app, OBAMA / "fr_obama3.jpg", "recognize-upload")
+    assert not app.exception and not app.error
+    assert app.slider[0].value == pytest.approx(0.086)
+    [row] = app.dataframe[0].value.to_dict("records")
+    assert row["person"] == (name if row["distance"] <= 0.086 else "unknown")
+
+
+def test_recognise_shows_a_photo_without_a_face_with_the_message(
+    start_ui: Callable[..., AppTest], api_url: str
+) -> None:
+    app = upload(start_ui(api_url, page="recognize"), NO_FACE, "recognize-upload")
+    assert not app.exception
+    [error] = texts(app.error)
+    assert error.startswith("Recognition failed: ") and "no face" in error
+    [image] = app.image
+    assert image.captions == [NO_FACE.name]
+
+
 # --- Camera --------------------------------------------------------------------------------------
 
 
@@ -242,9 +368,13 @@ def test_camera_snapshot_is_labelled_with_names(
         app.camera_input(key="camera-shot").set_value(("snapshot.jpg", TWO_PEOPLE.read_bytes(), "image/jpeg"))
         app.run()
     assert not app.exception and not app.error
+    # What the Recognise page shows: the summary, the photo, a numbered row per face.
+    assert "2 faces: 1 recognised" in texts(app.subheader)
     assert f"Recognised: {name}" in texts(app.text)
     [image] = app.image  # the snapshot with the faces drawn
     assert image.captions == ["camera snapshot"]
+    table = app.dataframe[0].value
+    assert table["face"].tolist() == [1, 2] and table["person"].tolist() == ["unknown", name]
 
 
 # --- Liveness ------------------------------------------------------------------------------------
@@ -263,6 +393,7 @@ def test_liveness_page_offers_start_and_hands_the_browser_a_ticket_not_the_key(
     html = frame.proto.srcdoc
     config = json.loads(re.search(r'<script type="application/json" id="config">(.*?)</script>', html)[1])
     assert config["api"] == "/api"
+    assert re.fullmatch(r"static/media/SourceSans\S*\.woff2", config["font"])  # Streamlit's own font
     assert TOKEN not in html  # the UI's key stays on the server
     ticket = TicketSigner(TOKEN).verify(config["ticket"], LIVENESS_GRANT)  # the API's own ticket
     assert ticket == "admin"

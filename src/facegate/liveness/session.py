@@ -346,7 +346,7 @@ class Session:
         return False
 
     def _pending_message(self, cause: str) -> str:
-        pending = [str(c) for c in self.challenges[len(self._done) :]]
+        pending = [INSTRUCTIONS[c] for c in self.challenges[len(self._done) :]]  # words, not codes
         left = ", ".join(pending) if pending else "a final frontal frame"
         return (
             f"{cause} with {len(self._done)} of {len(self.challenges)} challenges done (still to do: {left})"

@@ -14,6 +14,9 @@ from facegate.ui.client import ApiError
 from facegate.ui.widgets import api
 
 VIEWS = Path(__file__).parent / "views"
+# A file of the package, not a `:material/...:` name: Streamlit fetches such a favicon from Google's
+# font CDN, and the UI must work offline.
+FAVICON = Path(__file__).parent / "favicon.svg"
 
 
 def api_status() -> None:
@@ -32,7 +35,7 @@ def api_status() -> None:
 
 
 def main() -> None:
-    st.set_page_config(page_title="FaceGate", page_icon=":material/face:", layout="wide")
+    st.set_page_config(page_title="FaceGate", page_icon=FAVICON, layout="wide")
     pages = [
         st.Page(VIEWS / "detect.py", title="Detect", icon=":material/center_focus_strong:", default=True),
         st.Page(VIEWS / "gallery.py", title="Gallery", icon=":material/group:"),

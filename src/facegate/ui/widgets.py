@@ -6,12 +6,12 @@ import io
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, Literal, TypeVar
 
 import streamlit as st
 from PIL import Image, ImageOps
 
-from facegate.annotate import draw_faces
+from facegate.annotate import KNOWN_COLOUR, UNKNOWN_COLOUR, Colour, draw_faces
 from facegate.config import get_settings
 from facegate.ui.client import ApiClient, ApiError, Upload
 
@@ -24,7 +24,12 @@ IMAGE_TYPES = ["jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff"]
 # Large photos are drawn at full size (so marks scale with the face) and shrunk only for display.
 DISPLAY_SIZE = (1600, 1600)
 NO_SAMPLE = "(none)"
+UNKNOWN = "unknown"
+# The API read the photo but refused what is in it (no face, not exactly one face).
+REFUSED_PHOTO = 422
+PREVIEW_WIDTH = 480  # a refused photo is shown small, under its message
 _FLASH = "facegate-flash"
+_GENERATION = "facegate-generation-"
 
 
 @st.cache_resource
@@ -60,21 +65,30 @@ def image_input(key: str, label: str = "Upload a photo") -> Upload | None:
 
 
 def call(
-    spinner: str, request: Callable[[], T], failure: str = "", hints: Mapping[int, str] | None = None
+    spinner: str,
+    request: Callable[[], T],
+    failure: str = "",
+    hints: Mapping[int, str] | None = None,
+    photo: Upload | None = None,
 ) -> T | None:
     """Run an API request under a spinner; on failure show a readable error and return None.
 
-    The error reads `<failure>: <the API's detail>`, plus the hint for its HTTP status, if any.
+    The error reads `<failure>: <the API's detail>`, plus the hint for its HTTP status, if any. When
+    the API refused `photo` for what is in it (no face, several faces), the photo is shown below the
+    message, so the user sees what was refused.
     """
     with st.spinner(spinner):
         try:
             return request()
         except ApiError as exc:
-            message = f"{failure}: {exc}" if failure else str(exc)
-            if hint := (hints or {}).get(exc.status or 0):
-                message = f"{message}. {hint}"
-            st.error(message, icon=":material/error:")
-            return None
+            error = exc
+    message = f"{failure}: {error}" if failure else str(error)
+    if hint := (hints or {}).get(error.status or 0):
+        message = f"{message}. {hint}"
+    st.error(message, icon=":material/error:")
+    if photo is not None and error.status == REFUSED_PHOTO:
+        show_faces(photo, [], [], [], width=PREVIEW_WIDTH)
+    return None
 
 
 def counted(count: int, noun: str, plural: str = "") -> str:
@@ -82,10 +96,42 @@ def counted(count: int, noun: str, plural: str = "") -> str:
     return f"{count} {noun if count == 1 else plural or noun + 's'}"
 
 
-def flash(message: str) -> None:
-    """Rerun the page and show `message` at its top, so the page is drawn with the change applied."""
-    st.session_state[_FLASH] = message
-    st.rerun()
+def fresh_key(name: str) -> str:
+    """A widget key that changes each time `change` succeeds for `name`: the widget starts empty again.
+
+    Streamlit cannot empty a file uploader from Python; a widget with a new key is a new, empty one.
+    """
+    return f"{name}-{st.session_state.get(_GENERATION + name, 0)}"
+
+
+def change(
+    spinner: str,
+    request: Callable[[], T],
+    done: Callable[[T], str],
+    *,
+    failure: str,
+    clears: str = "",
+    hints: Mapping[int, str] | None = None,
+    photo: Upload | None = None,
+) -> None:
+    """Run a request that changes the gallery. On success empty the widgets keyed by
+    `fresh_key(clears)` (if given) and rerun the page with `done(answer)` at its top; on failure keep them
+    (the user corrects the input instead of entering it again) and show the error as `call` does.
+
+    The success is recorded as soon as the API answers, before any Streamlit call: a second click
+    during this run interrupts it at its next Streamlit call, and that rerun must find the inputs
+    already empty, not send the same photo again.
+    """
+
+    def recorded() -> T:
+        answer = request()
+        st.session_state[_FLASH] = done(answer)
+        if clears:
+            st.session_state[_GENERATION + clears] = st.session_state.get(_GENERATION + clears, 0) + 1
+        return answer
+
+    if call(spinner, recorded, failure, hints, photo) is not None:
+        st.rerun()
 
 
 def show_flash() -> None:
@@ -98,15 +144,57 @@ def show_faces(
     boxes: Sequence[Sequence[float]],
     keypoints: Sequence[Mapping[str, Sequence[float]]],
     labels: Sequence[str],
+    colours: Sequence[Colour] = (),
+    width: int | Literal["content", "stretch"] = "content",
 ) -> None:
-    """The photo as the API saw it (EXIF orientation applied), with every face drawn on it."""
+    """The photo as the API saw it (EXIF orientation applied), with every face drawn and numbered."""
     try:
         picture = ImageOps.exif_transpose(Image.open(io.BytesIO(image.data)))
     except (OSError, Image.DecompressionBombError) as exc:
         # The API decoded it, but this Pillow cannot: say so instead of failing the page.
         logger.warning("cannot display %s: %s", image.name, exc)
-        st.warning(f"The faces were found, but {image.name} cannot be displayed here.")
+        st.warning(f"{image.name} cannot be displayed here.")
         return
-    drawn = draw_faces(picture, boxes, keypoints, labels)
+    drawn = draw_faces(picture, boxes, keypoints, labels, colours)
     drawn.thumbnail(DISPLAY_SIZE)
-    st.image(drawn, caption=image.name, output_format="JPEG")
+    st.image(drawn, caption=image.name, output_format="JPEG", width=width)
+
+
+def recognise(image: Upload, threshold: float | None = None) -> None:
+    """Who is in `image`, as the Recognise and Camera pages show it: a summary, the photo with each
+    face numbered (registered people in green, strangers in orange) and a table row per number."""
+    result = call(
+        "Recognising…", lambda: api().recognize(image, threshold), failure="Recognition failed", photo=image
+    )
+    if result is None:
+        return
+    faces = result["faces"]
+    names = [face["matched_user"]["name"] for face in faces if face["matched_user"]]
+    st.subheader(f"{counted(len(faces), 'face')}: {len(names)} recognised")
+    st.text(f"Recognised: {', '.join(names)}" if names else "Nobody registered is in the picture.")
+    show_faces(
+        image,
+        [face["box"] for face in faces],
+        [face["keypoints"] for face in faces],
+        [_face_label(face) for face in faces],
+        [KNOWN_COLOUR if face["matched_user"] else UNKNOWN_COLOUR for face in faces],
+    )
+    st.dataframe([_face_row(n, face) for n, face in enumerate(faces, start=1)], hide_index=True)
+
+
+def _face_label(face: dict[str, Any]) -> str:
+    user = face["matched_user"]
+    return f"{user['name']} {face['confidence']:.0%}" if user else UNKNOWN
+
+
+def _face_row(number: int, face: dict[str, Any]) -> dict[str, Any]:
+    user = face["matched_user"]
+    distance = face["distance"]
+    return {
+        "face": number,
+        "person": user["name"] if user else UNKNOWN,
+        # 1 − distance means something only for a match: a stranger's 80% would read as a near-match.
+        "confidence": round(face["confidence"], 3) if user else None,
+        "distance": None if distance is None else round(distance, 4),
+        "detection score": round(face["score"], 3),
+    }

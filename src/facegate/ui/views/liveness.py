@@ -18,13 +18,24 @@ from facegate.config import get_settings
 from facegate.ui.widgets import api, call
 
 COMPONENT = Path(__file__).parents[1] / "liveness.html"
+# Streamlit serves its frontend's files under `static/` beside the pages; the file names carry a hash
+# that changes with Streamlit's version, so the installed one is looked up.
+STREAMLIT_MEDIA = Path(st.__file__).parent / "static" / "static" / "media"
+TEXT_FONT = "SourceSansVF-Upright*.woff2"
 FRAMES_PER_SECOND = 6  # more only queues at the server: a frame takes a few hundred ms on a CPU
 CONFIG_SLOT = "__CONFIG__"
 
 
+def page_font() -> str:
+    """Streamlit's text font as a URL relative to the page ("" if this Streamlit has none by that name)."""
+    fonts = sorted(STREAMLIT_MEDIA.glob(TEXT_FONT))
+    return f"static/media/{fonts[0].name}" if fonts else ""
+
+
 def component(ticket: str, api_url: str) -> str:
-    """The component's HTML with its settings: the API's address as the browser sees it, the ticket."""
-    settings = json.dumps({"api": api_url, "ticket": ticket, "fps": FRAMES_PER_SECOND})
+    """The component's HTML with its settings: the API's address as the browser sees it, the ticket,
+    the UI's font."""
+    settings = json.dumps({"api": api_url, "ticket": ticket, "fps": FRAMES_PER_SECOND, "font": page_font()})
     # Inside a <script> element: an escaped "<" keeps any value from closing the element early.
     return COMPONENT.read_text().replace(CONFIG_SLOT, settings.replace("<", "\\u003c"))
 

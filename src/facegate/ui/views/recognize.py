@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any
+import math
 
 import streamlit as st
 
 from facegate.ui.client import ApiError
-from facegate.ui.widgets import api, call, counted, image_input, show_faces
+from facegate.ui.widgets import api, image_input, recognise
 
-UNKNOWN = "unknown"
 # Used only when the API cannot say its own default (it is down; the page shows that error anyway).
-FALLBACK_THRESHOLD = 0.07
+FALLBACK_THRESHOLD = 0.06
+# dlib's useful distances lie between 0.03 and 0.1 (the default FACE_MATCH_THRESHOLD is 0.06, and
+# /verify's best LFW threshold 0.086), so the slider spans 0–0.2 in steps of 0.001. It reaches three
+# times the configured threshold when that is larger, for a model with another scale (ArcFace).
+SLIDER_TOP = 0.2
+SLIDER_STEP = 0.001
+MAX_DISTANCE = 2.0  # the API's largest threshold: a cosine distance
 
 
 def default_threshold() -> float:
@@ -22,48 +27,24 @@ def default_threshold() -> float:
         return FALLBACK_THRESHOLD
 
 
-def face_label(face: dict[str, Any]) -> str:
-    user = face["matched_user"]
-    return f"{user['name']} {face['confidence']:.0%}" if user else UNKNOWN
-
-
-def face_row(number: int, face: dict[str, Any]) -> dict[str, Any]:
-    user = face["matched_user"]
-    distance = face["distance"]
-    return {
-        "face": number,
-        "person": user["name"] if user else UNKNOWN,
-        "confidence": round(face["confidence"], 3),
-        "distance": None if distance is None else round(distance, 4),
-        "detection score": round(face["score"], 3),
-    }
+def slider_top(default: float) -> float:
+    return min(MAX_DISTANCE, max(SLIDER_TOP, math.ceil(3 * default * 100) / 100))
 
 
 st.title("Recognise faces")
+default = default_threshold()
 threshold = st.slider(
     "Match threshold (cosine distance)",
     0.0,
-    1.0,
-    default_threshold(),
-    0.005,
+    slider_top(default),
+    default,
+    SLIDER_STEP,
     format="%.3f",
-    help="A face matches a person whose photo is at most this far from it. Lower is stricter.",
+    help=f"A face matches a person whose photo is at most this far from it. Lower is stricter. The "
+    f"API's default is {default:.3f}; with the default model, 0.086 suits comparing two photos (/verify).",
 )
 image = image_input("recognize")
 if image is None:
     st.info("Upload a photo to recognise the people in it.")
 else:
-    result = call("Recognising…", lambda: api().recognize(image, threshold), failure="Recognition failed")
-    if result is not None:
-        faces = result["faces"]
-        names = [face["matched_user"]["name"] for face in faces if face["matched_user"]]
-        st.subheader(f"{counted(len(faces), 'face')}: {len(names)} recognised")
-        if names:
-            st.text("Recognised: " + ", ".join(names))  # plain text: a name is not markdown
-        show_faces(
-            image,
-            [face["box"] for face in faces],
-            [face["keypoints"] for face in faces],
-            [face_label(face) for face in faces],
-        )
-        st.dataframe([face_row(n, face) for n, face in enumerate(faces, start=1)], hide_index=True)
+    recognise(image, threshold)
