@@ -7,6 +7,7 @@ one transaction. Connection failures and pool timeouts become `GalleryUnavailabl
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -36,6 +37,10 @@ _MIN_CANDIDATES = 10
 # A pool slot that cannot reconnect gives up after this long and is re-created on the next request,
 # which caps the back-off between attempts: after an outage the pool is back within seconds.
 _RECONNECT_TIMEOUT_S = 20.0
+# The gallery's size sets each search's threshold (facegate.recognition). Counting a million people
+# takes tens of milliseconds, so a count is reused this long; this process's own registrations and
+# deletions are counted at once.
+_SIZE_TTL_S = 5.0
 
 _SELECT_USERS = """
     SELECT u.id, u.name, u.created_at, u.updated_at,
@@ -122,6 +127,7 @@ class Gallery:
         self._pool = pool
         self.model = model
         self.dim = dim
+        self._size: tuple[float, int] | None = None  # (when counted, people)
 
     @classmethod
     def from_settings(cls, dsn: str, model_name: str, dim: int, settings: Settings) -> Gallery:
@@ -217,6 +223,7 @@ class Gallery:
                 self._insert_face(conn, user.id, vector, box)
         except pg_errors.UniqueViolation as exc:
             raise DuplicateNameError(name) from exc
+        self._size = None
         return user
 
     def add_face(self, user_id: int, embedding: np.ndarray, box: Sequence[float]) -> FaceRecord:
@@ -268,6 +275,18 @@ class Gallery:
         with self._transaction() as conn:
             if conn.execute("DELETE FROM users WHERE id = %s", (user_id,)).rowcount == 0:
                 raise UnknownUserError(user_id)
+        self._size = None
+
+    def size(self) -> int:
+        """How many people the gallery holds (a count at most `_SIZE_TTL_S` old)."""
+        now = time.monotonic()
+        if self._size is not None and now - self._size[0] < _SIZE_TTL_S:
+            return self._size[1]
+        with self._transaction() as conn:
+            row = conn.execute("SELECT count(*) FROM users").fetchone()
+        assert row is not None
+        self._size = (now, int(row[0]))
+        return self._size[1]
 
     def search(self, embeddings: np.ndarray, k: int = 1) -> list[list[Match]]:
         """For each query row, the k nearest people (each at their nearest face), nearest first."""
