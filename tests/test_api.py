@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from facegate.config import Settings
 from tests.conftest import API_KEY
@@ -62,7 +62,8 @@ def test_health_reports_the_database_and_model(anonymous: TestClient) -> None:
     body = response.json()
     assert body["status"] == "healthy" and body["database"] == "connected"
     assert body["embedding_dimension"] == 128
-    assert 0 < body["threshold"] < 1
+    # No fixed threshold by default: each search's follows the gallery's size (FACE_MATCH_FPIR).
+    assert body["threshold"] is None and body["fpir_target"] == 0.01
 
 
 def test_docs_and_openapi_are_open(anonymous: TestClient) -> None:
@@ -237,7 +238,46 @@ def test_register_then_recognise_another_photo(client: TestClient) -> None:
     assert 0 <= result["distance"] <= result["threshold"]
     assert result["confidence"] == pytest.approx(1 - result["distance"])
     assert len(result["faces"]) == 1 and result["faces"][0]["matched_user"]["name"] == name
+    # Why this threshold: the false-accept target at the gallery's size.
+    assert result["threshold_source"] == "fpir" and result["fpir_target"] == 0.01
+    assert result["gallery_size"] == client.get("/stats").json()["total_users"] >= 1
+    assert 0.5 < result["similarity"] <= 1 and result["similarity"] == result["faces"][0]["similarity"]
     client.delete(f"/users/{body['user_id']}")
+
+
+def blurred_upload(path: Path) -> dict:
+    image = Image.open(path).convert("RGB")
+    buffer = io.BytesIO()
+    image.filter(ImageFilter.GaussianBlur(image.width / 60)).save(buffer, format="JPEG")
+    return {"image": ("blurred.jpg", buffer.getvalue(), "image/jpeg")}
+
+
+def test_a_blurred_face_is_not_searched_nor_enrolled(client: TestClient) -> None:
+    before = gallery_size(client)
+    refused = client.post(
+        "/register", data={"name": unique("Blurred")}, files=blurred_upload(OBAMA / "fr_obama.jpg")
+    )
+    assert refused.status_code == 422 and "blurred" in refused.json()["detail"]
+    assert gallery_size(client) == before
+    result = client.post("/recognize", files=blurred_upload(OBAMA / "fr_obama.jpg")).json()
+    face = result["faces"][0]
+    assert (result["status"], face["status"], face["matched_user"], face["distance"]) == (
+        "low_quality",
+        "low_quality",
+        None,
+        None,
+    )
+    assert "blurred" in face["quality"] and "blurred" in result["message"]
+
+
+def test_every_face_has_a_similarity_between_0_and_1(client: TestClient) -> None:
+    user_id = client.post(
+        "/register", data={"name": unique("Biden")}, files=upload(BIDEN / "fr_biden.jpg", "image")
+    ).json()["user_id"]
+    result = client.post("/recognize", files=upload(GROUPS / "facenetpytorch_multiface.jpg", "image")).json()
+    similarities = [face["similarity"] for face in result["faces"] if face["status"] != "low_quality"]
+    assert similarities and all(0.0 <= value <= 1.0 for value in similarities)
+    client.delete(f"/users/{user_id}")
 
 
 def test_register_refuses_a_duplicate_name_and_keeps_the_first(client: TestClient) -> None:
@@ -377,6 +417,7 @@ def test_recognize_threshold_parameter(client: TestClient) -> None:
     assert client.post("/recognize", params={"threshold": 2.0}, files=photo).json()["status"] == "match"
     zero = client.post("/recognize", params={"threshold": 0.0}, files=photo).json()
     assert zero["status"] == "no_match" and zero["threshold"] == 0.0
+    assert zero["threshold_source"] == "request" and zero["fpir_target"] is None
     assert client.post("/recognize", params={"threshold": -1}, files=photo).status_code == 422
     client.delete(f"/users/{user_id}")
 

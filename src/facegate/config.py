@@ -6,11 +6,19 @@ import os
 import secrets
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 from urllib.parse import quote
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from facegate.quality import QualityBounds
+
+# Calibrated on the shared photos by benchmarks/quality.py (BENCHMARKS.md, Quality gate).
+QUALITY_DEFAULTS = {"min_eye_distance": 12.0, "min_sharpness": 0.05, "max_yaw": 1.0}
+# Used when the embedder has no false-match calibration and FACE_MATCH_THRESHOLD is unset.
+UNCALIBRATED_MATCH_THRESHOLD = 0.06
 
 # What one worker process keeps busy by default (see `Settings.workers`).
 CORES_PER_WORKER = 2
@@ -53,10 +61,39 @@ class Settings(BaseSettings):
     # --- recognition ---
     face_embedder: Literal["onnx", "dlib", "arcface"] = "onnx"
     arcface_model_path: Path | None = None
-    # Calibrated on LFW by benchmarks/calibrate.py (see BENCHMARKS.md): one-to-many search needs a
-    # stricter threshold than one-to-one verification, whose best LFW fold-1 accuracy is at 0.086.
-    face_match_threshold: float = Field(default=0.06, ge=0.0, le=2.0)
+    # One-to-many search: the threshold follows the gallery's size so that a stranger's chance of
+    # being named stays at FACE_MATCH_FPIR (facegate.recognition); a set threshold overrides it.
+    face_match_fpir: float = Field(
+        default=0.01,
+        gt=0.0,
+        lt=1.0,
+        description="Share of searches by a never-enrolled person that may name someone (policy target).",
+    )
+    face_match_threshold: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=2.0,
+        description="A fixed cosine-distance threshold for /recognize instead of the FACE_MATCH_FPIR policy.",
+    )
+    face_match_margin: float = Field(
+        default=0.8,
+        gt=0.0,
+        le=1.0,
+        description="The nearest person must be within this share of the next one's distance (1 = off).",
+    )
+    # One-to-one verification: the best LFW fold-1 accuracy is at 0.086 (benchmarks/calibrate.py).
     face_verify_threshold: float = Field(default=0.086, ge=0.0, le=2.0)
+
+    # --- face quality (benchmarks/quality.py) ---
+    quality_min_eye_distance: float = Field(
+        default=QUALITY_DEFAULTS["min_eye_distance"], ge=0.0, description="Pixels between the eyes, at least."
+    )
+    quality_min_sharpness: float = Field(
+        default=QUALITY_DEFAULTS["min_sharpness"], ge=0.0, description="Fine detail of the face, at least."
+    )
+    quality_max_yaw: float = Field(
+        default=QUALITY_DEFAULTS["max_yaw"], gt=0.0, description="How far the face may be turned (|yaw|)."
+    )
     hnsw_ef_search: int = Field(default=200, ge=1, le=1000)
 
     # --- liveness (WS /ws/liveness) ---
@@ -134,6 +171,11 @@ class Settings(BaseSettings):
     def session_threads(self) -> int:
         """`ONNX_THREADS`, else this worker's share of the cores: more threads than cores only contend."""
         return self.onnx_threads or max(1, available_cores() // self.workers())
+
+    def quality_bounds(self) -> QualityBounds:
+        from facegate.quality import QualityBounds  # config stays importable without numpy
+
+        return QualityBounds(self.quality_min_eye_distance, self.quality_min_sharpness, self.quality_max_yaw)
 
     def providers(self) -> list[str] | None:
         """`ONNX_PROVIDERS` as a list without blanks or repeats; None for `auto`."""

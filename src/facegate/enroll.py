@@ -10,7 +10,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
@@ -19,6 +18,7 @@ from facegate.gallery import ConfusableNameError, DuplicateNameError, Gallery, d
 from facegate.imaging import ImageError, load_image_file
 from facegate.names import InvalidNameError, clean_name
 from facegate.pipeline import EmbeddedFace, NoFaceError, Pipeline
+from facegate.recognition import MatchPolicy, Threshold
 
 logger = logging.getLogger(__name__)
 
@@ -126,9 +126,13 @@ def _enroll_person(folder: Path, pipeline: Pipeline, gallery: Gallery, report: E
 
 
 def recognize_files(paths: Sequence[Path], settings: Settings, threshold: float | None) -> int:
-    limit = settings.face_match_threshold if threshold is None else threshold
     failures = 0
     with open_services(settings) as (pipeline, gallery):
+        policy = MatchPolicy.from_settings(settings, pipeline.embedder.name)
+        chosen = policy.threshold(gallery.size(), threshold)
+        logger.info(
+            "match threshold %.4f (%s, %d people)", chosen.distance, chosen.source, chosen.gallery_size
+        )
         for path in paths:
             try:
                 faces = pipeline.analyse(load_image_file(path))
@@ -137,15 +141,22 @@ def recognize_files(paths: Sequence[Path], settings: Settings, threshold: float 
                 failures += 1
                 continue
             print(f"{path}: {len(faces)} face(s)")
-            if not faces:
-                continue
-            for face, matches in zip(
-                faces, gallery.search(np.stack([f.embedding for f in faces])), strict=True
-            ):
+            for face in faces:
                 box = ", ".join(f"{v:.0f}" for v in face.face.box)
-                best = matches[0] if matches else None
-                if best is not None and best.distance <= limit:
-                    print(f"  [{box}] {best.name} (distance {best.distance:.3f})")
-                else:
-                    print(f"  [{box}] unknown" + (f" (nearest distance {best.distance:.3f})" if best else ""))
+                print(f"  [{box}] {_verdict(face, gallery, policy, chosen)}")
     return 1 if failures else 0
+
+
+def _verdict(face: EmbeddedFace, gallery: Gallery, policy: MatchPolicy, chosen: Threshold) -> str:
+    if face.problem is not None:
+        return f"not searched: {face.problem}"
+    matches = gallery.search(face.embedding[None], k=1)[0]
+    if not matches:
+        return "unknown (the gallery is empty)"
+    best = matches[0]
+    similarity = f"distance {best.distance:.3f}, similarity {policy.similarity(best.distance):.2f}"
+    return (
+        f"{best.name} ({similarity})"
+        if policy.is_match(best.distance, chosen)
+        else f"unknown (nearest: {similarity})"
+    )

@@ -14,6 +14,7 @@ from facegate.config import Settings
 from facegate.detection import MTCNN, DetectionParams
 from facegate.embedding import Embedder, create_embedder
 from facegate.faces import Face
+from facegate.quality import QualityBounds, assess
 
 # A face narrower than this fraction of the largest face does not compete with it for registration.
 BACKGROUND_FACE_RATIO = 0.4
@@ -23,10 +24,12 @@ BACKGROUND_FACE_RATIO = 0.4
 class EmbeddedFace:
     face: Face
     embedding: np.ndarray
+    # Why the face is too poor to be searched or enrolled (facegate.quality); None when it is fine.
+    problem: str | None = None
 
 
 class NoFaceError(ValueError):
-    """The image holds no face (or, for registration, not exactly one)."""
+    """The image holds no face (or, for registration, not exactly one, or one too poor to enrol)."""
 
 
 def create_detector(settings: Settings) -> MTCNN:
@@ -37,13 +40,15 @@ def create_detector(settings: Settings) -> MTCNN:
 class Pipeline:
     """The models of one process, loaded once and shared by every request."""
 
-    def __init__(self, detector: MTCNN, embedder: Embedder) -> None:
+    def __init__(self, detector: MTCNN, embedder: Embedder, quality: QualityBounds | None = None) -> None:
+        """`quality`: the bounds a face must meet to be searched or enrolled; None = no gate."""
         self.detector = detector
         self.embedder = embedder
+        self.quality = quality
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Pipeline:
-        return cls(create_detector(settings), create_embedder(settings))
+        return cls(create_detector(settings), create_embedder(settings), settings.quality_bounds())
 
     def detect(self, image: np.ndarray, params: DetectionParams | None = None) -> list[Face]:
         """Faces in order of decreasing score, as the detection API reports them."""
@@ -55,7 +60,10 @@ class Pipeline:
         if not faces:
             return []
         embeddings = self.embedder.embed(image, faces)
-        return [EmbeddedFace(face, vector) for face, vector in zip(faces, embeddings, strict=True)]
+        return [
+            EmbeddedFace(face, vector, self._problem(image, face))
+            for face, vector in zip(faces, embeddings, strict=True)
+        ]
 
     def single_face(self, image: np.ndarray) -> EmbeddedFace:
         """The one face of a registration photo; `NoFaceError` when there is none or several.
@@ -70,6 +78,8 @@ class Pipeline:
         rivals = [face for face in faces if face.width >= BACKGROUND_FACE_RATIO * faces[0].width]
         if len(rivals) > 1:
             raise NoFaceError(f"exactly one face is needed, found {len(rivals)} faces of similar size")
+        if problem := self._problem(image, faces[0]):
+            raise NoFaceError(f"the face cannot be enrolled: {problem}")
         return self._embed_one(image, faces[0])
 
     def largest_face(self, image: np.ndarray) -> EmbeddedFace:
@@ -78,6 +88,9 @@ class Pipeline:
         if not faces:
             raise NoFaceError("no face found in the image")
         return self._embed_one(image, faces[0])
+
+    def _problem(self, image: np.ndarray, face: Face) -> str | None:
+        return None if self.quality is None else assess(image, face).problem(self.quality)
 
     def _largest_first(self, image: np.ndarray, params: DetectionParams | None = None) -> list[Face]:
         return sorted(self.detect(image, params), key=lambda face: face.area, reverse=True)

@@ -34,25 +34,44 @@ class MatchedUser(BaseModel):
     name: str
 
 
+FaceStatus = Literal["match", "no_match", "low_quality"]
+ThresholdSource = Literal["fpir", "setting", "request"]
+
+_SIMILARITY = (
+    "probability that the face and its nearest person are the same person, at equal priors "
+    "(calibrated on LFW); null when nothing was compared"
+)
+_CONFIDENCE = "1 − distance, kept for compatibility: not a probability (see similarity)"
+
+
 class RecognizedFace(BaseModel):
     box: tuple[float, float, float, float]
     score: float
     keypoints: Keypoints
-    status: Literal["match", "no_match"]
+    status: FaceStatus
     distance: float | None = Field(
-        description="cosine distance to the nearest person; null for an empty gallery"
+        description="cosine distance to the nearest person; null for an empty gallery or a low_quality face"
     )
-    confidence: float
+    similarity: float | None = Field(description=_SIMILARITY)
+    confidence: float = Field(description=_CONFIDENCE)
     matched_user: MatchedUser | None
+    quality: str | None = Field(default=None, description="why the face was not searched (low_quality)")
 
 
 class RecognizeResponse(BaseModel):
-    status: Literal["match", "no_match"]
+    status: FaceStatus
     message: str
     distance: float | None
-    confidence: float
+    similarity: float | None = Field(description=_SIMILARITY)
+    confidence: float = Field(description=_CONFIDENCE)
     matched_user: MatchedUser | None
-    threshold: float
+    threshold: float = Field(description="the cosine-distance threshold this search used")
+    threshold_source: ThresholdSource = Field(
+        description="fpir: chosen for fpir_target at gallery_size; setting: FACE_MATCH_THRESHOLD; "
+        "request: the threshold parameter"
+    )
+    fpir_target: float | None = Field(description="the share of strangers' searches allowed to name someone")
+    gallery_size: int = Field(description="people in the gallery when the threshold was chosen")
     faces: list[RecognizedFace]
 
 
@@ -96,14 +115,20 @@ class Deleted(BaseModel):
 class VerifyResponse(BaseModel):
     verified: bool
     distance: float
-    confidence: float
+    similarity: float = Field(
+        description="probability that the two faces are the same person, at equal priors"
+    )
+    confidence: float = Field(description=_CONFIDENCE)
     threshold: float
 
 
 class Health(BaseModel):
     status: Literal["healthy", "degraded"]
     database: Literal["connected", "unavailable", "refusing writes"]
-    threshold: float
+    threshold: float | None = Field(
+        description="FACE_MATCH_THRESHOLD when set; null: the FPIR policy decides"
+    )
+    fpir_target: float | None = Field(description="FACE_MATCH_FPIR when the policy decides")
     embedding_model: str
     embedding_dimension: int
     version: str
@@ -113,7 +138,9 @@ class Health(BaseModel):
 class Stats(BaseModel):
     total_users: int
     total_faces: int
-    threshold: float
+    threshold: float = Field(description="the threshold a search of this gallery uses now")
+    threshold_source: ThresholdSource
+    fpir_target: float | None
     embedding_model: str
     embedding_dimension: int
 

@@ -23,6 +23,7 @@ from facegate.api.tickets import TicketSigner
 from facegate.config import Settings, get_settings
 from facegate.gallery import Gallery, database_dsn
 from facegate.pipeline import Pipeline
+from facegate.recognition import MatchPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +46,7 @@ def build_services(settings: Settings, dsn: str, metrics: Metrics) -> Services:
         tickets=TicketSigner(api_key),
         pipeline=pipeline,
         gallery=gallery,
+        policy=MatchPolicy.from_settings(settings, pipeline.embedder.name),
         inference_limiter=anyio.CapacityLimiter(settings.max_concurrent_inference),
         rate_limiter=RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst),
         metrics=metrics,

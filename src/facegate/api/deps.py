@@ -19,6 +19,7 @@ from facegate.config import Settings
 from facegate.gallery import Gallery
 from facegate.imaging import decode_image
 from facegate.pipeline import Pipeline
+from facegate.recognition import MatchPolicy
 
 T = TypeVar("T")
 
@@ -34,6 +35,7 @@ class Services:
     tickets: TicketSigner
     pipeline: Pipeline
     gallery: Gallery
+    policy: MatchPolicy
     inference_limiter: anyio.CapacityLimiter
     rate_limiter: RateLimiter
     metrics: Metrics

@@ -95,7 +95,7 @@ class MeteredPipeline(Pipeline):
     """The pipeline with its detect and embed stages timed; the pipeline itself knows no metrics."""
 
     def __init__(self, inner: Pipeline, metrics: Metrics) -> None:
-        super().__init__(inner.detector, MeteredEmbedder(inner.embedder, metrics))
+        super().__init__(inner.detector, MeteredEmbedder(inner.embedder, metrics), inner.quality)
         self._metrics = metrics
 
     def detect(self, image: np.ndarray, params: DetectionParams | None = None) -> list[Face]:

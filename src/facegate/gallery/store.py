@@ -45,6 +45,10 @@ _MIN_CANDIDATES = 10
 # A pool slot that cannot reconnect gives up after this long and is re-created on the next request,
 # which caps the back-off between attempts: after an outage the pool is back within seconds.
 _RECONNECT_TIMEOUT_S = 20.0
+# The gallery's size sets each search's threshold (facegate.recognition). Counting a million people
+# takes tens of milliseconds, so a count is reused this long; this process's own registrations and
+# deletions are counted at once.
+_SIZE_TTL_S = 5.0
 
 # The health probe connects on its own, outside the pool, so that it answers at once while the pool
 # is still waiting out DB_TIMEOUT; its result is kept this long, so that a flood of /health requests
@@ -156,6 +160,7 @@ class Gallery:
         self._refusing_writes = False
         self._health_lock = threading.Lock()
         self._health: tuple[float, DatabaseHealth] | None = None
+        self._size: tuple[float, int] | None = None  # (when counted, people)
 
     @classmethod
     def from_settings(cls, dsn: str, model_name: str, dim: int, settings: Settings) -> Gallery:
@@ -299,6 +304,7 @@ class Gallery:
                 self._insert_face(conn, user.id, vector, box)
         except pg_errors.UniqueViolation as exc:
             raise self._name_conflict(name, skeleton) from exc
+        self._size = None
         return user
 
     def _name_conflict(self, name: str, skeleton: str) -> DuplicateNameError | ConfusableNameError:
@@ -361,6 +367,18 @@ class Gallery:
         with self._transaction(write=True) as conn:
             if conn.execute("DELETE FROM users WHERE id = %s", (user_id,)).rowcount == 0:
                 raise UnknownUserError(user_id)
+        self._size = None
+
+    def size(self) -> int:
+        """How many people the gallery holds (a count at most `_SIZE_TTL_S` old)."""
+        now = time.monotonic()
+        if self._size is not None and now - self._size[0] < _SIZE_TTL_S:
+            return self._size[1]
+        with self._transaction() as conn:
+            row = conn.execute("SELECT count(*) FROM users").fetchone()
+        assert row is not None
+        self._size = (now, int(row[0]))
+        return self._size[1]
 
     def search(self, embeddings: np.ndarray, k: int = 1) -> list[list[Match]]:
         """For each query row, the k nearest people (each at their nearest face), nearest first."""

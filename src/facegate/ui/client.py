@@ -85,6 +85,9 @@ class ApiClient:
     def health(self) -> dict[str, Any]:
         return _call(self._client.health)
 
+    def stats(self) -> dict[str, Any]:
+        return _call(self._client.stats)
+
     def detect(self, image: Upload, params: DetectParams) -> dict[str, Any]:
         return _call(self._client.detect, image.file(), **vars(params))
 

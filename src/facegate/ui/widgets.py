@@ -25,6 +25,7 @@ IMAGE_TYPES = ["jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff"]
 DISPLAY_SIZE = (1600, 1600)
 NO_SAMPLE = "(none)"
 UNKNOWN = "unknown"
+LOW_QUALITY = "not searched"
 # The API read the photo but refused what is in it (no face, not exactly one face).
 REFUSED_PHOTO = 422
 PREVIEW_WIDTH = 480  # a refused photo is shown small, under its message
@@ -172,6 +173,7 @@ def recognise(image: Upload, threshold: float | None = None) -> None:
     names = [face["matched_user"]["name"] for face in faces if face["matched_user"]]
     st.subheader(f"{counted(len(faces), 'face')}: {len(names)} recognised")
     st.text(f"Recognised: {', '.join(names)}" if names else "Nobody registered is in the picture.")
+    st.caption(threshold_sentence(result))
     show_faces(
         image,
         [face["box"] for face in faces],
@@ -182,9 +184,23 @@ def recognise(image: Upload, threshold: float | None = None) -> None:
     st.dataframe([_face_row(n, face) for n, face in enumerate(faces, start=1)], hide_index=True)
 
 
+def threshold_sentence(result: dict[str, Any]) -> str:
+    """Which threshold the search used, and why (the API's threshold_source)."""
+    threshold, size = result["threshold"], result["gallery_size"]
+    if result["threshold_source"] == "fpir":
+        return (
+            f"Match threshold {threshold:.4f}: at most {result['fpir_target']:.1%} of strangers are "
+            f"named in a gallery of {counted(size, 'person', 'people')} (FACE_MATCH_FPIR)."
+        )
+    origin = "this page's" if result["threshold_source"] == "request" else "the service's fixed"
+    return f"Match threshold {threshold:.4f}: {origin} threshold, for {counted(size, 'person', 'people')}."
+
+
 def _face_label(face: dict[str, Any]) -> str:
     user = face["matched_user"]
-    return f"{user['name']} {face['confidence']:.0%}" if user else UNKNOWN
+    if face["status"] == "low_quality":
+        return LOW_QUALITY
+    return f"{user['name']} {face['similarity']:.0%}" if user else UNKNOWN
 
 
 def _face_row(number: int, face: dict[str, Any]) -> dict[str, Any]:
@@ -192,9 +208,11 @@ def _face_row(number: int, face: dict[str, Any]) -> dict[str, Any]:
     distance = face["distance"]
     return {
         "face": number,
-        "person": user["name"] if user else UNKNOWN,
-        # 1 − distance means something only for a match: a stranger's 80% would read as a near-match.
-        "confidence": round(face["confidence"], 3) if user else None,
+        "person": user["name"] if user else (LOW_QUALITY if face["status"] == "low_quality" else UNKNOWN),
+        # The probability that the face is its nearest person (calibrated); shown for matches, as a
+        # stranger's nearest is someone else by definition.
+        "similarity": round(face["similarity"], 3) if user else None,
         "distance": None if distance is None else round(distance, 4),
+        "quality": face["quality"] or "good",
         "detection score": round(face["score"], 3),
     }

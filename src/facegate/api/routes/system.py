@@ -35,7 +35,8 @@ async def health(services: ServicesDep) -> Health | JSONResponse:
     body = Health(
         status="healthy" if database.state == "connected" else "degraded",
         database=database.state,
-        threshold=services.settings.face_match_threshold,
+        threshold=services.policy.fixed,
+        fpir_target=services.policy.fpir_target,
         embedding_model=embedder.name,
         embedding_dimension=embedder.dim,
         version=__version__,
@@ -55,10 +56,13 @@ async def health(services: ServicesDep) -> Health | JSONResponse:
 async def stats(services: ServicesDep) -> Stats:
     """How many people and faces the gallery holds."""
     counts = await query(services.gallery.stats)
+    threshold = services.policy.threshold(counts.total_users)
     return Stats(
         total_users=counts.total_users,
         total_faces=counts.total_faces,
-        threshold=services.settings.face_match_threshold,
+        threshold=threshold.distance,
+        threshold_source=threshold.source,
+        fpir_target=threshold.fpir_target,
         embedding_model=services.pipeline.embedder.name,
         embedding_dimension=services.pipeline.embedder.dim,
     )

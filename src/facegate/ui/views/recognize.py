@@ -9,20 +9,20 @@ import streamlit as st
 from facegate.ui.client import ApiError
 from facegate.ui.widgets import api, image_input, recognise
 
-# Used only when the API cannot say its own default (it is down; the page shows that error anyway).
+# Where the fixed-threshold slider starts when the API cannot say (it is down; the page shows that).
 FALLBACK_THRESHOLD = 0.06
-# dlib's useful distances lie between 0.03 and 0.1 (the default FACE_MATCH_THRESHOLD is 0.06, and
-# /verify's best LFW threshold 0.086), so the slider spans 0–0.2 in steps of 0.001. It reaches three
-# times the configured threshold when that is larger, for a model with another scale (ArcFace).
+# dlib's useful distances lie between 0.02 and 0.1 (its automatic thresholds run from 0.09 for one
+# person to 0.036 for 10,000; /verify's best LFW threshold is 0.086), so the slider spans 0–0.2 in
+# steps of 0.001, and three times the current threshold for a model with another scale (ArcFace).
 SLIDER_TOP = 0.2
 SLIDER_STEP = 0.001
 MAX_DISTANCE = 2.0  # the API's largest threshold: a cosine distance
 
 
-def default_threshold() -> float:
-    """The API's calibrated threshold (`FACE_MATCH_THRESHOLD`), so the slider starts where the API would."""
+def current_threshold() -> float:
+    """The threshold the API uses now for this gallery, so a fixed one starts where the API is."""
     try:
-        return float(api().health()["threshold"])
+        return float(api().stats()["threshold"])
     except (ApiError, KeyError, TypeError, ValueError):
         return FALLBACK_THRESHOLD
 
@@ -32,17 +32,26 @@ def slider_top(default: float) -> float:
 
 
 st.title("Recognise faces")
-default = default_threshold()
-threshold = st.slider(
-    "Match threshold (cosine distance)",
-    0.0,
-    slider_top(default),
-    default,
-    SLIDER_STEP,
-    format="%.3f",
-    help=f"A face matches a person whose photo is at most this far from it. Lower is stricter. The "
-    f"API's default is {default:.3f}; with the default model, 0.086 suits comparing two photos (/verify).",
-)
+threshold: float | None = None
+if st.toggle(
+    "Fixed match threshold",
+    key="fixed-threshold",
+    help="Off: the service chooses the threshold from the gallery's size, so that at most "
+    "FACE_MATCH_FPIR (1% by default) of strangers are named however many people are registered. "
+    "On: match at the distance you choose.",
+):
+    default = current_threshold()
+    threshold = st.slider(
+        "Match threshold (cosine distance)",
+        0.0,
+        slider_top(default),
+        default,
+        SLIDER_STEP,
+        format="%.3f",
+        help=f"A face matches a person whose photo is at most this far from it. Lower is stricter. "
+        f"The service uses {default:.3f} for this gallery now; with the default model, 0.086 suits "
+        "comparing two photos (/verify).",
+    )
 image = image_input("recognize")
 if image is None:
     st.info("Upload a photo to recognise the people in it.")

@@ -1,0 +1,134 @@
+"""The match policy (a false-accept target instead of a fixed threshold) and the quality gate."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+from PIL import Image, ImageFilter
+
+from facegate.config import Settings
+from facegate.detection import MTCNN
+from facegate.embedding.dlib_resnet import MIRROR_SUFFIX, MODEL_NAME
+from facegate.faces import Face
+from facegate.imaging import load_image_file
+from facegate.quality import assess
+from facegate.recognition import Calibration, MatchPolicy
+from tests.data import FACES
+
+PORTRAIT = FACES / "portraits" / "Barack_Obama" / "fr_obama.jpg"
+DLIB = f"{MODEL_NAME}{MIRROR_SUFFIX}"  # the default embedder
+SIZES = (1, 10, 100, 300, 500, 1_000, 10_000, 100_000, 1_000_000)
+
+
+def policy(**settings: object) -> MatchPolicy:
+    return MatchPolicy.from_settings(Settings(_env_file=None, **settings), DLIB)  # type: ignore[arg-type]
+
+
+def test_the_default_embedder_ships_its_calibration() -> None:
+    calibration = Calibration.load(DLIB)
+    assert calibration is not None and calibration.impostor_pairs > 1_000_000
+
+
+def test_the_threshold_tightens_as_the_gallery_grows() -> None:
+    thresholds = [policy().threshold(size) for size in SIZES]
+    assert all(t.source == "fpir" and t.fpir_target == 0.01 for t in thresholds)
+    distances = [t.distance for t in thresholds]
+    assert all(a > b for a, b in itertools.pairwise(distances)), distances
+    assert policy(face_match_fpir=0.001).threshold(300).distance < distances[SIZES.index(300)]
+
+
+def test_the_threshold_keeps_the_predicted_false_accept_rate_at_the_target() -> None:
+    """FPIR(N, t) = 1 − (1 − FMR(t))^N at the chosen t, where the curve was measured."""
+    calibration = Calibration.load(DLIB)
+    assert calibration is not None
+    levels, distances = np.log(calibration.fmr), np.array(calibration.distance)
+    for size in (1, 10, 100, 1_000):  # per comparison 1% ... 1e-5: within the measured curve
+        t = calibration.threshold(size, 0.01)
+        fmr = math.exp(np.interp(t, distances, levels))
+        assert 1 - (1 - fmr) ** size == pytest.approx(0.01, rel=0.05), size
+    # Beyond it (rates LFW's pairs cannot show) the extension keeps tightening.
+    assert calibration.threshold(10_000, 0.01) < distances[0] < calibration.threshold(1_000, 0.01)
+
+
+def test_a_set_or_requested_threshold_wins() -> None:
+    fixed = policy(face_match_threshold=0.05).threshold(10_000)
+    assert (fixed.distance, fixed.source, fixed.fpir_target) == (0.05, "setting", None)
+    requested = policy(face_match_threshold=0.05).threshold(10_000, requested=0.07)
+    assert (requested.distance, requested.source) == (0.07, "request")
+
+
+def test_a_match_needs_the_threshold_and_the_margin() -> None:
+    rule = policy(face_match_threshold=0.06, face_match_margin=0.8)
+    threshold = rule.threshold(100)
+    assert rule.is_match(0.04, None, threshold)  # the only person
+    assert rule.is_match(0.04, 0.05, threshold)  # 0.04 <= 0.8 × 0.05
+    assert not rule.is_match(0.045, 0.05, threshold)  # as near as the next person: ambiguous
+    assert not rule.is_match(0.061, None, threshold) and not rule.is_match(None, None, threshold)
+
+
+def test_similarity_is_a_probability_that_falls_with_the_distance() -> None:
+    rule = policy()
+    values = [rule.similarity(d) for d in np.linspace(0, 2, 41)]
+    assert all(0.0 <= v <= 1.0 for v in values)
+    assert all(a >= b for a, b in itertools.pairwise(values))
+    assert values[0] > 0.99 and values[-1] < 0.01
+
+
+def test_without_a_calibration_a_fixed_threshold_applies() -> None:
+    rule = MatchPolicy.from_settings(Settings(_env_file=None), "someone-elses-model")
+    threshold = rule.threshold(1_000)
+    assert threshold.source == "setting" and threshold.distance > 0
+
+
+# --- quality gate --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def detector() -> MTCNN:
+    return MTCNN()
+
+
+def main_face(detector: MTCNN, image: np.ndarray) -> Face:
+    faces = detector.detect(image)
+    assert faces
+    return max(faces, key=lambda face: face.area)
+
+
+def problem(detector: MTCNN, image: np.ndarray) -> str | None:
+    return assess(image, main_face(detector, image)).problem(Settings(_env_file=None).quality_bounds())
+
+
+def test_a_good_portrait_passes(detector: MTCNN) -> None:
+    assert problem(detector, load_image_file(PORTRAIT)) is None
+
+
+def test_a_tiny_face_is_low_quality(detector: MTCNN) -> None:
+    image = Image.fromarray(load_image_file(PORTRAIT))
+    tiny = image.resize((image.width // 12, image.height // 12), Image.BOX)
+    padded = Image.new("RGB", (400, 400), (128, 128, 128))
+    padded.paste(tiny, (150, 150))
+    found = problem(detector, np.asarray(padded))
+    assert found is not None and "too small" in found
+
+
+def test_a_blurred_face_is_low_quality(detector: MTCNN) -> None:
+    image = Image.fromarray(load_image_file(PORTRAIT))
+    blurred = np.asarray(image.filter(ImageFilter.GaussianBlur(image.width / 60)))
+    found = problem(detector, blurred)
+    assert found is not None and "blurred" in found
+
+
+def test_a_turned_face_is_low_quality(detector: MTCNN) -> None:
+    # A real three-quarter profile (looked at): Spielberg turned to his left, beside Tom Cruise.
+    image = load_image_file(
+        FACES / "lfw" / "lfw-deepfunneled" / "Steven_Spielberg" / "Steven_Spielberg_0002.jpg"
+    )
+    faces = detector.detect(image)
+    centre = min(
+        faces, key=lambda f: abs((f.box[0] + f.box[2]) / 2 - 125) + abs((f.box[1] + f.box[3]) / 2 - 125)
+    )
+    found = assess(image, centre).problem(Settings(_env_file=None).quality_bounds())
+    assert found is not None and "turned" in found
