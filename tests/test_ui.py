@@ -434,8 +434,10 @@ def test_wrong_key_is_reported(start_ui: Callable[..., AppTest], api_url: str) -
 
 
 def test_error_message_of_a_validation_error() -> None:
-    body = {"detail": [{"loc": ["query", "min_face_size"], "msg": "Input should be >= 1", "type": "x"}]}
-    assert error_message(httpx.Response(422, json=body)) == "min_face_size: Input should be >= 1"
+    sentence = "invalid request: query min_face_size: Input should be >= 1"
+    errors = [{"loc": ["query", "min_face_size"], "msg": "Input should be >= 1"}]
+    body = {"detail": sentence, "errors": errors}
+    assert error_message(httpx.Response(422, json=body)) == sentence
 
 
 def test_error_message_of_a_proxy_page() -> None:

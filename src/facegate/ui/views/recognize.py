@@ -13,7 +13,7 @@ from facegate.ui.widgets import api, image_input, recognise
 FALLBACK_THRESHOLD = 0.06
 # dlib's useful distances lie between 0.02 and 0.1 (its automatic thresholds run from 0.09 for one
 # person to 0.036 for 10,000; /verify's best LFW threshold is 0.086), so the slider spans 0–0.2 in
-# steps of 0.001, and three times the current threshold for a model with another scale (ArcFace).
+# steps of 0.001, or twice the current threshold for a model with another scale (ArcFace).
 SLIDER_TOP = 0.2
 SLIDER_STEP = 0.001
 MAX_DISTANCE = 2.0  # the API's largest threshold: a cosine distance
@@ -28,7 +28,7 @@ def current_threshold() -> float:
 
 
 def slider_top(default: float) -> float:
-    return min(MAX_DISTANCE, max(SLIDER_TOP, math.ceil(3 * default * 100) / 100))
+    return min(MAX_DISTANCE, max(SLIDER_TOP, math.ceil(2 * default * 100) / 100))
 
 
 st.title("Recognise faces")
