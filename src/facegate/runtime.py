@@ -24,8 +24,9 @@ _M_ARENA_MAX = -8
 # most glibc accepts on 64-bit, and MTCNN's tiles and batches stay under it.
 _MMAP_THRESHOLD = 32 << 20
 # Free heap kept for the next request; beyond it, a request's memory goes back to the system.
-# A 1920x1080 crowd photo leaves about 250 MiB free: kept, the next one runs without page faults.
-RETAINED_FREE_BYTES = 256 << 20
+# A 1920x1080 crowd photo leaves about 250 MiB free: kept, the next one runs without re-faulting
+# it (1.2x the arena's CPU time; trimmed at 256 MiB it was 1.5x, BENCHMARKS.md).
+RETAINED_FREE_BYTES = 384 << 20
 
 
 class _MallInfo2(ctypes.Structure):
@@ -96,8 +97,8 @@ def _tune_allocator() -> None:
     large buffer afresh): `release_free_memory` decides when memory goes back.
 
     One heap for all threads: with a heap per thread (glibc's default, up to 8 per core) the
-    lanes' buffers fragment several heaps, which keep growing (1.5x the CPU time of the arena at
-    1920x1080, against 1.1x with one heap; BENCHMARKS.md). Inference allocates few, large blocks,
+    lanes' buffers fragment several heaps, which keep growing (1.6x the CPU time of the arena at
+    1920x1080, against 1.1-1.2x with one heap; BENCHMARKS.md). Inference allocates few, large blocks,
     so the shared heap's lock is not contended.
     """
     if _LIBC is not None:
