@@ -120,7 +120,17 @@ def wait_until_up(url: str, server: Child, timeout: float, *, any_status: bool =
 @contextmanager
 def api_server(work: Path, token: str, root_path: str = "", **settings: str) -> Iterator[str]:
     """The API with its own embedded PostgreSQL (plus `settings`, env var names as keywords); yields
-    its base URL. Its log goes to `work`.
+    its base URL. Its log goes to `work`."""
+    with api_process(work, token, root_path, **settings) as (url, _):
+        yield url
+
+
+@contextmanager
+def api_process(
+    work: Path, token: str, root_path: str = "", address_space: int | None = None, **settings: str
+) -> Iterator[tuple[str, Child]]:
+    """`api_server`, yielding its process too; `address_space`: the bytes of virtual memory it (and
+    the PostgreSQL it starts) may map, so that a runaway request fails there, not the machine.
 
     The database lives outside pytest's folder: as root, pgserver runs PostgreSQL as a `pgserver`
     user that must traverse the parent folders, and every pytest session that starts makes
@@ -129,15 +139,16 @@ def api_server(work: Path, token: str, root_path: str = "", **settings: str) -> 
     data = Path(tempfile.mkdtemp(prefix="facegate-test-api-"))
     port = free_port()
     env = clean_env(APP_TOKEN=token, FACEGATE_DATA_DIR=str(data), API_ROOT_PATH=root_path, **settings)
+    limit = [] if address_space is None else ["prlimit", f"--as={address_space}", "--"]  # it execs: same pid
     command = [
-        sys.executable, "-m", "uvicorn", "--factory", "facegate.api.app:create_app",
+        *limit, sys.executable, "-m", "uvicorn", "--factory", "facegate.api.app:create_app",
         "--host", "127.0.0.1", "--port", str(port),
     ]  # fmt: skip
     try:
         with child("api", command, work, env) as server:
             url = f"http://127.0.0.1:{port}"
             wait_until_up(f"{url}/health", server, API_START_TIMEOUT)
-            yield url
+            yield url, server
     finally:
         shutil.rmtree(data, ignore_errors=True)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import itertools
 import math
+import re
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -100,7 +101,7 @@ def test_lanes_give_the_serial_result(portrait: np.ndarray, monkeypatch: pytest.
         want = serial.detect(image)
         assert want and [(f.box, f.score) for f in lanes.detect(image)] == [(f.box, f.score) for f in want]
     # More crops than one batch holds: several chunks per lane, queued on the lane threads.
-    monkeypatch.setattr(mtcnn, "MAX_BATCH", 4)
+    monkeypatch.setattr(mtcnn, "MAX_BATCH_PIXELS", 4 * 48 * 48)
     chunked = lanes.detect(group)
     want = serial.detect(group)
     assert len(chunked) == len(want)
@@ -111,7 +112,7 @@ def test_lanes_give_the_serial_result(portrait: np.ndarray, monkeypatch: pytest.
 
 
 def test_levels_shared_out_evenly_among_lanes() -> None:
-    sizes = [cascade.level_size(480, 640, s) for s in cascade.pyramid_scales(480, 640, 20, 10**9)]
+    sizes = [cascade.level_size(480, 640, s) for s in cascade.pyramid_scales(480, 640, 20)]
     shares = mtcnn._share_out(sizes, 2)
     assert sorted(itertools.chain(*shares)) == list(range(len(sizes)))
     work = [sum(sizes[i][0] * sizes[i][1] for i in share) for share in shares]
@@ -197,7 +198,7 @@ def test_large_min_face_size(detector: MTCNN, portrait: np.ndarray) -> None:
 @needs_data
 def test_small_min_face_size_upsamples(detector: MTCNN, portrait: np.ndarray) -> None:
     small = np.asarray(Image.fromarray(portrait).resize((40, 30), Image.Resampling.LANCZOS))
-    assert cascade.pyramid_scales(30, 40, 8, 10**9)[0] == pytest.approx(1.5)
+    assert cascade.pyramid_scales(30, 40, 8)[0] == pytest.approx(1.5)
     expected = one_face(detector.detect(small))  # about 14 px wide
     for size in (8, 1):
         face = one_face(detector.detect(small, DetectionParams(min_face_size=size)))
@@ -279,14 +280,50 @@ def test_unknown_provider_raises() -> None:
 
 
 def test_pyramid_stops_at_the_pnet_window() -> None:
-    scales = cascade.pyramid_scales(480, 640, 20, 10**9)
+    scales = cascade.pyramid_scales(480, 640, 20)
     assert scales[0] == pytest.approx(0.6)
     assert all(b / a == pytest.approx(cascade.SCALE_FACTOR) for a, b in itertools.pairwise(scales))
     assert int(480 * scales[-1]) >= 12 > int(480 * scales[-1] * cascade.SCALE_FACTOR)
-    assert cascade.pyramid_scales(11, 1000, 20, 10**9) == []
-    assert cascade.pyramid_scales(100, 100, 101, 10**9) == []
-    # Levels over the pixel budget are skipped, not the smaller ones.
-    assert cascade.pyramid_scales(1000, 1000, 12, 600_000)[0] == pytest.approx(cascade.SCALE_FACTOR)
+    assert cascade.pyramid_scales(11, 1000, 20) == []
+    assert cascade.pyramid_scales(100, 100, 101) == []
+
+
+def test_pyramid_over_the_budget_is_refused_naming_the_smallest_min_face_size() -> None:
+    assert cascade.pyramid_pixels(480, 640, 20) < mtcnn.MAX_PYRAMID_PIXELS
+    image = np.zeros((480, 640, 3), np.uint8)
+    with pytest.raises(mtcnn.DetectionBudgetError, match=r"min_face_size >= (\d+)") as refused:
+        MTCNN(threads=1).detect(image, DetectionParams(min_face_size=1))
+    assert refused.value.status == 422
+    smallest = int(re.search(r">= (\d+)", str(refused.value)).group(1))
+    assert cascade.pyramid_pixels(480, 640, smallest) <= mtcnn.MAX_PYRAMID_PIXELS
+    assert cascade.pyramid_pixels(480, 640, smallest - 1) > mtcnn.MAX_PYRAMID_PIXELS
+
+
+@pytest.mark.parametrize("extent", [12, 13, 24, 25, 99, 100, 257])
+@pytest.mark.parametrize("tile", [12, 13, 20, 64])
+def test_pnet_tiles_give_each_output_cell_once(extent: int, tile: int) -> None:
+    # PNet's output: a 3x3 convolution, a "same" 2x2 max pool of stride 2, two 3x3 convolutions.
+    cells = math.ceil((extent - 2) / 2) - 4
+    covered = []
+    for start, stop, count in cascade.pnet_tiles(extent, tile):
+        assert start % 2 == 0 and stop <= extent
+        covered += range(start // 2, start // 2 + (count or math.ceil((stop - start - 2) / 2) - 4))
+    assert covered == list(range(cells))
+
+
+@needs_data
+def test_tiles_give_the_whole_level_bit_for_bit(monkeypatch: pytest.MonkeyPatch) -> None:
+    image = load_image_file(GROUP)
+    pyramid = cascade.AreaPyramid(image)
+    level = pyramid.level(400, 300)
+    np.testing.assert_array_equal(pyramid.level(400, 300, (38, 190), (7, 111)), level[38:190, 7:111])
+    whole = MTCNN(threads=1)
+    params = DetectionParams(threshold_pnet=0.3)
+    want = whole._propose(image, params)
+    # Tiles of 64 x 32 level pixels: the larger levels are split along both sides.
+    monkeypatch.setattr(mtcnn, "TILE_PIXELS", 64 * 32)
+    monkeypatch.setattr(mtcnn, "MIN_TILE_ROWS", 32)
+    np.testing.assert_array_equal(whole._propose(image, params), want)
 
 
 def test_area_pyramid_averages_covered_area() -> None:

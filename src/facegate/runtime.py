@@ -1,7 +1,10 @@
-"""ONNX Runtime sessions for every model (detection and embedding), configured one way."""
+"""ONNX Runtime sessions for every model (detection and embedding), configured one way, and the
+memory their runs use."""
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -11,6 +14,50 @@ import onnxruntime as ort
 log = logging.getLogger(__name__)
 
 _PREFERRED = ("CUDAExecutionProvider", "CPUExecutionProvider")
+
+# glibc's malloc options (malloc.h).
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+_M_ARENA_MAX = -8
+# Buffers up to this size come from the heap and are reused run after run; larger ones are mapped
+# and unmapped each time (page faults: the cost of ONNX Runtime without its arena). 32 MiB is the
+# most glibc accepts on 64-bit, and MTCNN's tiles and batches stay under it.
+_MMAP_THRESHOLD = 32 << 20
+# Free heap kept for the next request; beyond it, a request's memory goes back to the system.
+# A 1920x1080 crowd photo leaves about 250 MiB free: kept, the next one runs without re-faulting
+# it (1.2x the arena's CPU time; trimmed at 256 MiB it was 1.5x, BENCHMARKS.md).
+RETAINED_FREE_BYTES = 384 << 20
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena",
+            "ordblks",
+            "smblks",
+            "hblks",
+            "hblkhd",
+            "usmblks",
+            "fsmblks",
+            "uordblks",
+            "fordblks",  # free bytes the heap holds
+            "keepcost",
+        )
+    ]
+
+
+def _glibc() -> ctypes.CDLL | None:
+    """The C library when it is glibc 2.33+ (mallinfo2); elsewhere memory is left to the allocator."""
+    name = ctypes.util.find_library("c")
+    library = ctypes.CDLL(name) if name else None
+    if library is None or not hasattr(library, "mallinfo2") or not hasattr(library, "malloc_trim"):
+        return None
+    library.mallinfo2.restype = _MallInfo2
+    return library
+
+
+_LIBC = _glibc()
 
 
 def resolve_providers(providers: Sequence[str] | None) -> list[str]:
@@ -34,7 +81,35 @@ def create_session(
     # Idle threads spinning after a run take the cores from the NumPy work between runs (and from
     # the other workers): MTCNN at 640x480, 72.8 ms spinning vs 51.6 ms not (BENCHMARKS.md).
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # ONNX Runtime's CPU arena never gives memory back, and grows past a run's peak as it
+    # fragments (one abusive request left a worker at 9 GB). Without it, runs allocate from
+    # malloc, tuned below to reuse buffers as fast as the arena did (BENCHMARKS.md).
+    options.enable_cpu_mem_arena = False
+    _tune_allocator()
     source = str(model) if isinstance(model, Path) else model
     session = ort.InferenceSession(source, sess_options=options, providers=resolve_providers(providers))
     log.debug("ONNX Runtime session on %s", session.get_providers())
     return session
+
+
+def _tune_allocator() -> None:
+    """Keep freed blocks in the heap (glibc would return the top of it at once and map every
+    large buffer afresh): `release_free_memory` decides when memory goes back.
+
+    One heap for all threads: with a heap per thread (glibc's default, up to 8 per core) the
+    lanes' buffers fragment several heaps, which keep growing (1.6x the CPU time of the arena at
+    1920x1080, against 1.1-1.2x with one heap; BENCHMARKS.md). Inference allocates few, large blocks,
+    so the shared heap's lock is not contended.
+    """
+    if _LIBC is not None:
+        _LIBC.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)
+        _LIBC.mallopt(_M_TRIM_THRESHOLD, RETAINED_FREE_BYTES)
+        _LIBC.mallopt(_M_ARENA_MAX, 1)
+
+
+def release_free_memory() -> None:
+    """Give free heap memory back to the system once over RETAINED_FREE_BYTES: after a request
+    that needed more than usual, the process returns to its usual size (and the next request
+    pays the page faults); under ordinary load the heap is reused as it is."""
+    if _LIBC is not None and _LIBC.mallinfo2().fordblks > RETAINED_FREE_BYTES:
+        _LIBC.malloc_trim(0)

@@ -20,6 +20,7 @@ from facegate.gallery import Gallery
 from facegate.imaging import decode_image
 from facegate.pipeline import Pipeline
 from facegate.recognition import MatchPolicy
+from facegate.runtime import release_free_memory
 
 T = TypeVar("T")
 
@@ -92,7 +93,14 @@ async def infer(services: Services, function: Callable[[], T]) -> T:
             detail=f"busy: {waiting} requests are already waiting for inference; retry shortly",
             headers={"Retry-After": "1"},
         )
-    return await run_sync(function, limiter=limiter)
+
+    def run_and_release() -> T:
+        try:
+            return function()
+        finally:
+            release_free_memory()  # in the slot: a request's memory is back before the next one starts
+
+    return await run_sync(run_and_release, limiter=limiter)
 
 
 async def query(function: Callable[[], T]) -> T:

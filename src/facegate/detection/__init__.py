@@ -1,5 +1,5 @@
 """MTCNN face detection on ONNX Runtime with the weights of the `mtcnn` package."""
 
-from facegate.detection.mtcnn import MTCNN, DetectionParams
+from facegate.detection.mtcnn import MTCNN, DetectionBudgetError, DetectionParams
 
-__all__ = ["MTCNN", "DetectionParams"]
+__all__ = ["MTCNN", "DetectionBudgetError", "DetectionParams"]

@@ -8,6 +8,8 @@ TensorFlow's `crop_and_resize` on the reference's normalised coordinates.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 SCALE_FACTOR = 0.709
@@ -18,26 +20,52 @@ PNET_STRIDE = 2
 # which is this pixel value.
 OUTSIDE_PIXEL = 127.5
 
-# NMS blocks: rows of the pairwise IoU matrix computed at a time, to bound memory.
+# NMS blocks: columns of the pairwise IoU matrix computed at a time, and at most this many of
+# its entries, to bound memory (each of the block's temporaries is 4 bytes an entry).
 _NMS_BLOCK = 1024
+_NMS_BLOCK_ENTRIES = 2_000_000
+
+Span = tuple[int, int]  # (start, stop) along one side of a level
 
 
-def pyramid_scales(height: int, width: int, min_face_size: int, max_level_pixels: int) -> list[float]:
+def pyramid_scales(height: int, width: int, min_face_size: int) -> list[float]:
     """Scales at which PNet's 12-pixel window sees faces from `min_face_size` up to the image size.
 
     Levels whose smaller side is under 12 pixels cannot hold a window and are left out, so a
-    `min_face_size` larger than the image gives no level at all. Levels over `max_level_pixels`
-    (upsampling for a tiny `min_face_size`, or enormous images) are left out to bound memory.
+    `min_face_size` larger than the image gives no level at all.
     """
     scales = []
     scale = PNET_WINDOW / min_face_size
-    while True:
-        level_height, level_width = level_size(height, width, scale)
-        if min(level_height, level_width) < PNET_WINDOW:
-            return scales
-        if level_height * level_width <= max_level_pixels:
-            scales.append(scale)
+    while min(level_size(height, width, scale)) >= PNET_WINDOW:
+        scales.append(scale)
         scale *= SCALE_FACTOR
+    return scales
+
+
+def pyramid_pixels(height: int, width: int, min_face_size: int) -> int:
+    """Pixels of all the pyramid's levels together: what PNet's work grows with."""
+    sizes = (level_size(height, width, scale) for scale in pyramid_scales(height, width, min_face_size))
+    return sum(h * w for h, w in sizes)
+
+
+def pnet_tiles(extent: int, tile: int) -> list[tuple[int, int, int | None]]:
+    """`(start, stop, cells)` along one side of a level: input ranges whose first `cells` PNet
+    output cells (all of them for None) make up the whole level's output, each cell once.
+
+    Output cell j sees input [2j, 2j + 12). A tile starting at an even offset computes the same
+    cells as the whole level wherever their window lies inside the tile, and the last tile, which
+    ends with the level, its edge cells too (with the same "same" padding). Tiles overlap by the
+    window minus the stride.
+    """
+    tile = max(PNET_WINDOW, tile - tile % PNET_STRIDE)
+    cells = (tile - PNET_WINDOW) // PNET_STRIDE + 1
+    tiles: list[tuple[int, int, int | None]] = []
+    start = 0
+    while start + tile < extent:
+        tiles.append((start, start + tile, cells))
+        start += cells * PNET_STRIDE
+    tiles.append((start, extent, None))
+    return tiles
 
 
 def level_size(height: int, width: int, scale: float) -> tuple[int, int]:
@@ -62,18 +90,31 @@ class AreaPyramid:
         self._image = image
         self._cumulative_rows = _running_sum(image)
 
-    def level(self, height: int, width: int) -> np.ndarray:
-        """The (height, width, 3) float32 level; several threads may ask for levels at once."""
-        rows = _row_sums(self._cumulative_rows, self._image, height)
-        index, weight = _column_taps(self._width, width)
+    def level(
+        self, height: int, width: int, rows: Span | None = None, cols: Span | None = None
+    ) -> np.ndarray:
+        """The (height, width, 3) float32 level, or its tile of `rows` x `cols` (start, stop),
+        bit for bit the same values; several threads may ask for levels at once."""
+        (top, bottom), (left, right) = rows or (0, height), cols or (0, width)
+        index, weight = _column_taps(self._width, width, left, right)
+        # Only the input columns this tile's cells cover: a tile costs its own size, not the image's.
+        first, last = int(index.min()), int(index.max()) + 1
+        integral, image = self._cumulative_rows[:, first:last], self._image[:, first:last]
+        sums = _row_sums(integral, image, height, top, bottom)
+        index -= first
         # Weights come repeated per channel, with the area normalisation folded in, so that each
         # product runs along whole rows: numpy broadcasting a (width, 1) weight over (width, 3)
         # pixels works three values at a time and is several times slower.
         weight = np.repeat(weight * np.float32(height * width / (self._height * self._width)), 3, axis=1)
-        level = np.take(rows, index[0], axis=1).reshape(height, -1) * weight[0]
+        level = np.take(sums, index[0], axis=1).reshape(bottom - top, -1) * weight[0]
         for tap_index, tap_weight in zip(index[1:], weight[1:], strict=True):
-            level += np.take(rows, tap_index, axis=1).reshape(height, -1) * tap_weight
-        return level.reshape(height, width, 3)
+            level += np.take(sums, tap_index, axis=1).reshape(bottom - top, -1) * tap_weight
+        return level.reshape(bottom - top, right - left, 3)
+
+
+# Rows converted to float at a time while summing: converting once is faster than in every
+# addition, and in blocks the copy stays small however tall the image.
+_SUM_BLOCK_ROWS = 256
 
 
 def _running_sum(image: np.ndarray) -> np.ndarray:
@@ -82,9 +123,10 @@ def _running_sum(image: np.ndarray) -> np.ndarray:
     # numpy's cumsum over the first axis of a C-ordered array is several times slower than
     # adding whole rows in a loop (the same additions in the same order); converting the pixels
     # to float once, not in every addition, takes another third off (2.6 -> 1.7 ms at 640x480).
-    pixels = image.astype(np.float32)
-    for row in range(image.shape[0]):
-        np.add(result[row], pixels[row], out=result[row + 1])
+    for block in range(0, image.shape[0], _SUM_BLOCK_ROWS):
+        pixels = image[block : block + _SUM_BLOCK_ROWS].astype(np.float32)
+        for row, pixel_row in enumerate(pixels, block):
+            np.add(result[row], pixel_row, out=result[row + 1])
     return result
 
 
@@ -93,52 +135,77 @@ def _cell_edges(size_in: int, size_out: int) -> np.ndarray:
     return np.arange(size_out + 1) * (size_in / size_out)
 
 
-def _row_sums(integral: np.ndarray, image: np.ndarray, size_out: int) -> np.ndarray:
-    """(size_out, W, 3) sums over the rows each output row covers, from the integral over rows.
+def _row_sums(integral: np.ndarray, image: np.ndarray, size_out: int, start: int, stop: int) -> np.ndarray:
+    """(stop - start, W, 3) sums over the rows each of the output rows `start:stop` covers, from
+    the integral over rows.
 
     The integral of piecewise-constant rows is piecewise linear: at a fractional cell edge it is
     the integral at the row below plus the covered fraction of that row's pixels.
     """
     size_in = image.shape[0]
-    edges = _cell_edges(size_in, size_out)
+    edges = _cell_edges(size_in, size_out)[start : stop + 1]
     below = np.minimum(edges.astype(np.intp), size_in - 1)
     at_edges = image[below] * (edges - below).astype(np.float32)[:, None, None]
     at_edges += integral[below]
     return np.diff(at_edges, axis=0)
 
 
-def _column_taps(size_in: int, size_out: int) -> tuple[np.ndarray, np.ndarray]:
-    """(taps, size_out) input columns and their covered widths for each output column.
+def _column_taps(size_in: int, size_out: int, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+    """(taps, stop - start) input columns and their covered widths for the output columns
+    `start:stop`.
 
     A cell `size_in / size_out` wide touches at most `ceil(size_in / size_out) + 1` columns;
     taps past the cell (or past the image) get weight 0.
     """
-    edges = _cell_edges(size_in, size_out)
-    start, stop = edges[:-1], edges[1:]
+    edges = _cell_edges(size_in, size_out)[start : stop + 1]
+    first, last = edges[:-1], edges[1:]
     taps = int(np.ceil(size_in / size_out)) + 1
-    column = np.minimum(start.astype(np.intp), size_in - 1) + np.arange(taps)[:, None]
-    weight = np.clip(np.minimum(stop, column + 1) - np.maximum(start, column), 0, None)
+    column = np.minimum(first.astype(np.intp), size_in - 1) + np.arange(taps)[:, None]
+    weight = np.clip(np.minimum(last, column + 1) - np.maximum(first, column), 0, None)
     return np.minimum(column, size_in - 1), weight.astype(np.float32)
 
 
-def pnet_proposals(
-    probability: np.ndarray, regression: np.ndarray, scale: float, threshold: float
-) -> np.ndarray:
-    """(N, 5) rows `x1, y1, x2, y2, score` in image pixels, best first, for cells over `threshold`.
+@dataclass(frozen=True, slots=True)
+class Cells:
+    """PNet output cells of one level: position in the level's output, score and box offsets."""
 
-    `probability` is (h, w) and `regression` (4, h, w) as PNet returns them for one level.
-    """
-    rows, cols = np.nonzero(probability > threshold)
-    scores = probability[rows, cols]
-    order = np.argsort(-scores, kind="stable")
-    rows, cols, scores = rows[order], cols[order], scores[order]
-    offsets = regression[:, rows, cols].T
-    # The reference's window spans [stride * i + 1, stride * i + 12] with a regression unit of 11.
-    x1 = (PNET_STRIDE * cols + 1).astype(np.float32)
-    y1 = (PNET_STRIDE * rows + 1).astype(np.float32)
-    size = np.float32(PNET_WINDOW - 1)
-    boxes = np.stack([x1, y1, x1 + size, y1 + size], axis=1) + offsets * size
-    return np.concatenate([boxes / np.float32(scale), scores[:, None]], axis=1)
+    rows: np.ndarray
+    cols: np.ndarray
+    scores: np.ndarray
+    offsets: np.ndarray  # (N, 4)
+
+    @classmethod
+    def over(
+        cls, probability: np.ndarray, regression: np.ndarray, threshold: float, origin: tuple[int, int]
+    ) -> Cells:
+        """The cells over `threshold` of PNet's (h, w) `probability` and (4, h, w) `regression`
+        for a tile whose first cell is `origin` (row, column) in the level."""
+        rows, cols = np.nonzero(probability > threshold)
+        return cls(rows + origin[0], cols + origin[1], probability[rows, cols], regression[:, rows, cols].T)
+
+    def best(self, count: int) -> Cells:
+        """The `count` best cells by score, ties in raster order (as a stable sort of the whole
+        level's map gives them), best first."""
+        order = np.lexsort((self.cols, self.rows, -self.scores))[:count]
+        return Cells(self.rows[order], self.cols[order], self.scores[order], self.offsets[order])
+
+    @staticmethod
+    def join(parts: list[Cells]) -> Cells:
+        return Cells(
+            np.concatenate([part.rows for part in parts]),
+            np.concatenate([part.cols for part in parts]),
+            np.concatenate([part.scores for part in parts]),
+            np.concatenate([part.offsets for part in parts]),
+        )
+
+    def boxes(self, scale: float) -> np.ndarray:
+        """(N, 5) rows `x1, y1, x2, y2, score` in image pixels, in the cells' order."""
+        # The reference's window spans [stride * i + 1, stride * i + 12] with a regression unit of 11.
+        x1 = (PNET_STRIDE * self.cols + 1).astype(np.float32)
+        y1 = (PNET_STRIDE * self.rows + 1).astype(np.float32)
+        size = np.float32(PNET_WINDOW - 1)
+        boxes = np.stack([x1, y1, x1 + size, y1 + size], axis=1) + self.offsets * size
+        return np.concatenate([boxes / np.float32(scale), self.scores[:, None]], axis=1)
 
 
 def box_areas(boxes: np.ndarray) -> np.ndarray:
@@ -154,8 +221,9 @@ def nms(boxes: np.ndarray, threshold: float, *, over_min: bool = False) -> np.nd
     count = len(boxes)
     areas = box_areas(boxes)
     keep = np.ones(count, dtype=bool)
-    for start in range(0, count, _NMS_BLOCK):
-        stop = min(start + _NMS_BLOCK, count)
+    block_size = max(1, min(_NMS_BLOCK, _NMS_BLOCK_ENTRIES // max(count, 1)))
+    for start in range(0, count, block_size):
+        stop = min(start + block_size, count)
         better, block = boxes[:stop, None, :4], boxes[None, start:stop, :4]
         width = np.minimum(better[..., 2], block[..., 2]) - np.maximum(better[..., 0], block[..., 0])
         height = np.minimum(better[..., 3], block[..., 3]) - np.maximum(better[..., 1], block[..., 1])

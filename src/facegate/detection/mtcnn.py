@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -15,6 +16,7 @@ from facegate.config import available_cores
 from facegate.detection import cascade
 from facegate.detection.networks import build_network
 from facegate.faces import Face
+from facegate.imaging import ImageError
 from facegate.runtime import create_session
 
 log = logging.getLogger(__name__)
@@ -28,17 +30,33 @@ NMS_PNET_ALL = 0.7
 NMS_RNET = 0.7
 NMS_ONET = 0.7  # over the smaller box
 
-# A pyramid level is at most this many pixels: it bounds PNet's memory (about 100 bytes per
-# pixel) when a tiny `min_face_size` asks for upsampling or the image is enormous.
-MAX_LEVEL_PIXELS = 40_000_000
-# Best PNet proposals kept per level: only reached with thresholds near 0, where every cell is
-# a proposal and the pairwise NMS would otherwise grow with the square of the image size.
+# The pyramid's levels together are at most this many pixels (29 MP at the defaults on a 40 MP
+# image): PNet's time grows with them, and a tiny `min_face_size` upsamples (1 = 12x per side).
+MAX_PYRAMID_PIXELS = 32_000_000
+# Level pixels per PNet run: larger levels run in overlapping tiles (exact, cascade.pnet_tiles),
+# so PNet's activations (about 200 bytes a level pixel in ONNX Runtime) stay bounded, each
+# buffer under runtime's mmap threshold.
+TILE_PIXELS = 1 << 18
+# Tiles are full rows up to this many rows' worth of width; wider levels are tiled across too.
+MIN_TILE_ROWS = 128
+# Best PNet proposals kept per level, and over all levels: only reached with thresholds near 0,
+# where every cell is a proposal and the pairwise NMS would otherwise grow with the square of
+# the image size (the RNet and ONet crops with it).
 MAX_PROPOSALS_PER_LEVEL = 10_000
-# Crops per RNet/ONet run, to bound the batch's memory.
-MAX_BATCH = 2048
+MAX_CANDIDATES = 5_000
+# Crop pixels per RNet/ONet run (256 crops of RNet's 24 x 24, 64 of ONet's 48 x 48), to bound
+# the batch's activations (about 350 bytes a crop pixel), each buffer under runtime's mmap
+# threshold.
+MAX_BATCH_PIXELS = 64 * 48 * 48
 # What a pyramid level costs besides its pixels (NumPy and ONNX Runtime calls), in pixels, for
 # sharing the levels out evenly among the lanes.
 LEVEL_OVERHEAD_PIXELS = 5_000
+
+
+class DetectionBudgetError(ImageError):
+    """The image and parameters need more than one request's budget (MAX_PYRAMID_PIXELS)."""
+
+    status = 422
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,12 +119,12 @@ class MTCNN:
     def _propose(self, image: np.ndarray, params: DetectionParams) -> np.ndarray:
         """PNet over the pyramid: squared candidate boxes with scores, best first."""
         height, width = image.shape[:2]
-        scales = cascade.pyramid_scales(height, width, params.min_face_size, MAX_LEVEL_PIXELS)
+        scales = cascade.pyramid_scales(height, width, params.min_face_size)
+        sizes = [cascade.level_size(height, width, scale) for scale in scales]
+        _check_budget(height, width, params.min_face_size, sum(h * w for h, w in sizes))
         if not scales:
             return np.empty((0, 5), np.float32)
         pyramid = cascade.AreaPyramid(image)
-
-        sizes = [cascade.level_size(height, width, scale) for scale in scales]
 
         def run_lane(levels: list[int]) -> dict[int, np.ndarray]:
             return {
@@ -119,14 +137,15 @@ class MTCNN:
             per_level.update(lane_result)
         # Level order, as a serial run would concatenate them: ties in score then sort the same way.
         boxes = cascade.sort_by_score(np.concatenate([per_level[level] for level in range(len(scales))]))
+        boxes = boxes[:MAX_CANDIDATES]
         return cascade.square(boxes[cascade.nms(boxes, NMS_PNET_ALL)])
 
     def _run_on_crops(
         self, session: ort.InferenceSession, image: np.ndarray, boxes: np.ndarray, size: int
     ) -> list[np.ndarray]:
         """The network's outputs for `size` x `size` crops of `boxes`: the boxes split among the
-        lanes, in chunks of at most MAX_BATCH crops."""
-        step = max(1, min(MAX_BATCH, -(-len(boxes) // self._lanes)))
+        lanes, in chunks of at most MAX_BATCH_PIXELS."""
+        step = max(1, min(MAX_BATCH_PIXELS // (size * size), -(-len(boxes) // self._lanes)))
         chunks = [boxes[start : start + step] for start in range(0, len(boxes), step)]
 
         def run(chunk: np.ndarray) -> list[np.ndarray]:
@@ -144,11 +163,24 @@ class MTCNN:
     def _level_proposals(
         self, pyramid: cascade.AreaPyramid, size: tuple[int, int], scale: float, params: DetectionParams
     ) -> np.ndarray:
-        """PNet's boxes on the pyramid level of `size` (at `scale`) after the level's own NMS, best first."""
-        level = pyramid.level(*size)
-        regression, probability = self._pnet.run(None, {"image": level[None]})
-        boxes = cascade.pnet_proposals(probability[0, 0], regression[0], scale, params.threshold_pnet)
-        boxes = boxes[:MAX_PROPOSALS_PER_LEVEL]
+        """PNet's boxes on the pyramid level of `size` (at `scale`) after the level's own NMS, best first.
+
+        The level runs in tiles of at most TILE_PIXELS, their best proposals merged as they come.
+        """
+        height, width = size
+        tile_width = min(width, TILE_PIXELS // MIN_TILE_ROWS)
+        found: cascade.Cells | None = None
+        for top, bottom, rows in cascade.pnet_tiles(height, TILE_PIXELS // tile_width):
+            for left, right, cols in cascade.pnet_tiles(width, tile_width):
+                tile = pyramid.level(height, width, (top, bottom), (left, right))
+                regression, probability = self._pnet.run(None, {"image": tile[None]})
+                origin = (top // cascade.PNET_STRIDE, left // cascade.PNET_STRIDE)
+                probability, regression = probability[0, 0, :rows, :cols], regression[0, :, :rows, :cols]
+                cells = cascade.Cells.over(probability, regression, params.threshold_pnet, origin)
+                found = cells if found is None else cascade.Cells.join([found, cells])
+                found = found.best(MAX_PROPOSALS_PER_LEVEL)
+        assert found is not None  # a level has at least one tile
+        boxes = found.boxes(scale)
         return boxes[cascade.nms(boxes, NMS_PNET_LEVEL)]
 
     def _refine(self, image: np.ndarray, boxes: np.ndarray, threshold: float) -> np.ndarray:
@@ -185,6 +217,22 @@ def _share_out(sizes: list[tuple[int, int]], lanes: int) -> list[list[int]]:
         shares[lane].append(level)
         work[lane] += sizes[level][0] * sizes[level][1] + LEVEL_OVERHEAD_PIXELS
     return shares
+
+
+def _check_budget(height: int, width: int, min_face_size: int, pyramid_pixels: int) -> None:
+    """Refuse, naming the smallest `min_face_size` that fits, a pyramid over MAX_PYRAMID_PIXELS."""
+    if pyramid_pixels <= MAX_PYRAMID_PIXELS:
+        return
+    smallest = next(
+        size
+        for size in itertools.count(min_face_size + 1)
+        if cascade.pyramid_pixels(height, width, size) <= MAX_PYRAMID_PIXELS
+    )
+    raise DetectionBudgetError(
+        f"min_face_size={min_face_size} on a {width}x{height} image needs an image pyramid of "
+        f"{pyramid_pixels / 1e6:.1f} megapixels, over the limit of {MAX_PYRAMID_PIXELS / 1e6:.0f}: "
+        f"use min_face_size >= {smallest}, or a smaller image"
+    )
 
 
 def _check_image(image: np.ndarray) -> None:
