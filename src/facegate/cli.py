@@ -291,11 +291,11 @@ def _detect(args: argparse.Namespace, settings: Settings) -> int:
     for path in args.images:
         try:
             image = load_image_file(path)
+            faces = detector.detect(image, params)  # ImageError too: over the detection budget
         except (OSError, ImageError) as exc:
             logger.error("%s: %s", path, exc)
             failures += 1
             continue
-        faces = detector.detect(image, params)
         if args.json:
             print(json.dumps({"path": str(path), **detection_dict(faces)}))
         else:
