@@ -88,7 +88,12 @@ def _parser() -> argparse.ArgumentParser:
         "recognize", help="recognise the faces in image files against the gallery"
     )
     recognize.add_argument("images", nargs="+", type=Path)
-    recognize.add_argument("--threshold", type=float, default=None)
+    recognize.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="a fixed cosine-distance threshold (default: chosen for FACE_MATCH_FPIR at the gallery's size)",
+    )
     recognize.set_defaults(handler=_recognize)
     return parser
 
