@@ -32,7 +32,9 @@ def listening(port: int) -> bool:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("command", ["ui", "up", "serve"])
-def test_sigterm_stops_every_child_and_frees_the_ports(command: str, tmp_path: Path) -> None:
+def test_sigterm_stops_every_child_and_frees_the_ports(
+    command: str, tmp_path: Path, pgdata_dir: Path
+) -> None:
     api_port, ui_port = free_port(), free_port()
     api_health, ui_health = (
         f"http://127.0.0.1:{api_port}/health",
@@ -47,7 +49,7 @@ def test_sigterm_stops_every_child_and_frees_the_ports(command: str, tmp_path: P
         ),
         "serve": (["serve", "--port", str(api_port), "--workers", "2"], [api_health], [api_port]),
     }[command]
-    data_dir = tmp_path / "data"
+    data_dir = pgdata_dir  # outside pytest's folder, which a concurrent pytest session makes private
     env = clean_env(APP_TOKEN=KEY, FACEGATE_DATA_DIR=str(data_dir))
     with child("facegate", facegate(*argv), tmp_path, env) as server:
         for url in ready:
@@ -68,7 +70,7 @@ def test_sigterm_stops_every_child_and_frees_the_ports(command: str, tmp_path: P
     assert "Running commandline" not in log and "XDG_RUNTIME_DIR" not in log, log
 
 
-def test_enroll_names_each_skipped_photo_with_its_reason(tmp_path: Path) -> None:
+def test_enroll_names_each_skipped_photo_with_its_reason(tmp_path: Path, pgdata_dir: Path) -> None:
     people = tmp_path / "people"
     obama = people / "Barack_Obama"
     obama.mkdir(parents=True)
@@ -78,7 +80,7 @@ def test_enroll_names_each_skipped_photo_with_its_reason(tmp_path: Path) -> None
     shutil.copy(FACES / "groups" / "fr_two_people.jpg", obama / "group.jpg")
     (people / "Nobody").mkdir()
     report = tmp_path / "skipped.csv"
-    env = clean_env(APP_TOKEN=KEY, FACEGATE_DATA_DIR=str(tmp_path / "data"))
+    env = clean_env(APP_TOKEN=KEY, FACEGATE_DATA_DIR=str(pgdata_dir))
     done = subprocess.run(
         facegate("enroll", str(people), "--report", str(report)),
         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=API_START_TIMEOUT,
