@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import socket
 import uuid
 from pathlib import Path
 
@@ -55,6 +56,7 @@ def test_health_reports_the_database_and_model(anonymous: TestClient) -> None:
     assert body["status"] == "healthy" and body["database"] == "connected"
     assert body["embedding_dimension"] == 128
     assert 0 < body["threshold"] < 1
+    assert body["instance"] == socket.gethostname()  # which replica answered (INSTANCE_NAME unset)
 
 
 def test_docs_and_openapi_are_open(anonymous: TestClient) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -70,3 +71,8 @@ def test_api_key_from_env_or_generated_file(monkeypatch: pytest.MonkeyPatch, tmp
     assert len(generated) >= 32
     assert (tmp_path / "api_key").stat().st_mode & 0o777 == 0o600
     assert settings(monkeypatch, FACEGATE_DATA_DIR=str(tmp_path)).ensure_api_key() == generated  # stable
+
+
+def test_instance_name_defaults_to_the_hostname(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert settings(monkeypatch).instance_name == socket.gethostname()
+    assert settings(monkeypatch, INSTANCE_NAME="api-2").instance_name == "api-2"  # replicas on one host

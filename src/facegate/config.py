@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import socket
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -85,6 +86,10 @@ class Settings(BaseSettings):
         default=100, ge=1, description="Requests a key may make at once before the rate applies."
     )
     api_root_path: str = Field(default="", description="Path prefix the API is served under by a proxy.")
+    instance_name: str = Field(
+        default_factory=socket.gethostname,
+        description="This replica's name in /health; set it where replicas share a hostname (host network).",
+    )
     onnx_threads: int = Field(
         default=0,
         ge=0,

@@ -33,6 +33,7 @@ async def health(services: ServicesDep) -> Health | JSONResponse:
         embedding_model=embedder.name,
         embedding_dimension=embedder.dim,
         version=__version__,
+        instance=services.settings.instance_name,
     )
     try:
         await query(services.gallery.ping)
