@@ -28,7 +28,7 @@ from facegate.gallery import (
     UnknownUserError,
     database_dsn,
 )
-from facegate.gallery.schema import HNSW_INDEX, migrate
+from facegate.gallery.schema import HNSW_INDEX, MIGRATIONS, migrate
 
 BOX = (10.0, 20.0, 110.0, 140.0)
 
@@ -52,9 +52,12 @@ def cosine_distances(queries: np.ndarray, vectors: np.ndarray) -> np.ndarray:
 
 def test_migrations_apply_once(gallery_dsn: str) -> None:
     with psycopg.connect(gallery_dsn) as conn:
-        assert migrate(conn, "m", 16) == [1]
+        versions = [migration.version for migration in MIGRATIONS]
+        assert migrate(conn, "m", 16) == versions
         assert migrate(conn, "m", 16) == []
-        assert conn.execute("SELECT version FROM schema_migrations").fetchall() == [(1,)]
+        assert conn.execute("SELECT version FROM schema_migrations ORDER BY 1").fetchall() == [
+            (version,) for version in versions
+        ]
         assert conn.execute("SELECT model, dim FROM gallery_meta").fetchall() == [("m", 16)]
         column_type = conn.execute(
             "SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
@@ -69,7 +72,7 @@ def test_workers_opening_together_migrate_once(gallery_dsn: str) -> None:
     for opened in galleries:
         opened.close()
     with psycopg.connect(gallery_dsn) as conn:
-        assert conn.execute("SELECT count(*) FROM schema_migrations").fetchone() == (1,)
+        assert conn.execute("SELECT count(*) FROM schema_migrations").fetchone() == (len(MIGRATIONS),)
 
 
 @pytest.mark.parametrize(("model", "dim"), [("other-model", 16), ("test-model", 32)])

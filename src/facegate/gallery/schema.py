@@ -76,8 +76,25 @@ def _initial_schema(dim: int) -> list[sql.Composable]:
     ]
 
 
+def _rate_buckets(_: int) -> list[sql.Composable]:
+    # The API's shared rate limits (api/ratelimit.py), one row per key. UNLOGGED: no WAL for a write
+    # on every request; after a crash the buckets start full again, which is harmless.
+    return [
+        sql.SQL(
+            """CREATE UNLOGGED TABLE rate_buckets (
+                key_name text PRIMARY KEY,
+                tokens double precision NOT NULL,
+                updated double precision NOT NULL,
+                granted boolean NOT NULL
+            )"""
+        )
+    ]
+
+
+# Version 2 is another branch's (issue 21, users.name_skeleton); the numbers only have to be unique.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "users, faces with an HNSW index, gallery_meta", _initial_schema),
+    Migration(3, "rate_buckets: the API's rate limits shared by its replicas", _rate_buckets),
 )
 
 

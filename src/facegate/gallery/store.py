@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -172,6 +172,10 @@ class Gallery:
 
     def close(self) -> None:
         self._pool.close()
+
+    def transaction(self) -> AbstractContextManager[psycopg.Connection]:
+        """A pooled connection in a transaction, for state kept beside the gallery (the rate limits)."""
+        return self._transaction()
 
     @contextmanager
     def _transaction(self) -> Iterator[psycopg.Connection]:
