@@ -7,10 +7,11 @@ import re
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import anyio
+import psycopg
 import pytest
 from fastapi.testclient import TestClient
 from starlette.types import Message, Receive, Scope, Send
@@ -166,14 +167,24 @@ def test_shared_bucket_grants_exactly_the_burst_to_concurrent_requests(gallery: 
     assert waits.count(0.0) == 10
 
 
-def test_shared_limiter_limits_per_process_while_the_database_is_away() -> None:
-    @contextmanager
-    def unavailable() -> Iterator[None]:
-        raise GalleryUnavailable("the database is unavailable: test")
-        yield
+def test_shared_limiter_limits_per_process_while_the_database_is_away(gallery: Gallery) -> None:
+    clock = FakeClock()
+    attempts: list[float] = []
+    database = {"up": False}
 
-    limiter = SharedRateLimiter(unavailable, 60, 2, FakeClock())  # type: ignore[arg-type]
+    def transaction() -> AbstractContextManager[psycopg.Connection]:
+        attempts.append(clock.now)
+        if not database["up"]:
+            raise GalleryUnavailable("the database is unavailable: test")
+        return gallery.transaction()
+
+    limiter = SharedRateLimiter(transaction, 60, 2, clock)
     assert [limiter.acquire("a") for _ in range(3)] == [0, 0, pytest.approx(1.0)]
+    assert attempts == [100.0]  # not once a request: each would wait for the pool's timeout first
+    database["up"] = True
+    clock.now += 10
+    assert limiter.acquire("a") == 0  # asked again, and its bucket there is full
+    assert attempts == [100.0, 110.0]
 
 
 def test_the_limiter_is_shared_unless_one_worker_owns_its_database(tmp_path: Path) -> None:

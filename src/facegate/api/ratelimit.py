@@ -82,13 +82,18 @@ RETURNING tokens, granted
 """
 
 
+# Seconds between attempts to reach the database while it is unavailable.
+_RETRY_AFTER_OUTAGE_S = 5.0
+
+
 class SharedRateLimiter:
     """Token buckets in the `rate_buckets` table, shared by every process on the database.
 
     `clock` is wall time (seconds since the epoch), the one clock replicas on several machines share
     (kept in step by NTP; a replica whose clock is behind adds no tokens). While the database is
     unreachable, each process limits on its own (`fallback`): the API still answers what needs no
-    gallery, and a key still cannot go unlimited.
+    gallery, and a key still cannot go unlimited. After a failure it asks the database again only
+    `_RETRY_AFTER_OUTAGE_S` later, so that requests do not each wait out the pool's timeout first.
     """
 
     def __init__(
@@ -103,16 +108,21 @@ class SharedRateLimiter:
         self._transaction = transaction
         self._clock = clock
         self._fallback = RateLimiter(per_minute, burst, clock)
+        self._database_again_at = -math.inf
 
     def acquire(self, key_name: str) -> float:
         if self.rate <= 0:
             return 0.0
-        values = {"key": key_name, "now": self._clock(), "rate": self.rate, "burst": self.burst}
+        now = self._clock()
+        if now < self._database_again_at:
+            return self._fallback.acquire(key_name)
+        values = {"key": key_name, "now": now, "rate": self.rate, "burst": self.burst}
         try:
             with self._transaction() as conn:
                 row = conn.execute(_TAKE, values).fetchone()
         except GalleryUnavailable as exc:
             logger.warning("rate limits per process while the database is unavailable: %s", exc)
+            self._database_again_at = now + _RETRY_AFTER_OUTAGE_S
             return self._fallback.acquire(key_name)
         assert row is not None  # INSERT ... RETURNING always returns the row
         tokens, granted = row
