@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import socket
 import uuid
 from pathlib import Path
 
@@ -64,6 +65,7 @@ def test_health_reports_the_database_and_model(anonymous: TestClient) -> None:
     assert body["embedding_dimension"] == 128
     # No fixed threshold by default: each search's follows the gallery's size (FACE_MATCH_FPIR).
     assert body["threshold"] is None and body["fpir_target"] == 0.01
+    assert body["instance"] == socket.gethostname()  # which replica answered (INSTANCE_NAME unset)
 
 
 def test_docs_and_openapi_are_open(anonymous: TestClient) -> None:

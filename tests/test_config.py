@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -107,3 +108,8 @@ def test_liveness_bounds_default_to_the_settings(monkeypatch: pytest.MonkeyPatch
     assert Bounds() == Bounds.from_settings(settings(monkeypatch))
     changed = Bounds.from_settings(settings(monkeypatch, FACE_VERIFY_THRESHOLD="0.07", LIVENESS_TIMEOUT="5"))
     assert (changed.match_threshold, changed.timeout_s) == (0.07, 5.0)
+
+
+def test_instance_name_defaults_to_the_hostname(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert settings(monkeypatch).instance_name == socket.gethostname()
+    assert settings(monkeypatch, INSTANCE_NAME="api-2").instance_name == "api-2"  # replicas on one host

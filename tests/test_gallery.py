@@ -72,9 +72,12 @@ def test_the_gallery_opened_from_settings_uses_every_database_setting(gallery_ds
 
 def test_migrations_apply_once(gallery_dsn: str) -> None:
     with psycopg.connect(gallery_dsn) as conn:
-        assert migrate(conn, "m", 16) == [1, 2]
+        versions = [migration.version for migration in MIGRATIONS]
+        assert migrate(conn, "m", 16) == versions
         assert migrate(conn, "m", 16) == []
-        assert conn.execute("SELECT version FROM schema_migrations ORDER BY 1").fetchall() == [(1,), (2,)]
+        assert conn.execute("SELECT version FROM schema_migrations ORDER BY 1").fetchall() == [
+            (version,) for version in versions
+        ]
         assert conn.execute("SELECT model, dim FROM gallery_meta").fetchall() == [("m", 16)]
         column_type = conn.execute(
             "SELECT format_type(atttypid, atttypmod) FROM pg_attribute "

@@ -6,9 +6,12 @@ import logging
 import re
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import anyio
+import psycopg
 import pytest
 from fastapi.testclient import TestClient
 from starlette.types import Message, Receive, Scope, Send
@@ -16,7 +19,9 @@ from starlette.types import Message, Receive, Scope, Send
 from facegate.api.auth import KeyRing
 from facegate.api.deps import Services
 from facegate.api.middleware import RequestDeadline, UploadSizeLimit
-from facegate.api.ratelimit import RateLimiter, retry_after
+from facegate.api.ratelimit import RateLimiter, SharedRateLimiter, limiter_for, retry_after
+from facegate.config import Settings
+from facegate.gallery import Gallery, GalleryUnavailable
 from tests.conftest import API_KEY, SCOPED_KEYS
 from tests.data import FACES
 from tests.support import FakeClock
@@ -128,6 +133,61 @@ def test_token_bucket_allows_a_burst_then_the_rate() -> None:
     assert limiter.acquire("a") == 0
     clock.now += 3600
     assert [limiter.acquire("a") for _ in range(4)][-1] > 0  # refills to the burst, no further
+
+
+def test_shared_buckets_hold_across_replicas(gallery: Gallery) -> None:
+    """Two replicas' limiters on one database draw from one bucket per key, with the same arithmetic."""
+    clock = FakeClock()
+    first, second = (SharedRateLimiter(gallery.transaction, 60, 3, clock) for _ in range(2))
+    assert [first.acquire("a"), second.acquire("a"), first.acquire("a")] == [0, 0, 0]
+    assert second.acquire("a") == pytest.approx(1.0)  # the burst is spent for both
+    assert first.acquire("b") == 0  # buckets are per key
+    clock.now += 0.5
+    assert first.acquire("a") == pytest.approx(0.5)
+    clock.now += 0.5
+    assert second.acquire("a") == 0
+    clock.now -= 30  # a replica whose clock is behind gets no token from it
+    assert first.acquire("a") > 0
+    clock.now += 3600
+    assert [second.acquire("a") for _ in range(4)][-1] > 0  # refills to the burst, no further
+
+
+def test_shared_bucket_grants_exactly_the_burst_to_concurrent_requests(gallery: Gallery) -> None:
+    clock = FakeClock()  # time stands still: only the burst can be granted
+    limiters = [SharedRateLimiter(gallery.transaction, 1, 10, clock) for _ in range(4)]
+    with ThreadPoolExecutor(8) as pool:
+        waits = list(pool.map(lambda i: limiters[i % 4].acquire("k"), range(40)))
+    assert waits.count(0.0) == 10
+
+
+def test_shared_limiter_limits_per_process_while_the_database_is_away(gallery: Gallery) -> None:
+    clock = FakeClock()
+    attempts: list[float] = []
+    database = {"up": False}
+
+    def transaction() -> AbstractContextManager[psycopg.Connection]:
+        attempts.append(clock.now)
+        if not database["up"]:
+            raise GalleryUnavailable("the database is unavailable: test")
+        return gallery.transaction()
+
+    limiter = SharedRateLimiter(transaction, 60, 2, clock)
+    assert [limiter.acquire("a") for _ in range(3)] == [0, 0, pytest.approx(1.0)]
+    assert attempts == [100.0]  # not once a request: each would wait for the pool's timeout first
+    database["up"] = True
+    clock.now += 10
+    assert limiter.acquire("a") == 0  # asked again, and its bucket there is full
+    assert attempts == [100.0, 110.0]
+
+
+def test_the_limiter_is_shared_unless_one_worker_owns_its_database(tmp_path: Path) -> None:
+    def limiter(**values: object) -> object:
+        settings = Settings(facegate_data_dir=tmp_path, _env_file=None, **values)  # type: ignore[arg-type]
+        return limiter_for(settings, lambda: None)  # type: ignore[arg-type,return-value]
+
+    assert isinstance(limiter(web_concurrency=1), RateLimiter)  # embedded, one worker
+    assert isinstance(limiter(web_concurrency=2), SharedRateLimiter)  # workers share the embedded one
+    assert isinstance(limiter(web_concurrency=1, database_url="postgresql://db/x"), SharedRateLimiter)
 
 
 def test_rate_limit_zero_means_unlimited() -> None:

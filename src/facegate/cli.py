@@ -198,7 +198,10 @@ def _run_uvicorn(args: argparse.Namespace, settings: Settings, workers: int) -> 
 
 
 def _ui(args: argparse.Namespace, settings: Settings) -> int:
-    return _supervise([_streamlit_command(args.host, args.port, settings)], dict(os.environ))
+    # Streamlit replaces this process rather than running under it: as a container's PID 1, a
+    # waiting parent would ignore the SIGTERM of `docker stop` and be killed 10 s later.
+    command = _streamlit_command(args.host, args.port, settings)
+    os.execv(command[0], command)
 
 
 def _streamlit_command(host: str, port: int, settings: Settings) -> list[str]:

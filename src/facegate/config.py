@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import socket
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -132,6 +133,10 @@ class Settings(BaseSettings):
         default=512,
         ge=1,
         description="Open connections per worker (`facegate serve`); beyond, new ones are closed at once.",
+    )
+    instance_name: str = Field(
+        default_factory=socket.gethostname,
+        description="This replica's name in /health; set it where replicas share a hostname (host network).",
     )
     onnx_threads: int = Field(
         default=0,

@@ -132,6 +132,7 @@ class Health(BaseModel):
     embedding_model: str
     embedding_dimension: int
     version: str
+    instance: str = Field(description="Which replica answered: INSTANCE_NAME, else the hostname.")
     detail: str | None = None
 
 

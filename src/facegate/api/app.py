@@ -17,7 +17,7 @@ from facegate.api.deps import Services
 from facegate.api.errors import install_error_handlers
 from facegate.api.metrics import MeteredPipeline, Metrics
 from facegate.api.middleware import RequestContext, RequestDeadline, UploadSizeLimit
-from facegate.api.ratelimit import RateLimiter
+from facegate.api.ratelimit import limiter_for
 from facegate.api.routes import detect, liveness, recognize, stream, system, users
 from facegate.api.tickets import TicketSigner
 from facegate.config import Settings, get_settings
@@ -48,7 +48,7 @@ def build_services(settings: Settings, dsn: str, metrics: Metrics) -> Services:
         gallery=gallery,
         policy=MatchPolicy.from_settings(settings, pipeline.embedder.name),
         inference_limiter=anyio.CapacityLimiter(settings.max_concurrent_inference),
-        rate_limiter=RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst),
+        rate_limiter=limiter_for(settings, gallery.transaction),
         metrics=metrics,
     )
 

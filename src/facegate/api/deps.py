@@ -13,7 +13,7 @@ from fastapi import Depends, HTTPException, Request, UploadFile, status
 
 from facegate.api.auth import KeyRing
 from facegate.api.metrics import Metrics
-from facegate.api.ratelimit import RateLimiter
+from facegate.api.ratelimit import Limiter
 from facegate.api.tickets import TicketSigner
 from facegate.config import Settings
 from facegate.gallery import Gallery
@@ -38,7 +38,7 @@ class Services:
     gallery: Gallery
     policy: MatchPolicy
     inference_limiter: anyio.CapacityLimiter
-    rate_limiter: RateLimiter
+    rate_limiter: Limiter
     metrics: Metrics
 
 

@@ -107,9 +107,25 @@ def _fill_skeletons(conn: psycopg.Connection) -> None:
     conn.execute(f"CREATE UNIQUE INDEX {NAME_SKELETON_INDEX} ON users (name_skeleton)")
 
 
+def _rate_buckets(_: int) -> list[sql.Composable]:
+    # The API's shared rate limits (api/ratelimit.py), one row per key. UNLOGGED: no WAL for a write
+    # on every request; after a crash the buckets start full again, which is harmless.
+    return [
+        sql.SQL(
+            """CREATE UNLOGGED TABLE rate_buckets (
+                key_name text PRIMARY KEY,
+                tokens double precision NOT NULL,
+                updated double precision NOT NULL,
+                granted boolean NOT NULL
+            )"""
+        )
+    ]
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "users, faces with an HNSW index, gallery_meta", _initial_schema),
     Migration(2, "users.name_skeleton: look-alike names are one name", _skeleton_column, _fill_skeletons),
+    Migration(3, "rate_buckets: the API's rate limits shared by its replicas", _rate_buckets),
 )
 
 

@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Literal
@@ -229,6 +229,10 @@ class Gallery:
 
     def close(self) -> None:
         self._pool.close()
+
+    def transaction(self) -> AbstractContextManager[psycopg.Connection]:
+        """A pooled connection in a transaction, for state kept beside the gallery (the rate limits)."""
+        return self._transaction()
 
     @contextmanager
     def _transaction(self, *, write: bool = False) -> Iterator[psycopg.Connection]:

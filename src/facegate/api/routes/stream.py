@@ -32,7 +32,7 @@ from fastapi import APIRouter, HTTPException, WebSocket, WebSocketDisconnect, st
 from pydantic import ValidationError, validate_call
 
 from facegate.api.auth import Scope
-from facegate.api.deps import Services, decode, infer
+from facegate.api.deps import Services, decode, infer, query
 from facegate.api.ratelimit import retry_after
 from facegate.api.routes.detect import detection_params
 from facegate.api.routes.recognize import ThresholdQuery, recognize_image
@@ -148,8 +148,9 @@ async def _open(websocket: WebSocket, scope: Scope, ticket_grant: str | None = N
     if holder is None:
         holder = await _key_holder(websocket, services, credentials.api_key, scope, ticket_grant)
     # Opening a stream counts as one request of the key's rate (a ticket's: the key it was issued
-    # to); its frames are bounded already, one inference at a time per stream.
-    if (wait := services.rate_limiter.acquire(holder)) > 0:
+    # to); its frames are bounded already, one inference at a time per stream. In a worker thread:
+    # the shared limiter asks the database.
+    if (wait := await query(lambda: services.rate_limiter.acquire(holder))) > 0:
         await _refuse(
             websocket,
             status.HTTP_429_TOO_MANY_REQUESTS,

