@@ -51,7 +51,13 @@ class Settings(BaseSettings):
     db_timeout: float = Field(default=5.0, gt=0, description="Seconds to wait for a database connection.")
 
     # --- recognition ---
-    face_embedder: Literal["onnx", "dlib", "arcface"] = "onnx"
+    face_embedder: Literal["onnx", "dlib", "arcface", "facenet", "fusion"] = Field(
+        default="onnx",
+        description=(
+            "onnx/dlib: dlib's ResNet; arcface: ARCFACE_MODEL_PATH; facenet, fusion (dlib + FaceNet): "
+            "the optional extra facegate[fusion]."
+        ),
+    )
     arcface_model_path: Path | None = None
     # Calibrated on LFW by benchmarks/calibrate.py (see BENCHMARKS.md): one-to-many search needs a
     # stricter threshold than one-to-one verification, whose best LFW fold-1 accuracy is at 0.086.
