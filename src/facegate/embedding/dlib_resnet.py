@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from facegate.embedding.alignment import face_chips
-from facegate.embedding.base import MirroredEmbedder, unit_descriptors
+from facegate.embedding.base import MIRROR_SUFFIX, MirroredEmbedder, unit_descriptors
 from facegate.embedding.dlib_onnx import INPUT_NAME, converted_model
 from facegate.embedding.models import RESNET_PATH, dlib_resnet
 from facegate.faces import Face
@@ -75,4 +75,11 @@ class DlibOnnxEmbedder(DlibResNetEmbedder):
         return self._session.run(None, {INPUT_NAME: np.ascontiguousarray(chips)})[0]
 
 
-__all__ = ["MODEL_NAME", "DlibEmbedder", "DlibOnnxEmbedder", "DlibResNetEmbedder", "unit_descriptors"]
+__all__ = [
+    "MIRROR_SUFFIX",
+    "MODEL_NAME",
+    "DlibEmbedder",
+    "DlibOnnxEmbedder",
+    "DlibResNetEmbedder",
+    "unit_descriptors",
+]
