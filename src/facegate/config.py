@@ -60,7 +60,13 @@ class Settings(BaseSettings):
     db_timeout: float = Field(default=5.0, gt=0, description="Seconds to wait for a database connection.")
 
     # --- recognition ---
-    face_embedder: Literal["onnx", "dlib", "arcface"] = "onnx"
+    face_embedder: Literal["onnx", "dlib", "arcface", "facenet", "fusion"] = Field(
+        default="onnx",
+        description=(
+            "onnx/dlib: dlib's ResNet; arcface: ARCFACE_MODEL_PATH; facenet, fusion (dlib + FaceNet): "
+            "the optional extra facegate[fusion]."
+        ),
+    )
     arcface_model_path: Path | None = None
     # One-to-many search: the threshold follows the gallery's size so that a stranger's chance of
     # being named stays at FACE_MATCH_FPIR (facegate.recognition); a set threshold overrides it.

@@ -9,11 +9,6 @@ saves a pass over every activation.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import logging
-import os
-import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -21,6 +16,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from facegate.embedding import model_cache
 from facegate.embedding.dlib_format import (
     ADD_PREV,
     AFFINE,
@@ -36,12 +32,9 @@ from facegate.embedding.dlib_format import (
     parse_dlib_resnet,
 )
 
-log = logging.getLogger(__name__)
-
 # Bump when the graph this module builds changes, so cached conversions are rebuilt.
 CONVERTER_VERSION = 1
 INPUT_NAME, OUTPUT_NAME = "chips", "descriptors"
-_OPSET, _IR_VERSION = 17, 8  # IR 8 loads on every onnxruntime >= 1.14
 
 
 def _fold_affine(layers: list[Layer]) -> list[Layer]:
@@ -156,76 +149,17 @@ def build_onnx(net: DlibResNet, source_sha256: str = "") -> onnx.ModelProto:
             flat = g.node("Flatten", [x.name], axis=1)
             out = helper.make_node("MatMul", [flat, g.constant("fc", layer.arrays["weight"])], [OUTPUT_NAME])
             g.nodes.append(out)
-    graph = helper.make_graph(
-        g.nodes,
-        "dlib_face_recognition_resnet_model_v1",
-        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.UINT8, ["N", size, size, 3])],
-        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["N", 128])],
-        g.initializers,
-    )
-    model = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", _OPSET)], producer_name="facegate"
-    )
-    model.ir_version = _IR_VERSION
-    helper.set_model_props(model, {"source_sha256": source_sha256, "converter": str(CONVERTER_VERSION)})
-    onnx.checker.check_model(model)
-    return model
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write via a temporary file in the same directory, so readers never see a half-written file."""
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
-def _cached(model_path: Path, stamp_path: Path, expected: dict[str, object]) -> bytes | None:
-    """The cached model when its stamp matches the source and its own checksum; else None."""
-    try:
-        stamp = json.loads(stamp_path.read_text())
-        data = model_path.read_bytes()
-    except (OSError, ValueError):
-        return None
-    if not isinstance(stamp, dict) or any(stamp.get(key) != value for key, value in expected.items()):
-        return None
-    if stamp.get("onnx_sha256") != _sha256(data):
-        log.warning("cached model %s is corrupt; converting again", model_path)
-        return None
-    return data
+    graph = helper.make_graph(g.nodes, "dlib_face_recognition_resnet_model_v1", [], [], g.initializers)
+    props = {"source_sha256": source_sha256, "converter": str(CONVERTER_VERSION)}
+    return model_cache.image_model(graph, (INPUT_NAME, size), (OUTPUT_NAME, 128), props)
 
 
 def converted_model(source: Path, cache_dir: Path) -> bytes:
-    """The ONNX bytes for the dlib model at `source`, converted once and cached in `cache_dir`.
-
-    The cache is keyed by the SHA-256 of the source file and the converter version, and the
-    converted file's own SHA-256 is checked on every load: a changed source or a damaged cache
-    file is converted again.
-    """
-    source_bytes = source.read_bytes()
-    expected: dict[str, object] = {"source_sha256": _sha256(source_bytes), "converter": CONVERTER_VERSION}
-    model_path = cache_dir / f"{source.stem}.onnx"
-    stamp_path = cache_dir / f"{source.stem}.onnx.json"
-    data = _cached(model_path, stamp_path, expected)
-    if data is not None:
-        return data
-    log.info("converting %s to ONNX into %s", source, model_path)
-    model = build_onnx(parse_dlib_resnet(source_bytes), str(expected["source_sha256"]))
-    data = model.SerializeToString()
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    _atomic_write(model_path, data)
-    _atomic_write(stamp_path, json.dumps({**expected, "onnx_sha256": _sha256(data)}).encode())
-    return data
+    """The ONNX bytes for the dlib model at `source`, converted once and cached in `cache_dir`
+    (see `model_cache.converted_model`: a changed source or a damaged cache is converted again)."""
+    return model_cache.converted_model(
+        source, cache_dir, CONVERTER_VERSION, lambda data, digest: build_onnx(parse_dlib_resnet(data), digest)
+    )
 
 
 __all__ = ["CONVERTER_VERSION", "INPUT_NAME", "OUTPUT_NAME", "build_onnx", "converted_model"]

@@ -1,8 +1,8 @@
 """dlib's face-recognition ResNet behind `Embedder`, on dlib's own runtime or on ONNX Runtime.
 
-Both classes align with `alignment.face_chips`, optionally add each chip's mirror image to the
-same batch, and finish the raw descriptors with `unit_descriptors`, so they produce the same
-vectors (cosine ≥ 0.9999) and share a `name`: a gallery stays valid when switching between them.
+Both classes align with `alignment.face_chips` and average each chip with its mirror image
+(`base.MirroredEmbedder`), so they produce the same vectors (cosine ≥ 0.9999) and share a `name`:
+a gallery stays valid when switching between them.
 """
 
 from __future__ import annotations
@@ -15,49 +15,31 @@ from pathlib import Path
 import numpy as np
 
 from facegate.embedding.alignment import face_chips
-from facegate.embedding.base import Embedder
+from facegate.embedding.base import MIRROR_SUFFIX, MirroredEmbedder, unit_descriptors
 from facegate.embedding.dlib_onnx import INPUT_NAME, converted_model
 from facegate.embedding.models import RESNET_PATH, dlib_resnet
 from facegate.faces import Face
 from facegate.runtime import create_session
 
 MODEL_NAME = "dlib_resnet_v1"
-MIRROR_SUFFIX = "+mirror"
 # dlib's network object keeps its activations in itself, and every DlibEmbedder shares the one
 # loaded network: one forward pass at a time per process.
 _DLIB_NET_LOCK = threading.Lock()
 
 
-def _normalised(vectors: np.ndarray) -> np.ndarray:
-    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
-
-
-def unit_descriptors(raw: np.ndarray, faces: int) -> np.ndarray:
-    """Unit vectors from raw descriptors: rows [0, faces) are the chips; any further `faces`
-    rows are their mirror images, averaged in after normalisation (each view weighs the same)."""
-    views = _normalised(raw.astype(np.float64)).reshape(-1, faces, raw.shape[1])
-    return _normalised(views.mean(axis=0)).astype(np.float32)
-
-
-class DlibResNetEmbedder(Embedder):
-    """The shared part of both runtimes: alignment, mirror pass, normalisation."""
+class DlibResNetEmbedder(MirroredEmbedder):
+    """The shared part of both runtimes: dlib's alignment."""
 
     dim = 128
 
     def __init__(self, mirror: bool) -> None:
-        self.mirror = mirror
-        self.name = MODEL_NAME + (MIRROR_SUFFIX if mirror else "")
+        super().__init__(MODEL_NAME, mirror)
 
-    def embed(self, image: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
-        if not faces:
-            return np.zeros((0, self.dim), np.float32)
-        chips = face_chips(image, faces)
-        if self.mirror:
-            chips = np.concatenate([chips, chips[:, :, ::-1]])  # one batch: originals then mirrors
-        return unit_descriptors(self.descriptors(chips), len(faces))
+    def crops(self, image: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
+        return face_chips(image, faces)
 
     @abstractmethod
-    def descriptors(self, chips: np.ndarray) -> np.ndarray:
+    def descriptors(self, crops: np.ndarray) -> np.ndarray:
         """Raw (n, 128) dlib descriptors of (n, 150, 150, 3) uint8 chips, in one batch."""
 
 
@@ -91,3 +73,13 @@ class DlibOnnxEmbedder(DlibResNetEmbedder):
     def descriptors(self, chips: np.ndarray) -> np.ndarray:
         # InferenceSession.run is thread-safe; no lock needed.
         return self._session.run(None, {INPUT_NAME: np.ascontiguousarray(chips)})[0]
+
+
+__all__ = [
+    "MIRROR_SUFFIX",
+    "MODEL_NAME",
+    "DlibEmbedder",
+    "DlibOnnxEmbedder",
+    "DlibResNetEmbedder",
+    "unit_descriptors",
+]

@@ -6,9 +6,16 @@ from facegate.config import Settings
 from facegate.embedding.arcface import ArcFaceEmbedder
 from facegate.embedding.base import Embedder
 from facegate.embedding.dlib_resnet import DlibEmbedder, DlibOnnxEmbedder
+from facegate.embedding.facenet import FaceNetEmbedder
+from facegate.embedding.fusion import FusionEmbedder
 
 # Average each face with its mirror image (see benchmarks/calibrate.py for the measurement).
 MIRROR = True
+# FACE_EMBEDDER=fusion weighs each model by 1/σ, σ = the standard deviation of its cosine
+# similarities between different people, with mirror averaging: fitted on LFW fold 1 by
+# benchmarks/fusion_bench.py (BENCHMARKS.md, "Second model: FaceNet and fusion").
+DLIB_IMPOSTOR_STD = 0.0349
+FACENET_IMPOSTOR_STD = 0.1378
 
 
 def create_embedder(settings: Settings) -> Embedder:
@@ -19,9 +26,13 @@ def create_embedder(settings: Settings) -> Embedder:
         if settings.arcface_model_path is None:
             raise ValueError("FACE_EMBEDDER=arcface needs ARCFACE_MODEL_PATH (an insightface-format .onnx)")
         return ArcFaceEmbedder(settings.arcface_model_path, settings.providers(), settings.session_threads())
-    return DlibOnnxEmbedder(
-        settings.facegate_data_dir / "models",
-        mirror=MIRROR,
-        providers=settings.providers(),
-        threads=settings.session_threads(),
-    )
+    runtime = {"providers": settings.providers(), "threads": settings.session_threads()}
+    models = settings.facegate_data_dir / "models"
+    if settings.face_embedder in ("facenet", "fusion"):
+        # Raises ModuleNotFoundError saying what to install when the optional wheel is missing.
+        facenet = FaceNetEmbedder(models, mirror=MIRROR, **runtime)
+        if settings.face_embedder == "facenet":
+            return facenet
+        dlib = DlibOnnxEmbedder(models, mirror=MIRROR, **runtime)
+        return FusionEmbedder([(dlib, 1 / DLIB_IMPOSTOR_STD), (facenet, 1 / FACENET_IMPOSTOR_STD)])
+    return DlibOnnxEmbedder(models, mirror=MIRROR, **runtime)
