@@ -229,7 +229,7 @@ def test_detect_in_the_browser(stack: Stack, page: Page) -> None:
     screenshot(page, "detect-two-people")
 
 
-def test_register_then_recognise_in_the_browser(stack: Stack, page: Page) -> None:
+def test_register_then_recognise_in_the_browser(stack: Stack, page: Page, http: httpx.Client) -> None:
     name = f"Barack Obama {uuid.uuid4().hex[:4]}"
     open_page(page, stack.gateway + "/gallery")
     register(page, name, TWO_PEOPLE)  # refused: two faces
@@ -248,6 +248,11 @@ def test_register_then_recognise_in_the_browser(stack: Stack, page: Page) -> Non
     expect(page.get_by_text(f"Recognised: {name}")).to_be_visible()
     expect(page.get_by_test_id("stException")).to_have_count(0)
     screenshot(page, "recognise-two-people")
+    # Gone again: a second registration of the same man by another test would make the two
+    # equally near, and the match's margin over the next person then names neither.
+    for user in http.get("/api/users", params={"limit": 200}, headers=KEY).json()["users"]:
+        if user["name"] == name:
+            http.delete(f"/api/users/{user['id']}", headers=KEY)
 
 
 def test_gallery_photo_stays_with_the_person_it_was_chosen_for(
@@ -306,8 +311,7 @@ def test_camera_shows_what_the_recognise_page_shows(stack: Stack, page: Page, ht
     )
     page.get_by_role("button", name="Take Photo").click()
     wait_for_text(page, "1 face: 1 recognised")
-    # Him, or the Barack Obama another test of this module registered.
-    expect(page.get_by_text(re.compile(r"^Recognised: Barack Obama \w{4}$"))).to_be_visible()
+    expect(page.get_by_text(f"Recognised: {person['name']}")).to_be_visible()
     expect(page.get_by_test_id("stDataFrame")).to_be_visible()
     expect(page.get_by_test_id("stException")).to_have_count(0)
     screenshot(page, "camera-snapshot")
