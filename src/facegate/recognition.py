@@ -47,6 +47,12 @@ TAIL_DECADE = 10.0
 ThresholdSource = Literal["fpir", "setting", "request"]
 
 
+def cosine_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """1 − cos(a, b) of two unit vectors: the distance every comparison uses (the gallery's SQL `<=>`
+    computes the same for stored faces)."""
+    return float(1.0 - np.dot(a, b))
+
+
 def calibration_file(model: str) -> str:
     """The file name of `model`'s calibration (model names hold `+` and other punctuation)."""
     return re.sub(r"[^A-Za-z0-9._-]", "_", model) + ".json"

@@ -21,6 +21,7 @@ from facegate.config import Settings
 from facegate.faces import Face
 from facegate.liveness.planarity import planar_residual
 from facegate.liveness.signals import eye_aspect_ratio, mouth_aspect_ratio, yaw_index
+from facegate.recognition import cosine_distance
 
 log = logging.getLogger(__name__)
 
@@ -279,7 +280,7 @@ class Session:
             self._reference = observation
         elif observation.embedding is not None and self._reference.embedding is not None:
             limit = self.bounds.match_threshold if frontal else self.bounds.turned_match_threshold
-            distance = float(1.0 - np.dot(observation.embedding, self._reference.embedding))
+            distance = cosine_distance(observation.embedding, self._reference.embedding)
             if distance > limit:
                 self._fail(
                     Reason.IDENTITY_CHANGED,

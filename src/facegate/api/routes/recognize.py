@@ -12,7 +12,7 @@ from facegate.api.deps import Services, ServicesDep, infer, query, read_image
 from facegate.api.schemas import KEYED_ERRORS, error_responses
 from facegate.gallery import Match
 from facegate.pipeline import EmbeddedFace, NoFaceError
-from facegate.recognition import MatchPolicy, Threshold
+from facegate.recognition import MatchPolicy, Threshold, cosine_distance
 from facegate.schemas import Keypoints, MatchedUser, RecognizedFace, RecognizeResponse, VerifyResponse
 
 router = APIRouter(tags=["recognition"], dependencies=[require(Scope.RECOGNIZE)])
@@ -128,7 +128,7 @@ async def verify(
     second = await read_image(image2, services)
     a = await infer(services, lambda: services.pipeline.largest_face(first))
     b = await infer(services, lambda: services.pipeline.largest_face(second))
-    distance = float(1.0 - np.dot(a.embedding, b.embedding))
+    distance = cosine_distance(a.embedding, b.embedding)
     return VerifyResponse(
         verified=distance <= limit,
         distance=distance,
