@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import psutil
@@ -104,3 +105,25 @@ def test_enroll_names_each_skipped_photo_with_its_reason(tmp_path: Path, pgdata_
         line.startswith(("people enrolled", "  skipped", "skipped photos"))
         for line in done.stdout.splitlines()
     )
+
+
+def test_recognize_names_the_enrolled_person_and_no_one_else(tmp_path: Path, pgdata_dir: Path) -> None:
+    """`facegate recognize` decides as /recognize does (recognition.Recognizer): the enrolled man is
+    named in another photo of him, a stranger is nobody."""
+    obama = tmp_path / "people" / "Barack_Obama"
+    obama.mkdir(parents=True)
+    shutil.copy(PORTRAITS / "Barack_Obama" / "fr_obama_small.jpg", obama / "a.jpg")
+    env = clean_env(APP_TOKEN=KEY, FACEGATE_DATA_DIR=str(pgdata_dir))
+    run = partial(
+        subprocess.run, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=API_START_TIMEOUT
+    )
+    assert run(facegate("enroll", str(obama.parent))).returncode == 0
+    another, stranger = (
+        PORTRAITS / "Barack_Obama" / "fr_obama2.jpg",
+        PORTRAITS / "Amy_Adams" / "openface_adams.jpg",
+    )
+    done = run(facegate("recognize", str(another), str(stranger)))
+    assert done.returncode == 0, done.stderr
+    verdicts = dict(zip(done.stdout.splitlines()[::2], done.stdout.splitlines()[1::2], strict=True))
+    assert "] Barack Obama (distance" in verdicts[f"{another}: 1 face(s)"]
+    assert "] unknown (nearest: distance" in verdicts[f"{stranger}: 1 face(s)"]

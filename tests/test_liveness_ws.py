@@ -9,6 +9,7 @@ way a print moves. There is no camera here: a real person passing is tested on l
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 import random
@@ -71,14 +72,18 @@ def moved(image: np.ndarray, **tilt: Any) -> bytes:
     return jpeg(warp_image(image, tilt_homography((FRAME, FRAME), (FRAME / 2, FRAME / 2), **tilt)))
 
 
+def with_settings(monkeypatch: pytest.MonkeyPatch, client: TestClient, **changes: object) -> None:
+    """The app's settings with `changes`, for this test only."""
+    services = client.app.state.services
+    settings = services.settings.model_copy(update=changes)
+    monkeypatch.setattr(services, "core", dataclasses.replace(services.core, settings=settings))
+
+
 @pytest.fixture
 def app(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
     """The shared test app with short sessions whose challenges start with `turn_left` (a seeded
     random source), so that the tilt tests meet the turn check."""
-    services = client.app.state.services
-    monkeypatch.setattr(
-        services, "settings", services.settings.model_copy(update={"liveness_timeout": TIMEOUT})
-    )
+    with_settings(monkeypatch, client, liveness_timeout=TIMEOUT)
     seed = next(s for s in range(100) if draw_challenges(random.Random(s))[0] is Challenge.TURN_LEFT)
     monkeypatch.setattr(client.app.state, "liveness_rng", random.Random(seed), raising=False)
     yield client
@@ -167,10 +172,7 @@ def test_a_tilted_print_that_reaches_the_yaw_gate_is_refused_as_flat(
     app: TestClient, detector: MTCNN, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """With the yaw gate lowered until the tilted print passes it, the planarity check must refuse."""
-    services = app.app.state.services
-    monkeypatch.setattr(
-        services, "settings", services.settings.model_copy(update={"liveness_turn_yaw": 0.01})
-    )
+    with_settings(monkeypatch, app, liveness_turn_yaw=0.01)
     image = framed(detector, PERSON_A)
     frames = [moved(image, yaw_deg=yaw) for yaw in (0, -40, -25, 25, 40)]
     _, answers, verdict = run_session(app, frames)
@@ -179,7 +181,7 @@ def test_a_tilted_print_that_reaches_the_yaw_gate_is_refused_as_flat(
     residuals = [
         a["signals"]["residual"] for a in answers if a["signals"] and a["signals"]["residual"] is not None
     ]
-    assert residuals and max(residuals) < services.settings.liveness_planar_residual
+    assert residuals and max(residuals) < app.app.state.services.settings.liveness_planar_residual
 
 
 def test_photos_of_two_people_alternated(app: TestClient, detector: MTCNN) -> None:

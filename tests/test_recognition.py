@@ -13,9 +13,11 @@ from facegate.config import Settings
 from facegate.detection import MTCNN
 from facegate.embedding.dlib_resnet import MIRROR_SUFFIX, MODEL_NAME
 from facegate.faces import Face
+from facegate.gallery import Gallery
 from facegate.imaging import load_image_file
+from facegate.pipeline import EmbeddedFace, NoFaceError
 from facegate.quality import assess
-from facegate.recognition import Calibration, MatchPolicy
+from facegate.recognition import Calibration, MatchPolicy, Recognizer
 from tests.data import FACES
 
 PORTRAIT = FACES / "portraits" / "Barack_Obama" / "fr_obama.jpg"
@@ -132,3 +134,44 @@ def test_a_turned_face_is_low_quality(detector: MTCNN) -> None:
     )
     found = assess(image, centre).problem(Settings(_env_file=None).quality_bounds())
     assert found is not None and "turned" in found
+
+
+# --- the Recognizer: the gallery search and the decision for every caller ---------------------
+
+
+def _unit(vector: np.ndarray) -> np.ndarray:
+    return (vector / np.linalg.norm(vector)).astype(np.float32)
+
+
+def _embedded(vector: np.ndarray, problem: str | None = None) -> EmbeddedFace:
+    face = Face((0.0, 0.0, 100.0, 100.0), 0.99, np.zeros((5, 2)))
+    return EmbeddedFace(face, vector, problem)
+
+
+def test_the_recognizer_answers_each_face_in_order_and_skips_poor_ones(gallery: Gallery) -> None:
+    rng = np.random.default_rng(7)
+    people = [_unit(rng.standard_normal(gallery.dim)) for _ in range(3)]
+    ids = [gallery.add_user(f"person {n}", vector, (0, 0, 100, 100)).id for n, vector in enumerate(people)]
+    recognizer = Recognizer(gallery, MatchPolicy(None, 0.01, 0.2, 0.2, margin=0.8))
+    near_second = _unit(people[1] + 0.05 * rng.standard_normal(gallery.dim))
+    stranger = _unit(rng.standard_normal(gallery.dim))
+    poor = _embedded(people[0], problem="the face is too small")
+    result = recognizer.identify([_embedded(near_second), poor, _embedded(stranger), _embedded(people[2])])
+    first, skipped, unknown, last = result.faces
+    assert first.person is not None and first.person.user_id == ids[1]
+    assert skipped.nearest is None and skipped.person is None  # not searched, though it is person 0
+    assert unknown.nearest is not None and unknown.person is None
+    assert (
+        last.person is not None
+        and last.person.user_id == ids[2]
+        and last.distance == pytest.approx(0, abs=1e-5)
+    )
+    assert result.threshold.distance == 0.2 and result.largest is first
+
+
+def test_the_recognizer_needs_a_face_and_names_no_one_from_an_empty_gallery(gallery: Gallery) -> None:
+    recognizer = Recognizer(gallery, MatchPolicy(None, 0.01, None, 0.2))
+    with pytest.raises(NoFaceError):
+        recognizer.identify([])
+    alone = recognizer.identify([_embedded(_unit(np.ones(gallery.dim)))]).largest
+    assert alone.nearest is None and not alone.is_match and alone.similarity is None

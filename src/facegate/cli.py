@@ -19,6 +19,7 @@ from pathlib import Path
 
 from facegate.api.logs import CHATTY_LOGGERS, chatty_level
 from facegate.config import Settings, get_settings
+from facegate.faces import DEFAULT_DETECTION
 
 logger = logging.getLogger("facegate")
 
@@ -69,10 +70,10 @@ def _parser() -> argparse.ArgumentParser:
     detect.add_argument(
         "--annotate", type=Path, metavar="OUT", help="write annotated copies into this folder"
     )
-    detect.add_argument("--min-face-size", type=int, default=20)
-    detect.add_argument("--threshold-pnet", type=float, default=0.6)
-    detect.add_argument("--threshold-rnet", type=float, default=0.7)
-    detect.add_argument("--threshold-onet", type=float, default=0.7)
+    detect.add_argument("--min-face-size", type=int, default=DEFAULT_DETECTION.min_face_size)
+    detect.add_argument("--threshold-pnet", type=float, default=DEFAULT_DETECTION.threshold_pnet)
+    detect.add_argument("--threshold-rnet", type=float, default=DEFAULT_DETECTION.threshold_rnet)
+    detect.add_argument("--threshold-onet", type=float, default=DEFAULT_DETECTION.threshold_onet)
     detect.set_defaults(handler=_detect)
 
     enroll = commands.add_parser(

@@ -5,8 +5,7 @@ from __future__ import annotations
 import csv
 import logging
 import sys
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,11 +13,12 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from facegate.config import Settings
-from facegate.gallery import ConfusableNameError, DuplicateNameError, Gallery, database_dsn
+from facegate.gallery import ConfusableNameError, DuplicateNameError, Gallery
 from facegate.imaging import ImageError, load_image_file
 from facegate.names import InvalidNameError, clean_name
 from facegate.pipeline import EmbeddedFace, NoFaceError, Pipeline
-from facegate.recognition import MatchPolicy, Threshold
+from facegate.recognition import Identified
+from facegate.services import open_core
 
 logger = logging.getLogger(__name__)
 
@@ -54,18 +54,6 @@ class EnrollReport:
             writer.writerows([str(item.photo), item.reason] for item in self.skipped)
 
 
-@contextmanager
-def open_services(settings: Settings) -> Iterator[tuple[Pipeline, Gallery]]:
-    pipeline = Pipeline.from_settings(settings)
-    with database_dsn(settings) as dsn:
-        embedder = pipeline.embedder
-        gallery = Gallery.from_settings(dsn, embedder.name, embedder.dim, settings)
-        try:
-            yield pipeline, gallery
-        finally:
-            gallery.close()
-
-
 def person_folders(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
@@ -87,10 +75,10 @@ def enroll_folder(root: Path, settings: Settings, report_file: Path | None = Non
         return 2
     folders = person_folders(root)
     report = EnrollReport()
-    with open_services(settings) as (pipeline, gallery), logging_redirect_tqdm():
+    with open_core(settings) as core, logging_redirect_tqdm():
         # Log lines go through the bar's writer, above the bar, instead of breaking it.
         for folder in tqdm(folders, desc="enrolling", unit="person", file=sys.stderr):
-            _enroll_person(folder, pipeline, gallery, report)
+            _enroll_person(folder, core.pipeline, core.gallery, report)
     print(report.summary())
     if report_file is not None:
         report.write_csv(report_file)
@@ -127,36 +115,31 @@ def _enroll_person(folder: Path, pipeline: Pipeline, gallery: Gallery, report: E
 
 def recognize_files(paths: Sequence[Path], settings: Settings, threshold: float | None) -> int:
     failures = 0
-    with open_services(settings) as (pipeline, gallery):
-        policy = MatchPolicy.from_settings(settings, pipeline.embedder.name)
-        chosen = policy.threshold(gallery.size(), threshold)
+    with open_core(settings) as core:
+        chosen = core.policy.threshold(core.gallery.size(), threshold)
         logger.info(
             "match threshold %.4f (%s, %d people)", chosen.distance, chosen.source, chosen.gallery_size
         )
         for path in paths:
             try:
-                faces = pipeline.analyse(load_image_file(path))
+                faces = core.pipeline.analyse(load_image_file(path))
             except (ImageError, OSError) as exc:
                 logger.error("%s: %s", path, exc)
                 failures += 1
                 continue
             print(f"{path}: {len(faces)} face(s)")
-            for face in faces:
-                box = ", ".join(f"{v:.0f}" for v in face.face.box)
-                print(f"  [{box}] {_verdict(face, gallery, policy, chosen)}")
+            if faces:
+                for identified in core.recognizer.identify(faces, threshold).faces:
+                    box = ", ".join(f"{v:.0f}" for v in identified.face.face.box)
+                    print(f"  [{box}] {_verdict(identified)}")
     return 1 if failures else 0
 
 
-def _verdict(face: EmbeddedFace, gallery: Gallery, policy: MatchPolicy, chosen: Threshold) -> str:
-    if face.problem is not None:
-        return f"not searched: {face.problem}"
-    matches = gallery.search(face.embedding[None], k=1)[0]
-    if not matches:
+def _verdict(identified: Identified) -> str:
+    if identified.face.problem is not None:
+        return f"not searched: {identified.face.problem}"
+    nearest = identified.nearest
+    if nearest is None:
         return "unknown (the gallery is empty)"
-    best = matches[0]
-    similarity = f"distance {best.distance:.3f}, similarity {policy.similarity(best.distance):.2f}"
-    return (
-        f"{best.name} ({similarity})"
-        if policy.is_match(best.distance, chosen)
-        else f"unknown (nearest: {similarity})"
-    )
+    similarity = f"distance {nearest.distance:.3f}, similarity {identified.similarity:.2f}"
+    return f"{nearest.name} ({similarity})" if identified.is_match else f"unknown (nearest: {similarity})"

@@ -28,6 +28,7 @@ import json
 import logging
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -35,6 +36,8 @@ from typing import Literal
 import numpy as np
 
 from facegate.config import UNCALIBRATED_MATCH_THRESHOLD, Settings
+from facegate.gallery import Gallery, Match
+from facegate.pipeline import EmbeddedFace, NoFaceError
 
 logger = logging.getLogger(__name__)
 
@@ -123,14 +126,16 @@ class MatchPolicy:
         fixed: float | None,
         fallback: float,
         margin: float = 1.0,
+        verify_threshold: float = 0.086,
     ) -> None:
         """`fixed`: FACE_MATCH_THRESHOLD when set; `fallback`: the fixed threshold used when the
         embedder has no calibration (a user-supplied model); `margin`: see the module docstring
-        (1 = none)."""
+        (1 = none); `verify_threshold`: FACE_VERIFY_THRESHOLD, the one-to-one comparison's."""
         self.calibration = calibration
         self.fpir = fpir
-        self.fixed = fixed if calibration is not None else (fixed if fixed is not None else fallback)
+        self.fixed = fallback if fixed is None and calibration is None else fixed
         self.margin = margin
+        self.verify_threshold = verify_threshold
 
     @classmethod
     def from_settings(cls, settings: Settings, model: str) -> MatchPolicy:
@@ -144,7 +149,14 @@ class MatchPolicy:
                 model,
                 fallback,
             )
-        return cls(calibration, settings.face_match_fpir, fixed, fallback, settings.face_match_margin)
+        return cls(
+            calibration,
+            settings.face_match_fpir,
+            fixed,
+            fallback,
+            settings.face_match_margin,
+            settings.face_verify_threshold,
+        )
 
     @property
     def fpir_target(self) -> float | None:
@@ -154,8 +166,9 @@ class MatchPolicy:
     def threshold(self, gallery_size: int, requested: float | None = None) -> Threshold:
         if requested is not None:
             return Threshold(requested, "request", None, gallery_size)
-        if self.fixed is not None or self.calibration is None:
-            return Threshold(float(self.fixed or 0.0), "setting", None, gallery_size)
+        if self.fixed is not None:
+            return Threshold(self.fixed, "setting", None, gallery_size)
+        assert self.calibration is not None  # __init__: no calibration means a fixed threshold
         return Threshold(self.calibration.threshold(gallery_size, self.fpir), "fpir", self.fpir, gallery_size)
 
     def similarity(self, distance: float) -> float:
@@ -170,3 +183,85 @@ class MatchPolicy:
         if nearest is None or nearest > threshold.distance:
             return False
         return second is None or nearest <= self.margin * second
+
+    def verify(self, first: np.ndarray, second: np.ndarray, requested: float | None = None) -> Verification:
+        """Whether two embeddings are the same person: the one-to-one rule (/verify, a photo added
+        to a person)."""
+        threshold = self.verify_threshold if requested is None else requested
+        distance = cosine_distance(first, second)
+        return Verification(distance <= threshold, distance, self.similarity(distance), threshold)
+
+
+@dataclass(frozen=True, slots=True)
+class Verification:
+    verified: bool
+    distance: float
+    similarity: float
+    threshold: float
+
+
+@dataclass(frozen=True, slots=True)
+class Identified:
+    """One face of a photo and who it is: `nearest` is None when the face was not searched (its
+    `problem` says why) or the gallery is empty."""
+
+    face: EmbeddedFace
+    nearest: Match | None
+    is_match: bool
+    similarity: float | None
+
+    @property
+    def distance(self) -> float | None:
+        return None if self.nearest is None else self.nearest.distance
+
+    @property
+    def person(self) -> Match | None:
+        """The person the face was recognised as; None for a stranger."""
+        return self.nearest if self.is_match else None
+
+
+@dataclass(frozen=True, slots=True)
+class Recognition:
+    """Every face of a photo, largest first, against the gallery at one threshold."""
+
+    faces: list[Identified]
+    threshold: Threshold
+
+    @property
+    def largest(self) -> Identified:
+        return self.faces[0]
+
+
+class Recognizer:
+    """Who is in a photo: the gallery search and the match decision, for every caller (the API's
+    /recognize and streams, the liveness verdict, the CLI)."""
+
+    def __init__(self, gallery: Gallery, policy: MatchPolicy) -> None:
+        self.gallery = gallery
+        self.policy = policy
+
+    def identify(self, faces: Sequence[EmbeddedFace], threshold: float | None = None) -> Recognition:
+        """Each face (largest first, as `Pipeline.analyse` gives them) against the gallery; faces with
+        a quality problem are not searched. `threshold` fixes the distance for this search."""
+        if not faces:
+            raise NoFaceError("no face found in the image")
+        searched = [face.embedding for face in faces if face.problem is None]
+        # Two nearest people: the margin rule compares the nearest with the next one.
+        found = iter(self.gallery.search(np.stack(searched), k=2) if searched else [])
+        chosen = self.policy.threshold(self.gallery.size(), threshold)
+        return Recognition(
+            [self._decide(face, None if face.problem is not None else next(found), chosen) for face in faces],
+            chosen,
+        )
+
+    def _decide(self, face: EmbeddedFace, people: list[Match] | None, chosen: Threshold) -> Identified:
+        if not people:
+            return Identified(face, None, is_match=False, similarity=None)
+        nearest = people[0]
+        second = people[1].distance if len(people) > 1 else None
+        return Identified(
+            face,
+            nearest,
+            is_match=self.policy.is_match(nearest.distance, second, chosen),
+            similarity=self.policy.similarity(nearest.distance),
+        )

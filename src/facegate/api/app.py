@@ -21,9 +21,8 @@ from facegate.api.ratelimit import limiter_for
 from facegate.api.routes import detect, liveness, recognize, stream, system, users
 from facegate.api.tickets import TicketSigner
 from facegate.config import Settings, get_settings
-from facegate.gallery import Gallery, database_dsn
-from facegate.pipeline import Pipeline
-from facegate.recognition import MatchPolicy
+from facegate.gallery import database_dsn
+from facegate.services import build_core
 
 logger = logging.getLogger(__name__)
 
@@ -38,17 +37,13 @@ def build_services(settings: Settings, dsn: str, metrics: Metrics) -> Services:
     if not api_key:
         raise RuntimeError("no API key: set APP_TOKEN (or start with `facegate serve`, which generates one)")
     keys = KeyRing.parse(api_key, settings.facegate_api_keys.get_secret_value())
-    pipeline = MeteredPipeline(Pipeline.from_settings(settings), metrics)
-    gallery = Gallery.from_settings(dsn, pipeline.embedder.name, pipeline.embedder.dim, settings)
+    core = build_core(settings, dsn, wrap=lambda pipeline: MeteredPipeline(pipeline, metrics))
     return Services(
-        settings=settings,
+        core=core,
         keys=keys,
         tickets=TicketSigner(api_key),
-        pipeline=pipeline,
-        gallery=gallery,
-        policy=MatchPolicy.from_settings(settings, pipeline.embedder.name),
         inference_limiter=anyio.CapacityLimiter(settings.max_concurrent_inference),
-        rate_limiter=limiter_for(settings, gallery.transaction),
+        rate_limiter=limiter_for(settings, core.gallery.transaction),
         metrics=metrics,
     )
 
@@ -69,7 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             try:
                 yield
             finally:
-                services.gallery.close()
+                services.core.close()
 
     # Swagger UI and ReDoc from the assets bundled in fastapi-offline, not from a CDN: the docs
     # work on a machine without internet, and the pages reference no other host.

@@ -19,8 +19,9 @@ from facegate.config import Settings
 from facegate.gallery import Gallery
 from facegate.imaging import decode_image
 from facegate.pipeline import Pipeline
-from facegate.recognition import MatchPolicy
+from facegate.recognition import MatchPolicy, Recognizer
 from facegate.runtime import release_free_memory
+from facegate.services import Core
 
 T = TypeVar("T")
 
@@ -31,15 +32,33 @@ _CHUNK = 1 << 20
 class Services:
     """Everything a request may use, created once per process by the app's lifespan."""
 
-    settings: Settings
+    core: Core
     keys: KeyRing
     tickets: TicketSigner
-    pipeline: Pipeline
-    gallery: Gallery
-    policy: MatchPolicy
     inference_limiter: anyio.CapacityLimiter
     rate_limiter: Limiter
     metrics: Metrics
+
+    # The core's parts, as the routes use them.
+    @property
+    def settings(self) -> Settings:
+        return self.core.settings
+
+    @property
+    def pipeline(self) -> Pipeline:
+        return self.core.pipeline
+
+    @property
+    def gallery(self) -> Gallery:
+        return self.core.gallery
+
+    @property
+    def policy(self) -> MatchPolicy:
+        return self.core.policy
+
+    @property
+    def recognizer(self) -> Recognizer:
+        return self.core.recognizer
 
 
 def get_services(request: Request) -> Services:

@@ -6,7 +6,6 @@ import itertools
 import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import TypeVar
 
 import numpy as np
@@ -15,7 +14,7 @@ import onnxruntime as ort
 from facegate.config import available_cores
 from facegate.detection import cascade
 from facegate.detection.networks import build_network
-from facegate.faces import Face
+from facegate.faces import DEFAULT_DETECTION, DetectionParams, Face
 from facegate.imaging import ImageError
 from facegate.runtime import create_session
 
@@ -59,32 +58,6 @@ class DetectionBudgetError(ImageError):
     status = 422
 
 
-@dataclass(frozen=True, slots=True)
-class DetectionParams:
-    """The detection API's settings; defaults are the original service's."""
-
-    min_face_size: int = 20
-    threshold_pnet: float = 0.6
-    threshold_rnet: float = 0.7
-    threshold_onet: float = 0.7
-
-    def __post_init__(self) -> None:
-        if not _is_integer(self.min_face_size) or self.min_face_size < 1:
-            raise ValueError(f"min_face_size must be an integer >= 1, got {self.min_face_size!r}")
-        for name in ("threshold_pnet", "threshold_rnet", "threshold_onet"):
-            value = getattr(self, name)
-            if not _is_real(value) or not 0.0 <= value <= 1.0:  # also refuses NaN
-                raise ValueError(f"{name} must be a number between 0 and 1, got {value!r}")
-
-
-def _is_integer(value: object) -> bool:
-    return isinstance(value, int | np.integer) and not isinstance(value, bool)
-
-
-def _is_real(value: object) -> bool:
-    return isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool)
-
-
 class MTCNN:
     """The three networks, built once; `detect` may be called from several threads at once."""
 
@@ -105,7 +78,7 @@ class MTCNN:
         self._lane_pool = ThreadPoolExecutor(lanes - 1, "mtcnn-lane") if lanes > 1 else None
         log.info("MTCNN on %s in %d lane(s)", self._pnet.get_providers(), lanes)
 
-    def detect(self, image: np.ndarray, params: DetectionParams = DetectionParams()) -> list[Face]:
+    def detect(self, image: np.ndarray, params: DetectionParams = DEFAULT_DETECTION) -> list[Face]:
         """Faces in `image` (RGB uint8, H x W x 3), by decreasing score."""
         _check_image(image)
         boxes = self._propose(image, params)

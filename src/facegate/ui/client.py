@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, ParamSpec
 
 import httpx
@@ -20,6 +20,7 @@ from pydantic import BaseModel
 from facegate.client import FaceGateClient, FaceGateError, RequestTimeoutError
 from facegate.client.errors import error_from_response
 from facegate.config import Settings
+from facegate.faces import DetectionParams
 
 logger = logging.getLogger(__name__)
 
@@ -54,16 +55,6 @@ class Upload:
         return named
 
 
-@dataclass(frozen=True)
-class DetectParams:
-    """The detector's query parameters, with the API's defaults."""
-
-    min_face_size: int = 20
-    threshold_pnet: float = 0.6
-    threshold_rnet: float = 0.7
-    threshold_onet: float = 0.7
-
-
 class ApiClient:
     """A thread-safe client of one FaceGate API (httpx keeps a connection pool)."""
 
@@ -88,8 +79,8 @@ class ApiClient:
     def stats(self) -> dict[str, Any]:
         return _call(self._client.stats)
 
-    def detect(self, image: Upload, params: DetectParams) -> dict[str, Any]:
-        return _call(self._client.detect, image.file(), **vars(params))
+    def detect(self, image: Upload, params: DetectionParams) -> dict[str, Any]:
+        return _call(self._client.detect, image.file(), **asdict(params))
 
     def register(self, name: str, image: Upload) -> dict[str, Any]:
         return _call(self._client.register, name, image.file())

@@ -12,25 +12,14 @@ from PIL import Image
 from facegate.annotate import draw_faces
 from facegate.api.auth import Scope, require
 from facegate.api.deps import ServicesDep, infer, read_image
+from facegate.api.params import detection_params
 from facegate.api.schemas import KEYED_ERRORS, error_responses
-from facegate.detection import DetectionParams
-from facegate.faces import detection_dict
+from facegate.faces import DetectionParams, detection_dict
 from facegate.schemas import DetectResponse
 
 router = APIRouter(tags=["detection"], dependencies=[require(Scope.DETECT)])
 
 _ERRORS = error_responses(*KEYED_ERRORS, 400, 413, 415, 422, 503)
-
-
-def detection_params(
-    min_face_size: Annotated[
-        int, Query(ge=1, le=10_000, description="smallest face to find, in pixels")
-    ] = 20,
-    threshold_pnet: Annotated[float, Query(ge=0.0, le=1.0, allow_inf_nan=False)] = 0.6,
-    threshold_rnet: Annotated[float, Query(ge=0.0, le=1.0, allow_inf_nan=False)] = 0.7,
-    threshold_onet: Annotated[float, Query(ge=0.0, le=1.0, allow_inf_nan=False)] = 0.7,
-) -> DetectionParams:
-    return DetectionParams(min_face_size, threshold_pnet, threshold_rnet, threshold_onet)
 
 
 ParamsDep = Annotated[DetectionParams, Depends(detection_params)]

@@ -33,9 +33,9 @@ import anyio
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from starlette.websockets import WebSocketState
 
+from facegate.api.answers import recognize_image
 from facegate.api.auth import ApiKey, Scope, require
 from facegate.api.deps import Services, ServicesDep, decode, infer
-from facegate.api.routes.recognize import recognize_image
 from facegate.api.routes.stream import LatestFrame, StreamClosed, Taken, _open, _process, _receive, _send
 from facegate.api.schemas import KEYED_ERRORS, error_responses
 from facegate.api.tickets import LIVENESS_GRANT

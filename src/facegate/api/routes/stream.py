@@ -31,11 +31,11 @@ import anyio
 from fastapi import APIRouter, HTTPException, WebSocket, WebSocketDisconnect, status
 from pydantic import ValidationError, validate_call
 
+from facegate.api.answers import recognize_image
 from facegate.api.auth import Scope
 from facegate.api.deps import Services, decode, infer, query
+from facegate.api.params import ThresholdQuery, detection_params
 from facegate.api.ratelimit import retry_after
-from facegate.api.routes.detect import detection_params
-from facegate.api.routes.recognize import ThresholdQuery, recognize_image
 from facegate.api.tickets import TICKET_TTL_S, TicketError
 from facegate.faces import detection_dict
 from facegate.gallery.errors import GalleryError

@@ -7,15 +7,15 @@ from typing import Any
 
 import streamlit as st
 
-from facegate.ui.client import DetectParams
+from facegate.faces import DEFAULT_DETECTION, DetectionParams
 from facegate.ui.widgets import api, call, counted, image_input, show_faces
 
 
-def detection_params() -> DetectParams:
+def detection_params() -> DetectionParams:
     """The detector's settings, with the API's defaults."""
-    defaults = DetectParams()
+    defaults = DEFAULT_DETECTION
     size, pnet, rnet, onet = st.columns(4)
-    return DetectParams(
+    return DetectionParams(
         min_face_size=size.slider(
             "Min face size (px)",
             10,
