@@ -27,6 +27,7 @@ from PIL import Image, ImageOps
 
 from facegate.detection import MTCNN
 from facegate.imaging import load_image_file
+from facegate.runtime import RuntimeOptions
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 FACES = SHARED / "faces"
@@ -102,7 +103,7 @@ def main() -> None:
     parser.add_argument("--photos", action="store_true", help="also time the shared photo set (slower)")
     args = parser.parse_args()
 
-    detector = MTCNN(threads=args.threads)
+    detector = MTCNN(RuntimeOptions(threads=args.threads))
     reference = reference_detector()
     groups = [load_image_file(path) for path in sorted((FACES / "groups").iterdir())]
 

@@ -24,6 +24,7 @@ from facegate.detection import MTCNN
 from facegate.embedding.alignment import face_chips
 from facegate.embedding.dlib_resnet import DlibEmbedder, DlibOnnxEmbedder, DlibResNetEmbedder
 from facegate.imaging import load_image_file
+from facegate.runtime import RuntimeOptions
 
 LFW = Path(__file__).resolve().parents[2] / "shared" / "data" / "faces" / "lfw"
 
@@ -75,9 +76,11 @@ def main() -> None:
     cache = Path(tempfile.gettempdir()) / "facegate-bench-models"
     engines: dict[str, Callable[[], DlibResNetEmbedder]] = {
         "dlib-bin (dlib's runtime)": DlibEmbedder,
-        "ONNX Runtime, default threads": lambda: DlibOnnxEmbedder(cache, providers=["CPUExecutionProvider"]),
+        "ONNX Runtime, default threads": lambda: DlibOnnxEmbedder(
+            cache, runtime=RuntimeOptions(("CPUExecutionProvider",))
+        ),
         "ONNX Runtime, 1 thread": lambda: DlibOnnxEmbedder(
-            cache, providers=["CPUExecutionProvider"], threads=1
+            cache, runtime=RuntimeOptions(("CPUExecutionProvider",), threads=1)
         ),
     }
     print(

@@ -79,13 +79,13 @@ def test_api_key_from_env_or_generated_file(monkeypatch: pytest.MonkeyPatch, tmp
     [
         ("auto", None),
         (" AUTO ", None),
-        ("CPUExecutionProvider", ["CPUExecutionProvider"]),
-        ("CPUExecutionProvider, CPUExecutionProvider", ["CPUExecutionProvider"]),
-        ("CUDAExecutionProvider ,CPUExecutionProvider,", ["CUDAExecutionProvider", "CPUExecutionProvider"]),
+        ("CPUExecutionProvider", ("CPUExecutionProvider",)),
+        ("CPUExecutionProvider, CPUExecutionProvider", ("CPUExecutionProvider",)),
+        ("CUDAExecutionProvider ,CPUExecutionProvider,", ("CUDAExecutionProvider", "CPUExecutionProvider")),
     ],
 )
 def test_onnx_providers_are_parsed_once_for_every_model(
-    monkeypatch: pytest.MonkeyPatch, value: str, expected: list[str] | None
+    monkeypatch: pytest.MonkeyPatch, value: str, expected: tuple[str, ...] | None
 ) -> None:
     assert settings(monkeypatch, ONNX_PROVIDERS=value).providers() == expected
 

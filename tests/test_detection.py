@@ -17,6 +17,7 @@ from PIL import Image
 from facegate.detection import MTCNN, DetectionParams, cascade, mtcnn, networks
 from facegate.faces import Face
 from facegate.imaging import decode_image, load_image_file
+from facegate.runtime import RuntimeOptions
 from tests.data import FACES
 
 PORTRAIT = FACES / "portraits/Barack_Obama/fr_obama_small.jpg"  # 320x240, one face
@@ -96,7 +97,7 @@ def test_concurrent_calls_give_identical_results(detector: MTCNN, portrait: np.n
 @needs_data
 def test_lanes_give_the_serial_result(portrait: np.ndarray, monkeypatch: pytest.MonkeyPatch) -> None:
     group = load_image_file(GROUP)
-    serial, lanes = MTCNN(threads=1), MTCNN(threads=3)
+    serial, lanes = MTCNN(RuntimeOptions(threads=1)), MTCNN(RuntimeOptions(threads=3))
     for image in (portrait, group):
         want = serial.detect(image)
         assert want and [(f.box, f.score) for f in lanes.detect(image)] == [(f.box, f.score) for f in want]
@@ -273,7 +274,7 @@ def test_invalid_images_raise(detector: MTCNN, image: object) -> None:
 
 def test_unknown_provider_raises() -> None:
     with pytest.raises(ValueError, match="not available"):
-        MTCNN(providers=["NoSuchExecutionProvider"])
+        MTCNN(RuntimeOptions(providers=("NoSuchExecutionProvider",)))
 
 
 # --- building blocks -----------------------------------------------------------------------------
@@ -292,7 +293,7 @@ def test_pyramid_over_the_budget_is_refused_naming_the_smallest_min_face_size() 
     assert cascade.pyramid_pixels(480, 640, 20) < mtcnn.MAX_PYRAMID_PIXELS
     image = np.zeros((480, 640, 3), np.uint8)
     with pytest.raises(mtcnn.DetectionBudgetError, match=r"min_face_size >= (\d+)") as refused:
-        MTCNN(threads=1).detect(image, DetectionParams(min_face_size=1))
+        MTCNN(RuntimeOptions(threads=1)).detect(image, DetectionParams(min_face_size=1))
     assert refused.value.status == 422
     smallest = int(re.search(r">= (\d+)", str(refused.value)).group(1))
     assert cascade.pyramid_pixels(480, 640, smallest) <= mtcnn.MAX_PYRAMID_PIXELS
@@ -317,7 +318,7 @@ def test_tiles_give_the_whole_level_bit_for_bit(monkeypatch: pytest.MonkeyPatch)
     pyramid = cascade.AreaPyramid(image)
     level = pyramid.level(400, 300)
     np.testing.assert_array_equal(pyramid.level(400, 300, (38, 190), (7, 111)), level[38:190, 7:111])
-    whole = MTCNN(threads=1)
+    whole = MTCNN(RuntimeOptions(threads=1))
     params = DetectionParams(threshold_pnet=0.3)
     want = whole._propose(image, params)
     # Tiles of 64 x 32 level pixels: the larger levels are split along both sides.

@@ -15,6 +15,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 if TYPE_CHECKING:
     from facegate.quality import QualityBounds
+    from facegate.runtime import RuntimeOptions
 
 # Calibrated on the shared photos by benchmarks/quality.py (BENCHMARKS.md, Quality gate).
 QUALITY_DEFAULTS = {"min_eye_distance": 12.0, "min_sharpness": 0.05, "max_yaw": 1.0}
@@ -188,12 +189,18 @@ class Settings(BaseSettings):
 
         return QualityBounds(self.quality_min_eye_distance, self.quality_min_sharpness, self.quality_max_yaw)
 
-    def providers(self) -> list[str] | None:
-        """`ONNX_PROVIDERS` as a list without blanks or repeats; None for `auto`."""
+    def providers(self) -> tuple[str, ...] | None:
+        """`ONNX_PROVIDERS` without blanks or repeats; None for `auto`."""
         if self.onnx_providers.strip().lower() == "auto":
             return None
         names = [name.strip() for name in self.onnx_providers.split(",") if name.strip()]
-        return list(dict.fromkeys(names)) or None
+        return tuple(dict.fromkeys(names)) or None
+
+    def runtime(self) -> RuntimeOptions:
+        """How every ONNX Runtime session of this worker runs: ONNX_PROVIDERS and its thread share."""
+        from facegate.runtime import RuntimeOptions  # config stays importable without onnxruntime
+
+        return RuntimeOptions(self.providers(), self.session_threads())
 
     def browser_api_url(self) -> str:
         """Where the browser's pages open their sockets: relative (`/api`) resolves against the page."""

@@ -34,7 +34,7 @@ class NoFaceError(ValueError):
 
 def create_detector(settings: Settings) -> MTCNN:
     """MTCNN on the configured providers and threads (the pipeline's, and `facegate detect`'s)."""
-    return MTCNN(providers=settings.providers(), threads=settings.session_threads())
+    return MTCNN(settings.runtime())
 
 
 class Pipeline:

@@ -7,6 +7,7 @@ import ctypes
 import ctypes.util
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import onnxruntime as ort
@@ -60,6 +61,18 @@ def _glibc() -> ctypes.CDLL | None:
 _LIBC = _glibc()
 
 
+@dataclass(frozen=True, slots=True)
+class RuntimeOptions:
+    """How ONNX Runtime runs a model: its execution providers (None = `resolve_providers`'s choice)
+    and intra-op threads (0 = ONNX Runtime's default; for MTCNN, the lanes it spreads work over)."""
+
+    providers: tuple[str, ...] | None = None
+    threads: int = 0
+
+
+DEFAULT_RUNTIME = RuntimeOptions()
+
+
 def resolve_providers(providers: Sequence[str] | None) -> list[str]:
     """`None` = CUDA when this onnxruntime build offers it, else CPU; otherwise the list as given."""
     available = ort.get_available_providers()
@@ -71,13 +84,11 @@ def resolve_providers(providers: Sequence[str] | None) -> list[str]:
     return list(providers)
 
 
-def create_session(
-    model: Path | bytes, providers: Sequence[str] | None = None, threads: int = 0
-) -> ort.InferenceSession:
+def create_session(model: Path | bytes, runtime: RuntimeOptions = DEFAULT_RUNTIME) -> ort.InferenceSession:
     """A session with every graph optimisation on; `threads` = 0 leaves the count to ONNX Runtime."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = threads
+    options.intra_op_num_threads = runtime.threads
     # Idle threads spinning after a run take the cores from the NumPy work between runs (and from
     # the other workers): MTCNN at 640x480, 72.8 ms spinning vs 51.6 ms not (BENCHMARKS.md).
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
@@ -87,7 +98,9 @@ def create_session(
     options.enable_cpu_mem_arena = False
     _tune_allocator()
     source = str(model) if isinstance(model, Path) else model
-    session = ort.InferenceSession(source, sess_options=options, providers=resolve_providers(providers))
+    session = ort.InferenceSession(
+        source, sess_options=options, providers=resolve_providers(runtime.providers)
+    )
     log.debug("ONNX Runtime session on %s", session.get_providers())
     return session
 

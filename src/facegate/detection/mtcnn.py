@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import TypeVar
 
 import numpy as np
@@ -16,7 +17,7 @@ from facegate.detection import cascade
 from facegate.detection.networks import build_network
 from facegate.faces import DEFAULT_DETECTION, DetectionParams, Face
 from facegate.imaging import ImageError
-from facegate.runtime import create_session
+from facegate.runtime import DEFAULT_RUNTIME, RuntimeOptions, create_session
 
 log = logging.getLogger(__name__)
 
@@ -61,18 +62,19 @@ class DetectionBudgetError(ImageError):
 class MTCNN:
     """The three networks, built once; `detect` may be called from several threads at once."""
 
-    def __init__(self, providers: Sequence[str] | None = None, threads: int = 0) -> None:
-        """`threads`: the cores detection may use (0 = all this process may run on)."""
-        if threads < 0:
-            raise ValueError(f"threads must be >= 0 (0 = every available core), got {threads}")
-        lanes = threads or available_cores()
+    def __init__(self, runtime: RuntimeOptions = DEFAULT_RUNTIME) -> None:
+        """`runtime.threads`: the cores detection may use (0 = all this process may run on)."""
+        if runtime.threads < 0:
+            raise ValueError(f"threads must be >= 0 (0 = every available core), got {runtime.threads}")
+        lanes = runtime.threads or available_cores()
+        one_core = replace(runtime, threads=1)
         # PNet runs once per pyramid level, on small maps where ONNX Runtime's threads hardly
         # help (two ran it 1.3x faster than one at 640x480). The levels are shared out among
         # `lanes` threads instead, each network running on one core, and so are the crops of
         # RNet and ONet, whose NumPy cropping then runs in parallel too.
-        self._pnet = create_session(build_network("pnet"), providers, 1)
-        self._rnet = create_session(build_network("rnet"), providers, 1)
-        self._onet = create_session(build_network("onet"), providers, 1)
+        self._pnet = create_session(build_network("pnet"), one_core)
+        self._rnet = create_session(build_network("rnet"), one_core)
+        self._onet = create_session(build_network("onet"), one_core)
         self._lanes = lanes
         # The calling thread runs one lane itself; these threads run the others.
         self._lane_pool = ThreadPoolExecutor(lanes - 1, "mtcnn-lane") if lanes > 1 else None

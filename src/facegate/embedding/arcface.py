@@ -17,7 +17,7 @@ from PIL import Image
 
 from facegate.embedding.base import Embedder
 from facegate.faces import Face
-from facegate.runtime import create_session
+from facegate.runtime import DEFAULT_RUNTIME, RuntimeOptions, create_session
 
 CHIP_SIZE = 112
 # insightface's reference landmarks for a 112 × 112 crop, in `Face.keypoints` order.
@@ -81,11 +81,11 @@ class ArcFaceEmbedder(Embedder):
     """`FACE_EMBEDDER=arcface`. The name holds the file's stem and checksum, so a gallery built with
     another ArcFace model is refused rather than compared."""
 
-    def __init__(self, model_path: Path, providers: Sequence[str] | None = None, threads: int = 0) -> None:
+    def __init__(self, model_path: Path, runtime: RuntimeOptions = DEFAULT_RUNTIME) -> None:
         model_path = Path(model_path)
         if not model_path.is_file():
             raise FileNotFoundError(f"ArcFace model not found: {model_path} (set ARCFACE_MODEL_PATH)")
-        self._session = create_session(model_path, providers, threads)
+        self._session = create_session(model_path, runtime)
         model_input = self._session.get_inputs()[0]
         if len(model_input.shape) != 4 or list(model_input.shape[1:]) != [3, CHIP_SIZE, CHIP_SIZE]:
             raise ValueError(

@@ -19,7 +19,7 @@ from facegate.embedding.base import MIRROR_SUFFIX, MirroredEmbedder, unit_descri
 from facegate.embedding.dlib_onnx import INPUT_NAME, converted_model
 from facegate.embedding.models import RESNET_PATH, dlib_resnet
 from facegate.faces import Face
-from facegate.runtime import create_session
+from facegate.runtime import DEFAULT_RUNTIME, RuntimeOptions, create_session
 
 MODEL_NAME = "dlib_resnet_v1"
 # dlib's network object keeps its activations in itself, and every DlibEmbedder shares the one
@@ -63,12 +63,11 @@ class DlibOnnxEmbedder(DlibResNetEmbedder):
         self,
         cache_dir: Path,
         mirror: bool = True,
-        providers: Sequence[str] | None = None,
-        threads: int = 0,
+        runtime: RuntimeOptions = DEFAULT_RUNTIME,
         source: Path = RESNET_PATH,
     ) -> None:
         super().__init__(mirror)
-        self._session = create_session(converted_model(source, cache_dir), providers, threads)
+        self._session = create_session(converted_model(source, cache_dir), runtime)
 
     def descriptors(self, chips: np.ndarray) -> np.ndarray:
         # InferenceSession.run is thread-safe; no lock needed.

@@ -20,7 +20,7 @@ from PIL import Image
 from facegate.embedding.base import MirroredEmbedder
 from facegate.embedding.facenet_onnx import CROP_SIZE, DIM, INPUT_NAME, converted_model, facenet_graph_path
 from facegate.faces import Face
-from facegate.runtime import create_session
+from facegate.runtime import DEFAULT_RUNTIME, RuntimeOptions, create_session
 
 MODEL_NAME = "facenet_20180408-102900"
 # The margin added around the box, as a share of the box's mean side (facenet: 32 px on ~110 px).
@@ -58,13 +58,12 @@ class FaceNetEmbedder(MirroredEmbedder):
         self,
         cache_dir: Path,
         mirror: bool = True,
-        providers: Sequence[str] | None = None,
-        threads: int = 0,
+        runtime: RuntimeOptions = DEFAULT_RUNTIME,
         source: Path | None = None,
     ) -> None:
         super().__init__(MODEL_NAME, mirror)
         model = converted_model(source or facenet_graph_path(), cache_dir)
-        self._session = create_session(model, providers, threads)
+        self._session = create_session(model, runtime)
 
     def crops(self, image: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
         return facenet_crops(image, faces)

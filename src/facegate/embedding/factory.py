@@ -25,14 +25,14 @@ def create_embedder(settings: Settings) -> Embedder:
     if settings.face_embedder == "arcface":
         if settings.arcface_model_path is None:
             raise ValueError("FACE_EMBEDDER=arcface needs ARCFACE_MODEL_PATH (an insightface-format .onnx)")
-        return ArcFaceEmbedder(settings.arcface_model_path, settings.providers(), settings.session_threads())
-    runtime = {"providers": settings.providers(), "threads": settings.session_threads()}
+        return ArcFaceEmbedder(settings.arcface_model_path, settings.runtime())
+    runtime = settings.runtime()
     models = settings.facegate_data_dir / "models"
     if settings.face_embedder in ("facenet", "fusion"):
         # Raises ModuleNotFoundError saying what to install when the optional wheel is missing.
-        facenet = FaceNetEmbedder(models, mirror=MIRROR, **runtime)
+        facenet = FaceNetEmbedder(models, MIRROR, runtime)
         if settings.face_embedder == "facenet":
             return facenet
-        dlib = DlibOnnxEmbedder(models, mirror=MIRROR, **runtime)
+        dlib = DlibOnnxEmbedder(models, MIRROR, runtime)
         return FusionEmbedder([(dlib, 1 / DLIB_IMPOSTOR_STD), (facenet, 1 / FACENET_IMPOSTOR_STD)])
-    return DlibOnnxEmbedder(models, mirror=MIRROR, **runtime)
+    return DlibOnnxEmbedder(models, MIRROR, runtime)
