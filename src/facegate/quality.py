@@ -83,7 +83,12 @@ def sharpness(image: np.ndarray, face: Face) -> float:
     box = (max(0, int(x1)), max(0, int(y1)), min(width, int(np.ceil(x2))), min(height, int(np.ceil(y2))))
     if box[2] - box[0] < 2 or box[3] - box[1] < 2:
         return 0.0
-    crop = Image.fromarray(image).crop(box).convert("L").resize((SHARPNESS_SIZE, SHARPNESS_SIZE), Image.BOX)
+    crop = (
+        Image.fromarray(image)
+        .crop(box)
+        .convert("L")
+        .resize((SHARPNESS_SIZE, SHARPNESS_SIZE), Image.Resampling.BOX)
+    )
     gray = np.asarray(crop, np.float64)
     laplacian = gray[1:-1, :-2] + gray[1:-1, 2:] + gray[:-2, 1:-1] + gray[2:, 1:-1] - 4 * gray[1:-1, 1:-1]
     contrast = float(gray.var())

@@ -20,6 +20,7 @@ import json
 import secrets
 import time
 from dataclasses import dataclass
+from typing import Any
 
 # Long enough for a page to open its socket right after the user presses Start; short enough that
 # a ticket copied out of a page is of little use.
@@ -79,7 +80,7 @@ def _split(token: str) -> tuple[str, str]:
     return payload, signature
 
 
-def _decode_body(payload: str) -> dict[str, object]:
+def _decode_body(payload: str) -> dict[str, Any]:
     try:
         body = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
     except (binascii.Error, ValueError) as exc:

@@ -12,7 +12,7 @@ import functools
 import inspect
 import logging
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator
-from typing import Concatenate, ParamSpec, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import httpx
 import websockets.asyncio.client
@@ -86,7 +86,7 @@ def _async(build: Callable[P, Call[T]]) -> Callable[Concatenate[AsyncFaceGateCli
     return method
 
 
-def _signature(build: Callable[..., Call[object]]) -> inspect.Signature:
+def _signature(build: Callable[..., Call[Any]]) -> inspect.Signature:
     """`build`'s signature answering what its call reads (for `help()`: `-> DetectResponse`)."""
     signature = inspect.signature(build)
     answer = str(signature.return_annotation).removeprefix("Call[").removesuffix("]")

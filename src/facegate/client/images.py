@@ -10,7 +10,7 @@ import io
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, Union
+from typing import TYPE_CHECKING, BinaryIO, TypeGuard, Union
 
 if TYPE_CHECKING:
     import numpy
@@ -48,12 +48,12 @@ def frame_bytes(image: ImageInput) -> bytes:
     return upload(image)[1]
 
 
-def _is_pil_image(image: object) -> bool:
+def _is_pil_image(image: object) -> TypeGuard[PIL.Image.Image]:
     module = sys.modules.get("PIL.Image")
     return module is not None and isinstance(image, module.Image)
 
 
-def _is_array(image: object) -> bool:
+def _is_array(image: object) -> TypeGuard[numpy.ndarray]:
     module = sys.modules.get("numpy")
     return module is not None and isinstance(image, module.ndarray)
 

@@ -9,6 +9,7 @@ merged output layer: the same probability with one head fewer.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import onnx
@@ -48,7 +49,7 @@ class _Graph:
         self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
         return name
 
-    def node(self, op: str, inputs: list[str], outputs: int = 1, **attributes: object) -> list[str]:
+    def node(self, op: str, inputs: list[str], outputs: int = 1, **attributes: Any) -> list[str]:
         names = [self._name(op.lower()) for _ in range(outputs)]
         self.nodes.append(helper.make_node(op, inputs, names, **attributes))
         return names
@@ -174,7 +175,10 @@ def build_pnet(weights: list[np.ndarray]) -> bytes:
     x = g.conv_prelu(x)
     regression, probability = g.heads(x, [4], conv=True)
     image = helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, "height", "width", 3])
-    outputs = {"regression": (regression, [1, 4, "h", "w"]), "probability": (probability, [1, 1, "h", "w"])}
+    outputs: dict[str, tuple[str, list[int | str]]] = {
+        "regression": (regression, [1, 4, "h", "w"]),
+        "probability": (probability, [1, 1, "h", "w"]),
+    }
     return g.model("pnet", [image], outputs)
 
 
@@ -189,7 +193,10 @@ def build_rnet(weights: list[np.ndarray]) -> bytes:
     x = g.dense_prelu(x, (3, 3, 64))
     regression, probability = g.heads(x, [4], conv=False)
     crops = helper.make_tensor_value_info("crops", TensorProto.FLOAT, ["n", 24, 24, 3])
-    outputs = {"regression": (regression, ["n", 4]), "probability": (probability, ["n", 1])}
+    outputs: dict[str, tuple[str, list[int | str]]] = {
+        "regression": (regression, ["n", 4]),
+        "probability": (probability, ["n", 1]),
+    }
     return g.model("rnet", [crops], outputs)
 
 
@@ -207,7 +214,7 @@ def build_onet(weights: list[np.ndarray]) -> bytes:
     x = g.dense_prelu(x, (3, 3, 128))
     regression, landmarks, probability = g.heads(x, [4, 10], conv=False)
     crops = helper.make_tensor_value_info("crops", TensorProto.FLOAT, ["n", 48, 48, 3])
-    outputs = {
+    outputs: dict[str, tuple[str, list[int | str]]] = {
         "regression": (regression, ["n", 4]),
         "landmarks": (landmarks, ["n", 10]),
         "probability": (probability, ["n", 1]),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -78,7 +79,7 @@ class _GraphBuilder:
         self.initializers.append(numpy_helper.from_array(array, name))
         return name
 
-    def node(self, op: str, inputs: list[str], **attributes: object) -> str:
+    def node(self, op: str, inputs: list[str], **attributes: Any) -> str:
         output = self._name(op.lower())
         self.nodes.append(helper.make_node(op, inputs, [output], **attributes))
         return output
@@ -118,8 +119,11 @@ class _GraphBuilder:
         return _Value(self.node("Add", [self.pad_to(a, shape), self.pad_to(b, shape)]), shape)  # type: ignore[arg-type]
 
 
-def _pooled(size: tuple[int, ...], kernel: tuple[int, ...], stride: tuple[int, ...], pad: tuple[int, ...]):
-    return tuple((n + 2 * p - k) // s + 1 for n, k, s, p in zip(size, kernel, stride, pad, strict=True))
+def _pooled(
+    size: tuple[int, ...], kernel: tuple[int, ...], stride: tuple[int, ...], pad: tuple[int, ...]
+) -> tuple[int, int]:
+    height, width = ((n + 2 * p - k) // s + 1 for n, k, s, p in zip(size, kernel, stride, pad, strict=True))
+    return height, width
 
 
 def build_onnx(net: DlibResNet, source_sha256: str = "") -> onnx.ModelProto:

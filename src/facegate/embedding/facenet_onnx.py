@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib.util
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import onnx
@@ -65,7 +66,7 @@ def fold_last_batch_norm(nodes: dict[str, Node]) -> None:
         ):
             raise ValueError(f"{norm.name}: only a batch norm between a MatMul and reshapes is supported")
         weights = _producer(nodes, matmul.inputs[1])
-        scale = _value(gamma) / np.sqrt(_value(variance) + np.float32(norm.attrs["epsilon"]))
+        scale = _value(gamma) / np.sqrt(_value(variance) + np.float32(cast(float, norm.attrs["epsilon"])))
         weights.attrs["value"] = (_value(weights) * scale).astype(np.float32)
         bias = Node(f"{norm.name}/folded_bias", "Const", attrs={"value": _value(beta) - _value(mean) * scale})
         nodes[bias.name] = bias
@@ -121,9 +122,7 @@ class _Builder:
         self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
         return name
 
-    def emit(
-        self, op: str, inputs: list[str], output: str, rank: int, **attributes: object
-    ) -> onnx.NodeProto:
+    def emit(self, op: str, inputs: list[str], output: str, rank: int, **attributes: Any) -> onnx.NodeProto:
         node = helper.make_node(op, inputs, [output], **attributes)
         self.nodes.append(node)
         self.rank[output] = rank

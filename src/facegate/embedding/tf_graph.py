@@ -79,7 +79,7 @@ def _ints(wire: int, value: int | memoryview) -> list[int]:
 
 def _floats(wire: int, value: int | memoryview) -> list[float]:
     """A repeated float field's values: one fixed32, or a packed run of them."""
-    raw = bytes(value)  # type: ignore[arg-type]
+    raw = bytes(value)
     return list(struct.unpack(f"<{len(raw) // 4}f", raw))
 
 
@@ -110,18 +110,19 @@ def _tensor(data: memoryview) -> np.ndarray:
     dtype, shape, content, values = 0, [], None, []
     for number, wire, value in fields(data):
         if number == 1:
+            assert isinstance(value, int)  # a varint field
             dtype = value
         elif number == 2:
             shape = _shape(value)  # type: ignore[arg-type]
         elif number == 4:
-            content = bytes(value)  # type: ignore[arg-type]
+            content = bytes(value)
         elif number == 5:
             values += _floats(wire, value)
         elif number in (7, 10, 11):
             values += _ints(wire, value)
     if dtype not in DTYPES:
         raise ValueError(f"unsupported tensor dtype {dtype}")
-    numpy_type, count = DTYPES[dtype], int(np.prod(shape, dtype=np.int64))  # type: ignore[index]
+    numpy_type, count = DTYPES[dtype], int(np.prod(shape, dtype=np.int64))
     if content is not None:
         return np.frombuffer(content, numpy_type).reshape(shape).copy()
     array = np.array(values, dtype=numpy_type)
@@ -135,7 +136,7 @@ def _list(data: memoryview) -> list[object]:
     items: list[object] = []
     for number, wire, value in fields(data):
         if number == 2:
-            items.append(bytes(value).decode())  # type: ignore[arg-type]
+            items.append(bytes(value).decode())
         elif number in (3, 5, 6):
             items += _ints(wire, value)
         elif number == 4:
@@ -149,7 +150,7 @@ def _attr(data: memoryview) -> object:
         if number == 1:
             return _list(value)  # type: ignore[arg-type]
         if number == 2:
-            return bytes(value).decode()  # type: ignore[arg-type]
+            return bytes(value).decode()
         if number in (3, 6):
             return _signed(value)  # type: ignore[arg-type]
         if number == 4:
@@ -168,11 +169,11 @@ def _node(data: memoryview) -> Node:
     node = Node(name="", op="")
     for number, _, value in fields(data):
         if number == 1:
-            node.name = bytes(value).decode()  # type: ignore[arg-type]
+            node.name = bytes(value).decode()
         elif number == 2:
-            node.op = bytes(value).decode()  # type: ignore[arg-type]
+            node.op = bytes(value).decode()
         elif number == 3:
-            name = bytes(value).decode()  # type: ignore[arg-type]
+            name = bytes(value).decode()
             if not name.startswith("^"):
                 node.inputs.append(name.removesuffix(":0"))
         elif number == 5:

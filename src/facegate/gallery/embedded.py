@@ -214,12 +214,10 @@ def _clear_zombie_postmaster(pgdata: Path) -> None:
     """Remove the lock files of a postmaster that is a zombie (see the module docstring)."""
     with PostgresServer._lock:
         info = PostmasterInfo.read_from_pgdata(pgdata)
+        if info is None:
+            return
         try:
-            zombie = (
-                info is not None
-                and info.process is not None
-                and info.process.status() == psutil.STATUS_ZOMBIE
-            )
+            zombie = info.process is not None and info.process.status() == psutil.STATUS_ZOMBIE
         except psutil.NoSuchProcess:
             return  # gone: pgserver and PostgreSQL handle a stale lock file themselves
         if not zombie:

@@ -8,6 +8,7 @@ from typing import Any
 import streamlit as st
 
 from facegate.faces import DEFAULT_DETECTION, DetectionParams
+from facegate.ui.client import Upload
 from facegate.ui.widgets import api, call, counted, image_input, show_faces
 
 
@@ -48,8 +49,9 @@ image = image_input("detect")
 if image is None:
     st.info("Upload a photo to find the faces in it.")
 else:
+    chosen: Upload = image  # the lambda below needs a name that cannot be None
     started = time.perf_counter()
-    result = call("Detecting faces…", lambda: api().detect(image, params), failure="Detection failed")
+    result = call("Detecting faces…", lambda: api().detect(chosen, params), failure="Detection failed")
     elapsed_ms = (time.perf_counter() - started) * 1000
     if result is not None:
         count = len(result["boxes"])
