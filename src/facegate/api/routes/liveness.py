@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import random
 import time
 from typing import Annotated, Any
 
@@ -48,8 +47,6 @@ logger = logging.getLogger(__name__)
 
 router = APIRouter(tags=["liveness"])
 
-_SYSTEM_RANDOM = random.SystemRandom()
-
 
 @router.post("/liveness/tickets", response_model=TicketResponse, responses=error_responses(*KEYED_ERRORS))
 async def liveness_ticket(
@@ -67,9 +64,7 @@ async def liveness_stream(websocket: WebSocket) -> None:
         services = await _open(websocket, Scope.RECOGNIZE, ticket_grant=LIVENESS_GRANT)
     except (StreamClosed, WebSocketDisconnect):
         return
-    # Tests put a seeded `random.Random` here to fix the challenge order; the service never does.
-    rng = getattr(websocket.app.state, "liveness_rng", _SYSTEM_RANDOM)
-    session = Session.start(Bounds.from_settings(services.settings), rng=rng)
+    session = Session.start(Bounds.from_settings(services.settings), rng=services.challenge_rng)
     mailbox = LatestFrame()
     try:
         await _send(websocket, _opening(session))
