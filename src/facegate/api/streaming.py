@@ -226,8 +226,8 @@ async def serve(websocket: WebSocket, handle: Handler) -> None:
 @asynccontextmanager
 async def receiving(websocket: WebSocket) -> AsyncIterator[LatestFrame]:
     """A `LatestFrame` that a receiver task fills while the block runs. When the client goes away
-    the block is cancelled (the pending frame dropped rather than worked on for nobody), and so is
-    a send to a client that has gone; the block's end stops the receiver."""
+    the block is cancelled (the pending frame dropped rather than worked on for nobody), and a send
+    that finds it gone ends the block quietly too; the block's end stops the receiver."""
     mailbox = LatestFrame()
     try:
         async with anyio.create_task_group() as tasks:

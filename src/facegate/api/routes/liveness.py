@@ -10,8 +10,9 @@ Protocol (JSON text messages from the server, binary frames from the client):
    "deadline" (Unix time), "timeout_s"}`.
 3. For each frame it processes: `{"type": "progress", "frame", "skipped", "face_found",
    "current", "completed", "hint", "signals"}`; a frame it cannot use gets `{"type": "error",
-   "error", "status", "frame"}` and the session goes on. As on `/ws/detect`, frames that arrive
-   while one is being processed replace each other, so a fast camera never builds a backlog.
+   "error", "status", "frame", "skipped"}` and the session goes on. As on `/ws/detect`, frames
+   that arrive while one is being processed replace each other, so a fast camera never builds a
+   backlog.
 4. At the end, `{"type": "verdict", "session_id", "live", "score", "reasons", "messages",
    "challenges", "completed", "recognition"}` — `recognition` is the body of `POST /recognize`
    for the most frontal frame when live, else null — then the server closes the socket (1000).
