@@ -102,7 +102,7 @@ async def open_stream(websocket: WebSocket, scope: Scope, ticket_grant: str | No
         # In a worker thread: the shared rate limiter asks the database.
         holder, by_ticket = await query(lambda: _admit(services, credentials, scope, ticket_grant))
     except Refused as refused:
-        await refuse(websocket, refused.status, refused.detail)
+        await _refuse(websocket, refused.status, refused.detail)
     # The same record HTTP requests keep (auth.require): logs name the key, never show it.
     websocket.state.key_name = holder
     how = "a ticket of key" if by_ticket else "key"
@@ -177,12 +177,12 @@ async def query_params(websocket: WebSocket, parse: Callable[..., Any]) -> Any:
         return parse(**{name: value for name, value in websocket.query_params.items() if name in known})
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        await refuse(websocket, status.HTTP_422_UNPROCESSABLE_CONTENT, problems)
+        await _refuse(websocket, status.HTTP_422_UNPROCESSABLE_CONTENT, problems)
 
 
-async def refuse(websocket: WebSocket, code: int, detail: str) -> NoReturn:
+async def _refuse(websocket: WebSocket, code: int, detail: str) -> NoReturn:
     """Send the one error message, close the socket and raise `StreamClosed`."""
-    await send(websocket, error_body(code, detail))
+    await send(websocket, _error_body(code, detail))
     close_code, reason = _CLOSES[code]
     await websocket.close(close_code, reason=reason)
     raise StreamClosed
@@ -201,7 +201,7 @@ async def send(websocket: WebSocket, body: dict[str, Any]) -> None:
         await websocket.send_json(body)
 
 
-def error_body(code: int, detail: str) -> dict[str, Any]:
+def _error_body(code: int, detail: str) -> dict[str, Any]:
     return {"error": detail, "status": code}
 
 
@@ -267,8 +267,8 @@ async def answer_frames(
 async def process(websocket: WebSocket, frame: Frame, handle: Handler) -> dict[str, Any]:
     """`handle`'s answer to the frame, or the error of a frame that cannot be used (the stream goes on)."""
     if isinstance(frame.data, str):
-        return error_body(status.HTTP_400_BAD_REQUEST, "send each frame as a binary message")
+        return _error_body(status.HTTP_400_BAD_REQUEST, "send each frame as a binary message")
     try:
         return await handle(frame.data)
     except Exception as exc:
-        return error_body(*status_of(exc, f"{websocket.url.path} frame {frame.number}"))
+        return _error_body(*status_of(exc, f"{websocket.url.path} frame {frame.number}"))
