@@ -85,7 +85,8 @@ def app(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestCli
     random source), so that the tilt tests meet the turn check."""
     with_settings(monkeypatch, client, liveness_timeout=TIMEOUT)
     seed = next(s for s in range(100) if draw_challenges(random.Random(s))[0] is Challenge.TURN_LEFT)
-    monkeypatch.setattr(client.app.state, "liveness_rng", random.Random(seed), raising=False)
+    services = client.app.state.services  # type: ignore[attr-defined]
+    monkeypatch.setattr(services, "challenge_rng", random.Random(seed))
     yield client
 
 

@@ -19,8 +19,8 @@ from starlette.websockets import WebSocketDisconnect
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
+from facegate.api import streaming
 from facegate.api.ratelimit import RateLimiter
-from facegate.api.routes import stream
 from facegate.gallery import EmbeddedServer
 from tests.conftest import app_settings, running_app
 from tests.data import FACES
@@ -124,15 +124,15 @@ def test_a_flood_of_frames_is_answered_about_the_newest_with_skip_counts(app_cli
 
 
 def test_latest_frame_keeps_only_the_newest_and_counts_the_rest() -> None:
-    async def scenario() -> list[stream.Taken]:
-        mailbox = stream.LatestFrame()
+    async def scenario() -> list[streaming.Frame]:
+        mailbox = streaming.LatestFrame()
         for data in (b"1", b"2", b"3"):
             mailbox.put(data)
         first = await mailbox.take()
         mailbox.put(b"4")
         return [first, await mailbox.take()]
 
-    assert anyio.run(scenario) == [stream.Taken(3, b"3", 2), stream.Taken(4, b"4", 0)]
+    assert anyio.run(scenario) == [streaming.Frame(3, b"3", 2), streaming.Frame(4, b"4", 0)]
 
 
 # --- bad frames ----------------------------------------------------------------------------------
@@ -191,7 +191,7 @@ def test_missing_or_wrong_key_is_refused_with_1008(
 def test_a_client_that_sends_no_key_is_refused_after_the_timeout(
     app_client: TestClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(stream, "AUTH_TIMEOUT", 0.2)
+    monkeypatch.setattr(streaming, "AUTH_TIMEOUT", 0.2)
     error, code = refusal(app_client, "/ws/recognize")
     assert (error["status"], code) == (401, POLICY_VIOLATION)
 
@@ -264,3 +264,21 @@ def test_streams_over_uvicorn_and_through_nginx(tmp_path: Path) -> None:
                 with pytest.raises(ConnectionClosed) as closed:
                     socket.recv(timeout=10)
             assert closed.value.rcvd is not None and closed.value.rcvd.code == POLICY_VIOLATION
+
+
+def test_streams_and_http_refuse_by_the_same_rules_with_the_same_messages(
+    app_client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    services = app_client.app.state.services  # type: ignore[attr-defined]
+    monkeypatch.setattr(services, "rate_limiter", RateLimiter(per_minute=1, burst=1, clock=FakeClock()))
+    photo = {"file": ("a.jpg", SMALL_FRAME.read_bytes())}
+    forbidden = app_client.post("/recognize", headers=headers(DETECT_KEY), files={"image": photo["file"]})
+    error, code = refusal(app_client, "/ws/recognize", headers=headers(DETECT_KEY))
+    assert (forbidden.status_code, error["status"], code) == (403, 403, POLICY_VIOLATION)
+    assert error["error"] == forbidden.json()["detail"]
+    # Neither refusal took the key's only token.
+    assert app_client.post("/detect", headers=headers(DETECT_KEY), files=photo).status_code == 200
+    limited = app_client.post("/detect", headers=headers(DETECT_KEY), files=photo)
+    error, code = refusal(app_client, "/ws/detect", headers=headers(DETECT_KEY))
+    assert (limited.status_code, error["status"], code) == (429, 429, TRY_AGAIN_LATER)
+    assert error["error"] == limited.json()["detail"] and limited.headers["Retry-After"] == "60"

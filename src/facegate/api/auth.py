@@ -3,6 +3,10 @@
 `APP_TOKEN` is the admin key. `FACEGATE_API_KEYS` adds keys of narrower scope as
 `name:scope:key,...`. Keys are kept only as SHA-256 digests in memory and compared in constant
 time; a key's name, never the key, identifies it in logs and metrics.
+
+`authorize` is the one rule for a presented key (401, 403, then 429 for its rate), for HTTP
+(`require`, with the `WWW-Authenticate` and `Retry-After` headers) and the streams alike
+(`facegate.api.streaming`, close code 1008 or 1013).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request, params, status
 from fastapi.security import APIKeyHeader
 
-from facegate.api.ratelimit import retry_after
+from facegate.api.ratelimit import Limiter, retry_after
 
 
 class Scope(StrEnum):
@@ -89,45 +93,75 @@ def _split_entry(entry: str) -> tuple[str, Scope, str]:
         ) from None
 
 
-_api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="The service's API key")
+class Refused(Exception):
+    """A caller that may not go on: the answer's `status` and `detail`, `retry_after` (an HTTP
+    `Retry-After` value) with a 429, and `holder`, the name of the key when it was recognised."""
+
+    def __init__(
+        self, status: int, detail: str, *, holder: str | None = None, retry_after: str | None = None
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.holder = holder
+        self.retry_after = retry_after
 
 
-def authenticate(request: Request, presented: str | None) -> ApiKey:
-    """The caller's key, or 401; 429 when it is over its rate. Records the key's name for logs."""
-    key = request.app.state.services.keys.identify(presented)
+# How to send a key over HTTP; a stream's refusal says how to send it on a socket.
+_HEADER_HINT = "send it in the X-API-Key header"
+
+
+def authorize(
+    keys: KeyRing, limiter: Limiter, presented: str | None, scope: Scope, *, hint: str = _HEADER_HINT
+) -> ApiKey:
+    """The presented key, when it is one of `keys` (401 otherwise, with `hint` on how to send one) and
+    covers `scope` (403), counted as one request of its rate (429). A refused request costs nothing."""
+    key = keys.identify(presented)
     if key is None:
-        raise HTTPException(
-            status.HTTP_401_UNAUTHORIZED,
-            detail="missing or wrong API key: send it in the X-API-Key header",
-            headers={"WWW-Authenticate": "API-Key"},
-        )
-    request.state.key_name = key.name
-    _rate_limit(request, key)
+        raise Refused(status.HTTP_401_UNAUTHORIZED, f"missing or wrong API key: {hint}")
+    if not key.allows(scope):
+        detail = f"the key '{key.name}' has scope '{key.scope}'; this needs '{scope}'"
+        raise Refused(status.HTTP_403_FORBIDDEN, detail, holder=key.name)
+    charge(limiter, key.name)
     return key
 
 
-def _rate_limit(request: Request, key: ApiKey) -> None:
-    """429 with `Retry-After` once `key` has used up its rate (every authenticated request counts)."""
-    wait = request.app.state.services.rate_limiter.acquire(key.name)
-    if wait > 0:
+def charge(limiter: Limiter, holder: str) -> None:
+    """Count one request against the rate of the key named `holder`: 429 once it is used up."""
+    if (wait := limiter.acquire(holder)) > 0:
         seconds = retry_after(wait)
-        raise HTTPException(
+        raise Refused(
             status.HTTP_429_TOO_MANY_REQUESTS,
-            detail=f"the key '{key.name}' is over its rate limit; retry in {seconds} s",
-            headers={"Retry-After": seconds},
+            f"the key '{holder}' is over its rate limit; retry in {seconds} s",
+            holder=holder,
+            retry_after=seconds,
         )
 
 
-def require(scope: Scope) -> params.Depends:
-    """A route dependency: a valid key (401 otherwise) whose scope covers `scope` (403 otherwise)."""
+_api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="The service's API key")
 
+
+def require(scope: Scope) -> params.Depends:
+    """A route dependency: `authorize` for `scope`, its refusal answered with the HTTP headers that go
+    with it. Records the key's name for logs."""
+
+    # Sync, so FastAPI runs it in a worker thread: the shared rate limiter asks the database.
     def check(request: Request, presented: Annotated[str | None, Depends(_api_key_header)]) -> ApiKey:
-        key = authenticate(request, presented)
-        if not key.allows(scope):
-            raise HTTPException(
-                status.HTTP_403_FORBIDDEN,
-                detail=f"the key '{key.name}' has scope '{key.scope}'; this needs '{scope}'",
-            )
+        services = request.app.state.services
+        try:
+            key = authorize(services.keys, services.rate_limiter, presented, scope)
+        except Refused as refused:
+            if refused.holder is not None:
+                request.state.key_name = refused.holder
+            raise _http_error(refused) from None
+        request.state.key_name = key.name
         return key
 
     return Depends(check)
+
+
+def _http_error(refused: Refused) -> HTTPException:
+    headers = {"WWW-Authenticate": "API-Key"} if refused.status == status.HTTP_401_UNAUTHORIZED else {}
+    if refused.retry_after is not None:
+        headers["Retry-After"] = refused.retry_after
+    return HTTPException(refused.status, detail=refused.detail, headers=headers or None)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, TypeVar
 
 import anyio
@@ -38,6 +39,8 @@ class Services:
     inference_limiter: anyio.CapacityLimiter
     rate_limiter: Limiter
     metrics: Metrics
+    # Draws each liveness session's challenges; a test gives a seeded `random.Random` to fix the order.
+    challenge_rng: random.Random = field(default_factory=random.SystemRandom)
 
     # The core's parts, as the routes use them.
     @property

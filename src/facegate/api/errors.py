@@ -1,14 +1,16 @@
-"""Mapping the domain's exceptions to HTTP answers: JSON `{"detail": "..."}`, never a stack trace.
+"""The domain's exceptions as client answers, over HTTP and on the streams: never a stack trace.
 
-Every error has one shape: a sentence in `detail`. Validation errors add FastAPI's list of the
-failing fields as `errors`, so a client can still point at the field.
+`status_of` is the one mapping from an exception to a status and a sentence: the HTTP handlers
+answer it as JSON `{"detail": "..."}`, a stream as the error message of the frame it failed on.
+Validation errors (HTTP only) add FastAPI's list of the failing fields as `errors`, so a client can
+still point at the field.
 """
 
 from __future__ import annotations
 
 import logging
 
-from fastapi import FastAPI, Request, status
+from fastapi import FastAPI, HTTPException, Request, status
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -36,25 +38,30 @@ _GALLERY_STATUS: dict[type[GalleryError], int] = {
 }
 
 
-def _json(code: int, detail: str) -> JSONResponse:
+def status_of(exc: Exception, where: str) -> tuple[int, str]:
+    """The status and detail a client gets for `exc`, raised while serving `where` (a request, a
+    stream's frame); what the client must not see (the database's message, a stack trace) is logged."""
+    match exc:
+        case ImageError():
+            return exc.status, str(exc)
+        case NoFaceError() | InvalidNameError():
+            return status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)
+        case HTTPException():  # raised by the API's own helpers: the inference queue is full (503), ...
+            return exc.status_code, str(exc.detail)
+        case GalleryError():
+            code = next((c for kind, c in _GALLERY_STATUS.items() if isinstance(exc, kind)), 500)
+            if code >= 500:
+                # The client's detail is the clean message; PostgreSQL's own (with its paths) is logged.
+                logger.warning("gallery unavailable on %s: %s (%s)", where, exc, exc.__cause__)
+            return code, str(exc)
+    # A bug: the client learns nothing of the failure but that it happened.
+    logger.error("unhandled error on %s", where, exc_info=exc)
+    return status.HTTP_500_INTERNAL_SERVER_ERROR, "internal server error"
+
+
+async def _answer(request: Request, exc: Exception) -> JSONResponse:
+    code, detail = status_of(exc, f"{request.method} {request.url.path}")
     return JSONResponse(status_code=code, content={"detail": detail})
-
-
-async def _image_error(_: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, ImageError)
-    return _json(exc.status, str(exc))
-
-
-async def _unprocessable(_: Request, exc: Exception) -> JSONResponse:
-    return _json(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc))
-
-
-async def _gallery_error(_: Request, exc: Exception) -> JSONResponse:
-    code = next((c for kind, c in _GALLERY_STATUS.items() if isinstance(exc, kind)), 500)
-    if code >= 500:
-        # The client's detail is the clean message; PostgreSQL's own (with its paths) is logged.
-        logger.warning("gallery unavailable: %s (%s)", exc, exc.__cause__)
-    return _json(code, str(exc))
 
 
 async def _invalid_request(_: Request, exc: Exception) -> JSONResponse:
@@ -74,15 +81,9 @@ def _validation_sentence(errors: list[dict]) -> str:
     return "invalid request: " + "; ".join(parts)
 
 
-async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-    logger.exception("unhandled error on %s %s", request.method, request.url.path)
-    return _json(status.HTTP_500_INTERNAL_SERVER_ERROR, "internal server error")
-
-
 def install_error_handlers(app: FastAPI) -> None:
+    """`status_of` for the domain's errors and any other exception (HTTPException keeps FastAPI's
+    own handler, which sends its headers: `Retry-After`, `WWW-Authenticate`)."""
     app.add_exception_handler(RequestValidationError, _invalid_request)
-    app.add_exception_handler(ImageError, _image_error)
-    app.add_exception_handler(NoFaceError, _unprocessable)
-    app.add_exception_handler(InvalidNameError, _unprocessable)
-    app.add_exception_handler(GalleryError, _gallery_error)
-    app.add_exception_handler(Exception, _unexpected)
+    for kind in (ImageError, NoFaceError, InvalidNameError, GalleryError, Exception):
+        app.add_exception_handler(kind, _answer)

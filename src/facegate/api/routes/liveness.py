@@ -3,15 +3,16 @@
 Protocol (JSON text messages from the server, binary frames from the client):
 
 1. Authentication as on the other sockets (`X-API-Key` header or a first `{"api_key": ...}`
-   message; scope `recognize`), handled by the stream module's helpers, or a first
+   message; scope `recognize`; see `facegate.api.streaming`), or a first
    `{"ticket": ...}` message: a ticket from `POST /liveness/tickets`, so that a page in a browser
    can open a session without holding an API key (see `facegate.api.tickets`).
 2. The server opens a session and sends `{"type": "session", "session_id", "challenges",
    "deadline" (Unix time), "timeout_s"}`.
 3. For each frame it processes: `{"type": "progress", "frame", "skipped", "face_found",
    "current", "completed", "hint", "signals"}`; a frame it cannot use gets `{"type": "error",
-   "error", "status", "frame"}` and the session goes on. As on `/ws/detect`, frames that arrive
-   while one is being processed replace each other, so a fast camera never builds a backlog.
+   "error", "status", "frame", "skipped"}` and the session goes on. As on `/ws/detect`, frames
+   that arrive while one is being processed replace each other, so a fast camera never builds a
+   backlog.
 4. At the end, `{"type": "verdict", "session_id", "live", "score", "reasons", "messages",
    "challenges", "completed", "recognition"}` — `recognition` is the body of `POST /recognize`
    for the most frontal frame when live, else null — then the server closes the socket (1000).
@@ -25,19 +26,26 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import random
 import time
 from typing import Annotated, Any
 
-import anyio
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from starlette.websockets import WebSocketState
 
 from facegate.api.answers import recognize_image
 from facegate.api.auth import ApiKey, Scope, require
 from facegate.api.deps import Services, ServicesDep, decode, infer
-from facegate.api.routes.stream import LatestFrame, StreamClosed, Taken, _open, _process, _receive, _send
 from facegate.api.schemas import KEYED_ERRORS, error_responses
+from facegate.api.streaming import (
+    Frame,
+    LatestFrame,
+    StreamClosed,
+    answer_frames,
+    open_stream,
+    process,
+    receiving,
+    send,
+)
 from facegate.api.tickets import LIVENESS_GRANT
 from facegate.gallery.errors import GalleryError
 from facegate.liveness.frames import observe_frame
@@ -47,8 +55,6 @@ from facegate.schemas import TicketResponse
 logger = logging.getLogger(__name__)
 
 router = APIRouter(tags=["liveness"])
-
-_SYSTEM_RANDOM = random.SystemRandom()
 
 
 @router.post("/liveness/tickets", response_model=TicketResponse, responses=error_responses(*KEYED_ERRORS))
@@ -64,26 +70,13 @@ async def liveness_ticket(
 @router.websocket("/ws/liveness")
 async def liveness_stream(websocket: WebSocket) -> None:
     try:
-        services = await _open(websocket, Scope.RECOGNIZE, ticket_grant=LIVENESS_GRANT)
+        services = await open_stream(websocket, Scope.RECOGNIZE, ticket_grant=LIVENESS_GRANT)
     except (StreamClosed, WebSocketDisconnect):
         return
-    # Tests put a seeded `random.Random` here to fix the challenge order; the service never does.
-    rng = getattr(websocket.app.state, "liveness_rng", _SYSTEM_RANDOM)
-    session = Session.start(Bounds.from_settings(services.settings), rng=rng)
-    mailbox = LatestFrame()
-    try:
-        await _send(websocket, _opening(session))
-        async with anyio.create_task_group() as tasks:
-
-            async def receive() -> None:
-                await _receive(websocket, mailbox)
-                tasks.cancel_scope.cancel()  # the client left: stop working for nobody
-
-            tasks.start_soon(receive)
-            await _run(websocket, services, session, mailbox)
-            tasks.cancel_scope.cancel()  # verdict sent: stop reading frames
-    except* WebSocketDisconnect:
-        pass  # the client left while a message was being sent
+    session = Session.start(Bounds.from_settings(services.settings), rng=services.challenge_rng)
+    async with receiving(websocket) as mailbox:  # cancelled when the client leaves
+        await send(websocket, _opening(session))
+        await _run(websocket, services, session, mailbox)
     if session.verdict is None:
         logger.info(
             "liveness session %s abandoned by the client after %d frame(s)", session.id, mailbox.received
@@ -112,18 +105,22 @@ async def _run(websocket: WebSocket, services: Services, session: Session, mailb
         observation = await infer(services, lambda: observe_frame(services.pipeline, image))
         return _progress(session.observe(observation))
 
-    while session.verdict is None:
-        taken: Taken | None = None
-        with anyio.move_on_after(session.remaining()):
-            taken = await mailbox.take()
-        if taken is None:
-            session.expire()
-            break
-        body = await _process(taken, handle)
+    async def answer(frame: Frame) -> dict[str, Any]:
+        body = await process(websocket, frame, handle)
         if "error" in body:
             body = {"type": "error", **body}
-        await _send(websocket, {**body, "frame": taken.number, "skipped": taken.skipped})
-    await _send(websocket, await _verdict(services, session))
+        return {**body, "frame": frame.number, "skipped": frame.skipped}
+
+    await answer_frames(
+        websocket,
+        mailbox,
+        answer,
+        done=lambda: session.verdict is not None,
+        seconds_left=session.remaining,
+    )
+    if session.verdict is None:
+        session.expire()
+    await send(websocket, await _verdict(services, session))
 
 
 def _progress(progress: Progress) -> dict[str, Any]:
