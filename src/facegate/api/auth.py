@@ -1,7 +1,8 @@
 """API keys and their scopes.
 
 `APP_TOKEN` is the admin key. `FACEGATE_API_KEYS` adds keys of narrower scope as
-`name:scope:key,...`. Keys are kept only as SHA-256 digests in memory and compared in constant
+`name:scope:key[:collections],...`, optionally bound to some collections (`a|b`; `*` or nothing =
+every collection). Keys are kept only as SHA-256 digests in memory and compared in constant
 time; a key's name, never the key, identifies it in logs and metrics.
 
 `authorize` is the one rule for a presented key (401, 403, then 429 for its rate), for HTTP
@@ -42,9 +43,13 @@ class ApiKey:
     name: str
     scope: Scope
     digest: bytes
+    collections: frozenset[str] | None = None  # None: every collection
 
     def allows(self, needed: Scope) -> bool:
         return needed in GRANTS[self.scope]
+
+    def opens(self, collection: str) -> bool:
+        return self.collections is None or collection in self.collections
 
 
 def _digest(key: str) -> bytes:
@@ -61,12 +66,17 @@ class KeyRing:
 
     @classmethod
     def parse(cls, admin_key: str, extra: str = "") -> KeyRing:
-        """The admin key plus `name:scope:key` entries separated by commas."""
+        """The admin key plus `name:scope:key[:collections]` entries separated by commas."""
         keys = [ApiKey("admin", Scope.ADMIN, _digest(admin_key))]
-        for entry in filter(None, (part.strip() for part in extra.split(","))):
-            name, scope, key = _split_entry(entry)
-            keys.append(ApiKey(name, scope, _digest(key)))
+        keys += [_parse_entry(entry) for entry in filter(None, (part.strip() for part in extra.split(",")))]
+        names = [key.name for key in keys]
+        if len(set(names)) != len(names):
+            raise ValueError("FACEGATE_API_KEYS: each key needs its own name ('admin' is APP_TOKEN's)")
         return cls(keys)
+
+    def named(self, name: str) -> ApiKey | None:
+        """The key called `name` (a ticket names the key it was issued to)."""
+        return next((key for key in self._keys if key.name == name), None)
 
     def identify(self, presented: str | None) -> ApiKey | None:
         """The key matching `presented`, checking every key so the time taken reveals nothing."""
@@ -80,17 +90,33 @@ class KeyRing:
         return found
 
 
-def _split_entry(entry: str) -> tuple[str, Scope, str]:
-    parts = entry.split(":", 2)
-    if len(parts) != 3 or not all(parts):
-        raise ValueError("FACEGATE_API_KEYS entries look like name:scope:key")
-    name, scope, key = parts
-    try:
-        return name, Scope(scope), key
-    except ValueError:
-        raise ValueError(
-            f"unknown scope {scope!r} for key {name!r}; use detect, recognize or admin"
-        ) from None
+def _parse_entry(entry: str) -> ApiKey:
+    parts = entry.split(":", 3)
+    if len(parts) < 3 or not all(parts[:3]):
+        raise ValueError("FACEGATE_API_KEYS entries look like name:scope:key or name:scope:key:collections")
+    name, scope, key = parts[:3]
+    if scope not in set(Scope):
+        raise ValueError(f"unknown scope {scope!r} for key {name!r}; use detect, recognize or admin")
+    return ApiKey(name, Scope(scope), _digest(key), _collections(name, parts[3] if len(parts) > 3 else "*"))
+
+
+def _collections(name: str, field: str) -> frozenset[str] | None:
+    if field.strip() in ("", "*"):
+        return None
+    collections = [part.strip() for part in field.split("|")]
+    if not all(collections):
+        raise ValueError(f"key {name!r}: an empty collection name in {field!r} (separate them with |)")
+    return frozenset(collections)
+
+
+def admit(key: ApiKey, collection: str) -> None:
+    """403 unless `key` is bound to `collection` (or to every collection)."""
+    if not key.opens(collection):
+        raise Refused(
+            status.HTTP_403_FORBIDDEN,
+            f"the key '{key.name}' is not bound to the collection '{collection}'",
+            holder=key.name,
+        )
 
 
 class Refused(Exception):
