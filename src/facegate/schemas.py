@@ -42,6 +42,15 @@ _SIMILARITY = (
     "(calibrated on LFW); null when nothing was compared"
 )
 _CONFIDENCE = "1 − distance, kept for compatibility: not a probability (see similarity)"
+_SIMILARITY_OF_CANDIDATE = "probability that the face is this person, at equal priors (calibrated on LFW)"
+
+
+class Candidate(BaseModel):
+    """One of the nearest people to a face: a candidate for review, not a match (see matched_user)."""
+
+    user: MatchedUser
+    distance: float = Field(description="cosine distance to the person's nearest face")
+    similarity: float = Field(description=_SIMILARITY_OF_CANDIDATE)
 
 
 class RecognizedFace(BaseModel):
@@ -56,6 +65,10 @@ class RecognizedFace(BaseModel):
     confidence: float = Field(description=_CONFIDENCE)
     matched_user: MatchedUser | None
     quality: str | None = Field(default=None, description="why the face was not searched (low_quality)")
+    candidates: list[Candidate] = Field(
+        default_factory=list,
+        description="the top_k nearest distinct people, nearest first; only matched_user is a match",
+    )
 
 
 class RecognizeResponse(BaseModel):
@@ -110,6 +123,55 @@ class Deleted(BaseModel):
     status: Literal["success"] = "success"
     message: str
     user_id: int
+
+
+class Rename(BaseModel):
+    name: str = Field(description="the person's new name (the rules of registration apply)")
+
+
+class StoredFace(BaseModel):
+    id: int
+    created_at: datetime
+    box_width: float = Field(description="width of the face's box in the photo it came from, in pixels")
+    box_height: float
+    model: str = Field(description="the embedding model that made the stored vector")
+
+
+class FaceList(BaseModel):
+    user_id: int
+    faces: list[StoredFace]
+
+
+class FaceDeleted(BaseModel):
+    status: Literal["success"] = "success"
+    message: str
+    user_id: int
+    face_id: int
+    face_count: int = Field(description="the person's faces left")
+
+
+class NewCollection(BaseModel):
+    name: str = Field(
+        description="1 to 64 characters of A-Z, a-z, 0-9, '_', '-' and '.', starting with a letter or digit",
+        examples=["site-a"],
+    )
+
+
+class Collection(BaseModel):
+    name: str
+    people: int
+    faces: int
+    created_at: datetime
+
+
+class CollectionList(BaseModel):
+    collections: list[Collection]
+
+
+class CollectionDeleted(BaseModel):
+    status: Literal["success"] = "success"
+    message: str
+    name: str
 
 
 class VerifyResponse(BaseModel):
