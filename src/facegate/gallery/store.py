@@ -7,6 +7,7 @@ a message fit for clients: PostgreSQL's own (socket and file paths) goes to the 
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
 import threading
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import psycopg
+from pgvector import Vector
 from pgvector.psycopg import register_vector
 from psycopg import errors as pg_errors
 from psycopg.rows import class_row
@@ -153,6 +155,33 @@ class FaceRecord:
 def _face_record(row: tuple[Any, ...]) -> FaceRecord:
     face_id, user_id, model, box, created_at = row
     return FaceRecord(face_id, user_id, model, tuple(box), created_at)
+
+
+@dataclass(frozen=True, slots=True)
+class PortableFace:
+    """A face as an export file carries it: no ids, which mean nothing in another database."""
+
+    embedding: np.ndarray  # float32, the gallery's dimension
+    box: tuple[float, ...]
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class PortablePerson:
+    name: str
+    created_at: datetime
+    faces: tuple[PortableFace, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ImportSummary:
+    """What merging people into a collection did."""
+
+    collection: str
+    people_added: int
+    people_merged: int  # already there by name: only the faces they lacked were added
+    faces_added: int
+    faces_skipped: int  # already stored for that person (the same embedding)
 
 
 @dataclass(frozen=True, slots=True)
@@ -628,6 +657,118 @@ class Gallery:
             raise UnknownUserError(user_id)
         return float(row[0])
 
+    # --- export and import (the file format is facegate.gallery.transfer's) ------------------------
+
+    def export_people(self, collection: str = DEFAULT_COLLECTION) -> list[PortablePerson]:
+        """Everyone in the collection with their faces, in id order, read in one snapshot."""
+        with self._transaction() as conn:
+            collection_id = self._collection_id(conn, collection)
+            rows = conn.execute(
+                "SELECT u.id, u.name, u.created_at, f.embedding, f.box, f.created_at "
+                "FROM users u JOIN faces f ON f.user_id = u.id "
+                "WHERE u.collection_id = %s ORDER BY u.id, f.id",
+                (collection_id,),
+                binary=True,  # the vectors as stored, bit for bit, not printed and parsed again
+            ).fetchall()
+        people = []
+        for _, group in itertools.groupby(rows, key=lambda row: row[0]):
+            faces = list(group)
+            _, name, created_at = faces[0][:3]
+            portable = tuple(
+                PortableFace(_array(vector), tuple(box), added) for *_, vector, box, added in faces
+            )
+            people.append(PortablePerson(name, created_at, portable))
+        return people
+
+    def merge_people(
+        self, people: Sequence[PortablePerson], collection: str = DEFAULT_COLLECTION, *, create: bool = False
+    ) -> ImportSummary:
+        """Add people to the collection by name, in one transaction, keeping their dates.
+
+        A name already there is the same person: they get only the faces they lack (a face with the
+        very same embedding is not stored twice), so merging the same people again changes nothing.
+        `create` makes a missing collection. DuplicateNameError or ConfusableNameError (a new name
+        that looks like one there) roll the whole merge back; UnknownCollectionError without `create`.
+        """
+        vectors = [[self._vector(face.embedding) for face in person.faces] for person in people]
+        if any(not person_vectors for person_vectors in vectors):
+            raise ValueError("every person needs at least one face")
+        counts = {"people_added": 0, "people_merged": 0, "faces_added": 0, "faces_skipped": 0}
+        name = ""
+        try:
+            with self._transaction(write=True) as conn:
+                if create:
+                    conn.execute(
+                        "INSERT INTO collections (name) VALUES (%s) ON CONFLICT (name) DO NOTHING",
+                        (check_collection_name(collection),),
+                    )
+                collection_id = self._collection_id(conn, collection, lock=True)
+                for person, person_vectors in zip(people, vectors, strict=True):
+                    name = person.name
+                    self._merge_person(conn, collection_id, person, person_vectors, counts)
+        except pg_errors.UniqueViolation as exc:
+            raise self._name_conflict(name, name_skeleton(name), collection) from exc
+        self._sizes.clear()
+        return ImportSummary(collection, **counts)
+
+    def _merge_person(
+        self,
+        conn: psycopg.Connection,
+        collection_id: int,
+        person: PortablePerson,
+        vectors: list[np.ndarray],
+        counts: dict[str, int],
+    ) -> None:
+        row = conn.execute(
+            "SELECT id FROM users WHERE collection_id = %s AND name = %s FOR UPDATE",
+            (collection_id, person.name),
+        ).fetchone()
+        if row is None:
+            inserted = conn.execute(
+                "INSERT INTO users (collection_id, name, name_skeleton, created_at, updated_at) "
+                "VALUES (%s, %s, %s, %s, %s) RETURNING id",
+                (
+                    collection_id,
+                    person.name,
+                    name_skeleton(person.name),
+                    person.created_at,
+                    person.created_at,
+                ),
+            ).fetchone()
+            assert inserted is not None
+            user_id, stored = inserted[0], set()
+            counts["people_added"] += 1
+        else:
+            user_id = row[0]
+            faces = conn.execute("SELECT embedding FROM faces WHERE user_id = %s", (user_id,), binary=True)
+            stored = {_array(vector).tobytes() for (vector,) in faces}
+            counts["people_merged"] += 1
+        new = []
+        for vector, face in zip(vectors, person.faces, strict=True):
+            if vector.tobytes() not in stored:
+                stored.add(vector.tobytes())
+                new.append(
+                    (
+                        user_id,
+                        collection_id,
+                        vector,
+                        self.model,
+                        [float(v) for v in face.box],
+                        face.created_at,
+                    )
+                )
+        counts["faces_added"] += len(new)
+        counts["faces_skipped"] += len(vectors) - len(new)
+        if new:
+            with conn.cursor() as cursor:
+                cursor.executemany(
+                    "INSERT INTO faces (user_id, collection_id, embedding, model, box, created_at) "
+                    "VALUES (%s, %s, %s, %s, %s, %s)",
+                    new,
+                )
+            if row is not None:
+                conn.execute("UPDATE users SET updated_at = now() WHERE id = %s", (user_id,))
+
     def stats(self, collection: str = DEFAULT_COLLECTION) -> GalleryStats:
         record = self.get_collection(collection)
         return GalleryStats(
@@ -653,6 +794,10 @@ class Gallery:
         if not np.isfinite(array).all() or not np.linalg.norm(array, axis=1).all():
             raise ValueError("embeddings must be finite and non-zero")
         return array
+
+
+def _array(vector: Vector) -> np.ndarray:
+    return np.asarray(vector.to_numpy(), dtype=np.float32)
 
 
 def _probe_write(conn: psycopg.Connection) -> None:
