@@ -7,9 +7,11 @@ import hashlib
 import json
 import stat
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+import psycopg
 import pytest
 
 from facegate.gallery import (
@@ -20,6 +22,7 @@ from facegate.gallery import (
     TransferModelError,
     UnknownCollectionError,
 )
+from facegate.gallery.store import PortableFace, PortablePerson
 from facegate.gallery.transfer import export_bytes, export_file, import_bytes, import_file, read_export
 from tests.conftest import GALLERY_TEST_DIM, GALLERY_TEST_MODEL, create_database
 from tests.test_gallery import unit
@@ -234,3 +237,17 @@ def test_exporting_an_unknown_collection_is_refused(gallery: Gallery, tmp_path: 
     with pytest.raises(UnknownCollectionError):
         export_file(gallery, tmp_path / "x.jsonl", "nowhere")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_large_import_refreshes_the_planner_statistics(gallery: Gallery) -> None:
+    """The search plan depends on how many faces a collection has: a bulk import must not leave
+    the planner believing the new collection empty until autovacuum comes by."""
+    now = datetime.now(UTC)
+    vectors = unit(np.random.default_rng(33), 1000, DIM)
+    people = [
+        PortablePerson(f"p{i}", now, (PortableFace(v, (0, 0, 1, 1), now),)) for i, v in enumerate(vectors)
+    ]
+    assert gallery.merge_people(people, "bulk", create=True).faces_added == 1000
+    with psycopg.connect(gallery._dsn) as conn:
+        row = conn.execute("SELECT last_analyze FROM pg_stat_user_tables WHERE relname = 'faces'").fetchone()
+    assert row is not None and row[0] is not None

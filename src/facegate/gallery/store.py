@@ -50,6 +50,8 @@ logger = logging.getLogger(__name__)
 # query still leave k distinct people; if they do not, it fetches twice as many and asks again.
 _FACES_PER_PERSON = 4
 _MIN_CANDIDATES = 10
+# An import adding this many faces refreshes the planner's statistics itself.
+_ANALYZE_AFTER_FACES = 1000
 
 # A pool slot that cannot reconnect gives up after this long and is re-created on the next request,
 # which caps the back-off between attempts: after an outage the pool is back within seconds.
@@ -84,6 +86,10 @@ _FACE_COLUMNS = "f.id, f.user_id, f.model, f.box, f.created_at"
 # relaxed_order iterative scans may return the candidates slightly out of order; the grouping
 # re-sorts them, so only the candidate set matters. The name is a scalar subquery so that it is
 # looked up by primary key for the k people only, never by joining the whole users table.
+# The collection filter leaves the planner two ways (benchmarks/collections_bench.py, BENCHMARKS.md):
+# the HNSW index with the filter applied as it goes, for a collection that is most of the table,
+# or the b-tree on faces.collection_id and a sort of the collection's rows, exact, for a small one,
+# where a filtered HNSW scan must visit ~1/selectivity times more tuples (25x slower at 1%).
 _NEAREST_PEOPLE = """
     WITH candidates AS MATERIALIZED (
         SELECT user_id, embedding <=> %(query)s AS distance
@@ -292,6 +298,9 @@ class Gallery:
                 # An HNSW scan may then go on past ef_search candidates when grouping by person
                 # needs more (pgvector >= 0.8; older versions reject the setting).
                 conn.execute("SET hnsw.iterative_scan = relaxed_order")
+            # psycopg prepares a query run five times; PostgreSQL may then plan it once for any
+            # collection, and the plan fit for the big collection makes a small one's search slow.
+            conn.execute("SET plan_cache_mode = force_custom_plan")
             conn.commit()
 
         pool = ConnectionPool(
@@ -709,6 +718,11 @@ class Gallery:
         except pg_errors.UniqueViolation as exc:
             raise self._name_conflict(name, name_skeleton(name), collection) from exc
         self._sizes.clear()
+        if counts["faces_added"] >= _ANALYZE_AFTER_FACES:
+            with self._transaction(write=True) as conn:
+                # At once rather than when autovacuum comes by: how many faces each collection has
+                # decides the search plan (_NEAREST_PEOPLE).
+                conn.execute("ANALYZE faces")
         return ImportSummary(collection, **counts)
 
     def _merge_person(
