@@ -1,19 +1,41 @@
-"""The PostgreSQL + pgvector gallery: people, their face embeddings and nearest-person search."""
+"""The PostgreSQL + pgvector gallery: collections of people, their face embeddings, nearest-person search."""
 
 from facegate.gallery.embedded import EmbeddedServer, database_dsn
 from facegate.gallery.errors import (
     ConfusableNameError,
+    DuplicateCollectionError,
     DuplicateNameError,
     EmbeddedServerError,
     GalleryError,
     GalleryUnavailable,
+    InvalidCollectionNameError,
+    LastFaceError,
     ModelMismatchError,
+    ProtectedCollectionError,
+    TransferFileError,
+    TransferModelError,
+    UnknownCollectionError,
+    UnknownFaceError,
     UnknownUserError,
 )
-from facegate.gallery.store import FaceRecord, Gallery, GalleryStats, Match, UserRecord
+from facegate.gallery.schema import DEFAULT_COLLECTION
+from facegate.gallery.store import (
+    COLLECTION_NAME_RULE,
+    CollectionRecord,
+    FaceRecord,
+    Gallery,
+    GalleryStats,
+    Match,
+    UserRecord,
+    check_collection_name,
+)
 
 __all__ = [
+    "COLLECTION_NAME_RULE",
+    "DEFAULT_COLLECTION",
+    "CollectionRecord",
     "ConfusableNameError",
+    "DuplicateCollectionError",
     "DuplicateNameError",
     "EmbeddedServer",
     "EmbeddedServerError",
@@ -22,9 +44,17 @@ __all__ = [
     "GalleryError",
     "GalleryStats",
     "GalleryUnavailable",
+    "InvalidCollectionNameError",
+    "LastFaceError",
     "Match",
     "ModelMismatchError",
+    "ProtectedCollectionError",
+    "TransferFileError",
+    "TransferModelError",
+    "UnknownCollectionError",
+    "UnknownFaceError",
     "UnknownUserError",
     "UserRecord",
+    "check_collection_name",
     "database_dsn",
 ]

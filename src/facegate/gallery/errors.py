@@ -8,7 +8,7 @@ class GalleryError(Exception):
 
 
 class DuplicateNameError(GalleryError):
-    """A person with this name is already registered (the unique constraint decided)."""
+    """A person with this name is already registered in the collection (the unique constraint decided)."""
 
     def __init__(self, name: str) -> None:
         super().__init__(f"a person named {name!r} is already registered")
@@ -34,6 +34,75 @@ class UnknownUserError(GalleryError):
     def __init__(self, user_id: int) -> None:
         super().__init__(f"no user with id {user_id}")
         self.user_id = user_id
+
+
+class UnknownCollectionError(GalleryError):
+    """No collection with this name (HTTP 404)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"no collection named {name!r}")
+        self.name = name
+
+
+class DuplicateCollectionError(GalleryError):
+    """A collection with this name exists already (HTTP 409)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"a collection named {name!r} exists already")
+        self.name = name
+
+
+class InvalidCollectionNameError(GalleryError, ValueError):
+    """The collection name breaks the naming rule (HTTP 422); the message says the rule."""
+
+
+class ProtectedCollectionError(GalleryError):
+    """The default collection cannot be deleted: clients that name no collection use it (HTTP 409)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(
+            f"the collection {name!r} is the default one and cannot be deleted; delete its people instead"
+        )
+        self.name = name
+
+
+class UnknownFaceError(GalleryError):
+    """The person has no face with this id (HTTP 404)."""
+
+    def __init__(self, user_id: int, face_id: int) -> None:
+        super().__init__(f"user {user_id} has no face with id {face_id}")
+        self.user_id = user_id
+        self.face_id = face_id
+
+
+class LastFaceError(GalleryError):
+    """Deleting a person's only face would leave them unrecognisable (HTTP 409)."""
+
+    def __init__(self, user_id: int, face_id: int) -> None:
+        super().__init__(
+            f"face {face_id} is the last face of user {user_id}; "
+            "delete the user instead, or add another face first"
+        )
+        self.user_id = user_id
+        self.face_id = face_id
+
+
+class TransferFileError(GalleryError, ValueError):
+    """An export file that cannot be imported: not one, another format version, damaged or edited
+    since export (checksum), or invalid content (HTTP 422); the message says which."""
+
+
+class TransferModelError(TransferFileError):
+    """The export file holds another model's embeddings than this gallery (HTTP 422)."""
+
+    def __init__(self, file_model: str, file_dim: int, model: str, dim: int) -> None:
+        super().__init__(
+            f"the file holds embeddings of model {file_model!r} ({file_dim}-D) and this gallery those of "
+            f"{model!r} ({dim}-D): they cannot be compared; import it into a FaceGate configured with "
+            f"{file_model!r}, or enrol the people again from their photos"
+        )
+        self.file_model = file_model
+        self.file_dim = file_dim
 
 
 class ModelMismatchError(GalleryError):

@@ -7,17 +7,20 @@ a message fit for clients: PostgreSQL's own (socket and file paths) goes to the 
 
 from __future__ import annotations
 
+import itertools
 import logging
+import re
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import psycopg
+from pgvector import Vector
 from pgvector.psycopg import register_vector
 from psycopg import errors as pg_errors
 from psycopg.rows import class_row
@@ -25,11 +28,17 @@ from psycopg_pool import ConnectionPool
 
 from facegate.gallery.errors import (
     ConfusableNameError,
+    DuplicateCollectionError,
     DuplicateNameError,
     GalleryUnavailable,
+    InvalidCollectionNameError,
+    LastFaceError,
+    ProtectedCollectionError,
+    UnknownCollectionError,
+    UnknownFaceError,
     UnknownUserError,
 )
-from facegate.gallery.schema import migrate
+from facegate.gallery.schema import DEFAULT_COLLECTION, migrate
 from facegate.names import name_skeleton
 
 if TYPE_CHECKING:
@@ -41,6 +50,8 @@ logger = logging.getLogger(__name__)
 # query still leave k distinct people; if they do not, it fetches twice as many and asks again.
 _FACES_PER_PERSON = 4
 _MIN_CANDIDATES = 10
+# An import adding this many faces refreshes the planner's statistics itself.
+_ANALYZE_AFTER_FACES = 1000
 
 # A pool slot that cannot reconnect gives up after this long and is re-created on the next request,
 # which caps the back-off between attempts: after an outage the pool is back within seconds.
@@ -64,13 +75,26 @@ _SELECT_USERS = """
            (SELECT count(*) FROM faces f WHERE f.user_id = u.id) AS face_count
     FROM users u"""
 
+_SELECT_COLLECTIONS = """
+    SELECT c.id, c.name, c.created_at,
+           (SELECT count(*) FROM users u WHERE u.collection_id = c.id) AS people,
+           (SELECT count(*) FROM faces f WHERE f.collection_id = c.id) AS faces
+    FROM collections c"""
+
+_FACE_COLUMNS = "f.id, f.user_id, f.model, f.box, f.created_at"
+
 # relaxed_order iterative scans may return the candidates slightly out of order; the grouping
 # re-sorts them, so only the candidate set matters. The name is a scalar subquery so that it is
 # looked up by primary key for the k people only, never by joining the whole users table.
+# The collection filter leaves the planner two ways (benchmarks/collections_bench.py, BENCHMARKS.md):
+# the HNSW index with the filter applied as it goes, for a collection that is most of the table,
+# or the b-tree on faces.collection_id and a sort of the collection's rows, exact, for a small one,
+# where a filtered HNSW scan must visit ~1/selectivity times more tuples (25x slower at 1%).
 _NEAREST_PEOPLE = """
     WITH candidates AS MATERIALIZED (
         SELECT user_id, embedding <=> %(query)s AS distance
         FROM faces
+        WHERE collection_id = %(collection)s
         ORDER BY embedding <=> %(query)s
         LIMIT %(fetch)s
     ), people AS (
@@ -84,6 +108,30 @@ _NEAREST_PEOPLE = """
            (SELECT count(*) FROM candidates) AS fetched
     FROM people p
     ORDER BY p.distance, p.user_id"""
+
+
+# Collection names travel in URLs (`?collection=`) and in FACEGATE_API_KEYS (`name:scope:key:a|b`),
+# so they hold none of `:`, `|`, `,`, `*`, spaces or anything that needs escaping.
+COLLECTION_NAME_RULE = (
+    "1 to 64 characters of A-Z, a-z, 0-9, '_', '-' and '.', starting with a letter or digit"
+)
+_COLLECTION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def check_collection_name(name: str) -> str:
+    """`name` if it is a valid collection name; InvalidCollectionNameError saying the rule otherwise."""
+    if not _COLLECTION_NAME.fullmatch(name):
+        raise InvalidCollectionNameError(f"invalid collection name {name!r}: {COLLECTION_NAME_RULE}")
+    return name
+
+
+@dataclass(frozen=True, slots=True)
+class CollectionRecord:
+    id: int
+    name: str
+    created_at: datetime
+    people: int
+    faces: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,8 +148,46 @@ class FaceRecord:
     id: int
     user_id: int
     model: str
+    box: tuple[float, ...]  # x1, y1, x2, y2 in the photo's pixels
+    created_at: datetime
+
+    @property
+    def box_size(self) -> tuple[float, float]:
+        """The face box's width and height in pixels: how much detail the embedding came from."""
+        x1, y1, x2, y2 = self.box
+        return x2 - x1, y2 - y1
+
+
+def _face_record(row: tuple[Any, ...]) -> FaceRecord:
+    face_id, user_id, model, box, created_at = row
+    return FaceRecord(face_id, user_id, model, tuple(box), created_at)
+
+
+@dataclass(frozen=True, slots=True)
+class PortableFace:
+    """A face as an export file carries it: no ids, which mean nothing in another database."""
+
+    embedding: np.ndarray  # float32, the gallery's dimension
     box: tuple[float, ...]
     created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class PortablePerson:
+    name: str
+    created_at: datetime
+    faces: tuple[PortableFace, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ImportSummary:
+    """What merging people into a collection did."""
+
+    collection: str
+    people_added: int
+    people_merged: int  # already there by name: only the faces they lacked were added
+    faces_added: int
+    faces_skipped: int  # already stored for that person (the same embedding)
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,7 +246,7 @@ class Gallery:
         self._refusing_writes = False
         self._health_lock = threading.Lock()
         self._health: tuple[float, DatabaseHealth] | None = None
-        self._size: tuple[float, int] | None = None  # (when counted, people)
+        self._sizes: dict[str, tuple[float, int]] = {}  # collection -> (when counted, people)
 
     @classmethod
     def from_settings(cls, dsn: str, model_name: str, dim: int, settings: Settings) -> Gallery:
@@ -194,7 +280,10 @@ class Gallery:
         GalleryUnavailable when the database cannot be reached within `timeout` seconds.
         """
         # libpq's connect_timeout is whole seconds, and values below 2 are raised to 2.
-        connect_kwargs = {"connect_timeout": max(2, round(timeout)), "application_name": "facegate"}
+        connect_kwargs: dict[str, Any] = {
+            "connect_timeout": max(2, round(timeout)),
+            "application_name": "facegate",
+        }
         with _database_errors(), psycopg.connect(dsn, **connect_kwargs) as conn:
             applied = migrate(conn, model_name, dim)
             iterative_scans = _pgvector_version(conn) >= (0, 8)
@@ -209,6 +298,9 @@ class Gallery:
                 # An HNSW scan may then go on past ef_search candidates when grouping by person
                 # needs more (pgvector >= 0.8; older versions reject the setting).
                 conn.execute("SET hnsw.iterative_scan = relaxed_order")
+            # psycopg prepares a query run five times; PostgreSQL may then plan it once for any
+            # collection, and the plan fit for the big collection makes a small one's search slow.
+            conn.execute("SET plan_cache_mode = force_custom_plan")
             conn.commit()
 
         pool = ConnectionPool(
@@ -288,125 +380,414 @@ class Gallery:
             return DatabaseHealth("unavailable", UNAVAILABLE)
         return DatabaseHealth("connected")
 
-    def add_user(self, name: str, embedding: np.ndarray, box: Sequence[float]) -> UserRecord:
+    # --- collections ------------------------------------------------------------------------------
+
+    def create_collection(self, name: str) -> CollectionRecord:
+        """A new, empty collection. InvalidCollectionNameError, DuplicateCollectionError."""
+        check_collection_name(name)
+        try:
+            with self._transaction(write=True) as conn:
+                row = conn.execute(
+                    "INSERT INTO collections (name) VALUES (%s) RETURNING id, name, created_at", (name,)
+                ).fetchone()
+        except pg_errors.UniqueViolation as exc:
+            raise DuplicateCollectionError(name) from exc
+        assert row is not None
+        collection_id, stored_name, created_at = row
+        return CollectionRecord(collection_id, stored_name, created_at, people=0, faces=0)
+
+    def list_collections(self) -> list[CollectionRecord]:
+        """Every collection with how many people and faces it holds, by name."""
+        with self._transaction() as conn:
+            cursor = conn.cursor(row_factory=class_row(CollectionRecord))
+            return cursor.execute(_SELECT_COLLECTIONS + " ORDER BY c.name").fetchall()
+
+    def get_collection(self, name: str) -> CollectionRecord:
+        with self._transaction() as conn:
+            cursor = conn.cursor(row_factory=class_row(CollectionRecord))
+            record = cursor.execute(_SELECT_COLLECTIONS + " WHERE c.name = %s", (name,)).fetchone()
+        if record is None:
+            raise UnknownCollectionError(name)
+        return record
+
+    def delete_collection(self, name: str) -> None:
+        """Delete a collection with its people and their faces (the foreign keys cascade).
+
+        ProtectedCollectionError for `default`, which clients that name no collection rely on.
+        """
+        if name == DEFAULT_COLLECTION:
+            raise ProtectedCollectionError(name)
+        with self._transaction(write=True) as conn:
+            if conn.execute("DELETE FROM collections WHERE name = %s", (name,)).rowcount == 0:
+                raise UnknownCollectionError(name)
+        self._sizes.clear()
+
+    def _collection_id(self, conn: psycopg.Connection, collection: str, *, lock: bool = False) -> int:
+        """The id of the named collection; UnknownCollectionError if there is none. `lock` holds it
+        until the transaction ends, so that a concurrent delete_collection waits for a write."""
+        query = "SELECT id FROM collections WHERE name = %s" + (" FOR KEY SHARE" if lock else "")
+        row = conn.execute(query, (collection,)).fetchone()
+        if row is None:
+            raise UnknownCollectionError(collection)
+        return int(row[0])
+
+    # --- people and faces ---------------------------------------------------------------------------
+
+    def add_user(
+        self, name: str, embedding: np.ndarray, box: Sequence[float], collection: str = DEFAULT_COLLECTION
+    ) -> UserRecord:
         """Register a person with their first face, atomically.
 
-        DuplicateNameError if the name is taken, ConfusableNameError if a registered name looks like
-        it (the unique indexes decide, so two concurrent look-alikes cannot both get in).
+        `name` as names.clean_name returns it. DuplicateNameError if the name is taken in the
+        collection, ConfusableNameError if a name registered there looks like it (the unique indexes
+        decide, so two concurrent look-alikes cannot both get in); UnknownCollectionError.
         """
         vector = self._vector(embedding)
         skeleton = name_skeleton(name)
         try:
             with self._transaction(write=True) as conn:
+                collection_id = self._collection_id(conn, collection, lock=True)
                 cursor = conn.cursor(row_factory=class_row(UserRecord))
                 user = cursor.execute(
-                    "INSERT INTO users (name, name_skeleton) VALUES (%s, %s) "
+                    "INSERT INTO users (collection_id, name, name_skeleton) VALUES (%s, %s, %s) "
                     "RETURNING id, name, created_at, updated_at, 1 AS face_count",
-                    (name, skeleton),
+                    (collection_id, name, skeleton),
                 ).fetchone()
                 assert user is not None
-                self._insert_face(conn, user.id, vector, box)
+                self._insert_face(conn, user.id, collection_id, vector, box)
         except pg_errors.UniqueViolation as exc:
-            raise self._name_conflict(name, skeleton) from exc
-        self._size = None
+            raise self._name_conflict(name, skeleton, collection) from exc
+        self._sizes.clear()
         return user
 
-    def _name_conflict(self, name: str, skeleton: str) -> DuplicateNameError | ConfusableNameError:
+    def rename_user(self, user_id: int, name: str, collection: str = DEFAULT_COLLECTION) -> UserRecord:
+        """Give a person another name, under the same rules as add_user (DuplicateNameError,
+        ConfusableNameError against the others in the collection); UnknownUserError."""
+        skeleton = name_skeleton(name)
+        try:
+            with self._transaction(write=True) as conn:
+                collection_id = self._collection_id(conn, collection)
+                cursor = conn.cursor(row_factory=class_row(UserRecord))
+                user = cursor.execute(
+                    "UPDATE users u SET name = %s, name_skeleton = %s, updated_at = now() "
+                    "WHERE id = %s AND collection_id = %s "
+                    "RETURNING u.id, u.name, u.created_at, u.updated_at, "
+                    "(SELECT count(*) FROM faces f WHERE f.user_id = u.id) AS face_count",
+                    (name, skeleton, user_id, collection_id),
+                ).fetchone()
+        except pg_errors.UniqueViolation as exc:
+            raise self._name_conflict(name, skeleton, collection, renamed=user_id) from exc
+        if user is None:
+            raise UnknownUserError(user_id)
+        return user
+
+    def _name_conflict(
+        self, name: str, skeleton: str, collection: str, renamed: int | None = None
+    ) -> DuplicateNameError | ConfusableNameError:
         with self._transaction() as conn:
             row = conn.execute(
-                "SELECT id, name FROM users WHERE name = %s OR name_skeleton = %s "
-                "ORDER BY name = %s DESC LIMIT 1",
-                (name, skeleton, name),
+                "SELECT u.id, u.name FROM users u JOIN collections c ON c.id = u.collection_id "
+                "WHERE c.name = %s AND (u.name = %s OR u.name_skeleton = %s) AND u.id IS DISTINCT FROM %s "
+                "ORDER BY u.name = %s DESC LIMIT 1",
+                (collection, name, skeleton, renamed, name),
             ).fetchone()
         if row is None or row[1] == name:  # `None`: the other one was deleted meanwhile
             return DuplicateNameError(name)
         return ConfusableNameError(name, existing_name=row[1], existing_id=row[0])
 
-    def add_face(self, user_id: int, embedding: np.ndarray, box: Sequence[float]) -> FaceRecord:
-        """Store another face of a registered person. UnknownUserError if there is no such person."""
+    def add_face(
+        self, user_id: int, embedding: np.ndarray, box: Sequence[float], collection: str = DEFAULT_COLLECTION
+    ) -> FaceRecord:
+        """Store another face of a registered person. UnknownUserError if there is no such person in
+        the collection."""
         vector = self._vector(embedding)
         with self._transaction(write=True) as conn:
-            # Touching the row also locks it, so a concurrent delete cannot slip in before the insert.
-            if conn.execute("UPDATE users SET updated_at = now() WHERE id = %s", (user_id,)).rowcount == 0:
-                raise UnknownUserError(user_id)
-            return self._insert_face(conn, user_id, vector, box)
+            collection_id = self._collection_id(conn, collection)
+            self._lock_user(conn, user_id, collection_id, touch=True)
+            return self._insert_face(conn, user_id, collection_id, vector, box)
+
+    def _lock_user(self, conn: psycopg.Connection, user_id: int, collection_id: int, *, touch: bool) -> None:
+        """Lock the person's row till the transaction ends, so that a concurrent delete (of them or
+        of a face) cannot slip in; `touch` also marks them updated. UnknownUserError."""
+        query = (
+            "UPDATE users SET updated_at = now() WHERE id = %s AND collection_id = %s"
+            if touch
+            else "SELECT 1 FROM users WHERE id = %s AND collection_id = %s FOR UPDATE"
+        )
+        if conn.execute(query, (user_id, collection_id)).rowcount == 0:
+            raise UnknownUserError(user_id)
 
     def _insert_face(
-        self, conn: psycopg.Connection, user_id: int, vector: np.ndarray, box: Sequence[float]
+        self,
+        conn: psycopg.Connection,
+        user_id: int,
+        collection_id: int,
+        vector: np.ndarray,
+        box: Sequence[float],
     ) -> FaceRecord:
         row = conn.execute(
-            "INSERT INTO faces (user_id, embedding, model, box) VALUES (%s, %s, %s, %s) "
-            "RETURNING id, user_id, model, box, created_at",
-            (user_id, vector, self.model, [float(v) for v in box]),
+            "INSERT INTO faces AS f (user_id, collection_id, embedding, model, box) "
+            "VALUES (%s, %s, %s, %s, %s) "
+            "RETURNING " + _FACE_COLUMNS,
+            (user_id, collection_id, vector, self.model, [float(v) for v in box]),
         ).fetchone()
         assert row is not None
-        face_id, owner, model, stored_box, created_at = row
-        return FaceRecord(face_id, owner, model, tuple(stored_box), created_at)
+        return _face_record(row)
 
-    def get_user(self, user_id: int) -> UserRecord:
+    def list_faces(self, user_id: int, collection: str = DEFAULT_COLLECTION) -> list[FaceRecord]:
+        """A person's faces in the order they were added. UnknownUserError."""
         with self._transaction() as conn:
+            collection_id = self._collection_id(conn, collection)
+            rows = conn.execute(
+                "SELECT " + _FACE_COLUMNS + ", u.id FROM users u LEFT JOIN faces f ON f.user_id = u.id "
+                "WHERE u.id = %s AND u.collection_id = %s ORDER BY f.id",
+                (user_id, collection_id),
+            ).fetchall()
+        if not rows:
+            raise UnknownUserError(user_id)
+        return [_face_record(row[:-1]) for row in rows if row[0] is not None]
+
+    def delete_face(self, user_id: int, face_id: int, collection: str = DEFAULT_COLLECTION) -> None:
+        """Delete one face of a person. UnknownUserError, UnknownFaceError, and LastFaceError for
+        their only face (a person without faces could never be recognised: delete them instead)."""
+        with self._transaction(write=True) as conn:
+            collection_id = self._collection_id(conn, collection)
+            self._lock_user(conn, user_id, collection_id, touch=False)
+            faces = [row[0] for row in conn.execute("SELECT id FROM faces WHERE user_id = %s", (user_id,))]
+            if face_id not in faces:
+                raise UnknownFaceError(user_id, face_id)
+            if len(faces) == 1:
+                raise LastFaceError(user_id, face_id)
+            conn.execute("DELETE FROM faces WHERE id = %s", (face_id,))
+            conn.execute("UPDATE users SET updated_at = now() WHERE id = %s", (user_id,))
+
+    def get_user(self, user_id: int, collection: str = DEFAULT_COLLECTION) -> UserRecord:
+        with self._transaction() as conn:
+            collection_id = self._collection_id(conn, collection)
             user = (
                 conn.cursor(row_factory=class_row(UserRecord))
-                .execute(_SELECT_USERS + " WHERE u.id = %s", (user_id,))
+                .execute(
+                    _SELECT_USERS + " WHERE u.id = %s AND u.collection_id = %s", (user_id, collection_id)
+                )
                 .fetchone()
             )
         if user is None:
             raise UnknownUserError(user_id)
         return user
 
-    def list_users(self, offset: int, limit: int) -> tuple[list[UserRecord], int]:
-        """One page of people in id order, and how many there are in all."""
+    def list_users(
+        self, offset: int, limit: int, collection: str = DEFAULT_COLLECTION
+    ) -> tuple[list[UserRecord], int]:
+        """One page of the collection's people in id order, and how many there are in all."""
         with self._transaction() as conn:
-            total_row = conn.execute("SELECT count(*) FROM users").fetchone()
+            collection_id = self._collection_id(conn, collection)
+            total_row = conn.execute(
+                "SELECT count(*) FROM users WHERE collection_id = %s", (collection_id,)
+            ).fetchone()
             users = (
                 conn.cursor(row_factory=class_row(UserRecord))
-                .execute(_SELECT_USERS + " ORDER BY u.id OFFSET %s LIMIT %s", (offset, limit))
+                .execute(
+                    _SELECT_USERS + " WHERE u.collection_id = %s ORDER BY u.id OFFSET %s LIMIT %s",
+                    (collection_id, offset, limit),
+                )
                 .fetchall()
             )
         assert total_row is not None
         return users, total_row[0]
 
-    def delete_user(self, user_id: int) -> None:
+    def delete_user(self, user_id: int, collection: str = DEFAULT_COLLECTION) -> None:
         """Delete a person and (by the foreign key's cascade) all their faces."""
         with self._transaction(write=True) as conn:
-            if conn.execute("DELETE FROM users WHERE id = %s", (user_id,)).rowcount == 0:
+            collection_id = self._collection_id(conn, collection)
+            deleted = conn.execute(
+                "DELETE FROM users WHERE id = %s AND collection_id = %s", (user_id, collection_id)
+            )
+            if deleted.rowcount == 0:
                 raise UnknownUserError(user_id)
-        self._size = None
+        self._sizes.clear()
 
-    def size(self) -> int:
-        """How many people the gallery holds (a count at most `_SIZE_TTL_S` old)."""
+    def size(self, collection: str = DEFAULT_COLLECTION) -> int:
+        """How many people the collection holds (a count at most `_SIZE_TTL_S` old)."""
         now = time.monotonic()
-        if self._size is not None and now - self._size[0] < _SIZE_TTL_S:
-            return self._size[1]
+        counted = self._sizes.get(collection)
+        if counted is not None and now - counted[0] < _SIZE_TTL_S:
+            return counted[1]
         with self._transaction() as conn:
-            row = conn.execute("SELECT count(*) FROM users").fetchone()
+            collection_id = self._collection_id(conn, collection)
+            row = conn.execute(
+                "SELECT count(*) FROM users WHERE collection_id = %s", (collection_id,)
+            ).fetchone()
         assert row is not None
-        self._size = (now, int(row[0]))
-        return self._size[1]
+        self._sizes[collection] = (now, int(row[0]))
+        return int(row[0])
 
-    def search(self, embeddings: np.ndarray, k: int = 1) -> list[list[Match]]:
-        """For each query row, the k nearest people (each at their nearest face), nearest first."""
+    # --- search -------------------------------------------------------------------------------------
+
+    def search(
+        self, embeddings: np.ndarray, k: int = 1, collection: str = DEFAULT_COLLECTION
+    ) -> list[list[Match]]:
+        """For each query row, the k nearest distinct people of the collection (each at their
+        nearest face), nearest first. `search(embedding, k=1, collection=...)` is also the
+        register duplicate guard's query: the nearest person of the collection, by the HNSW index."""
         if k < 1:
             raise ValueError(f"k must be at least 1, not {k}")
         queries = self._vectors(embeddings)
         with self._transaction() as conn:
-            return [self._nearest_people(conn, query, k) for query in queries]
+            collection_id = self._collection_id(conn, collection)
+            return [self._nearest_people(conn, query, k, collection_id) for query in queries]
 
-    def _nearest_people(self, conn: psycopg.Connection, query: np.ndarray, k: int) -> list[Match]:
+    def _nearest_people(
+        self, conn: psycopg.Connection, query: np.ndarray, k: int, collection_id: int
+    ) -> list[Match]:
         fetch = max(_MIN_CANDIDATES, _FACES_PER_PERSON * k)
         while True:
-            rows = conn.execute(_NEAREST_PEOPLE, {"query": query, "fetch": fetch, "k": k}).fetchall()
+            rows = conn.execute(
+                _NEAREST_PEOPLE, {"query": query, "fetch": fetch, "k": k, "collection": collection_id}
+            ).fetchall()
             # Fewer than k people although the candidate list was full: a few people own all the
             # candidates, so look further.
             if len(rows) >= k or not rows or rows[0][3] < fetch:
                 return [Match(user_id, name, float(distance)) for user_id, name, distance, _ in rows]
             fetch *= 2
 
-    def stats(self) -> GalleryStats:
+    def nearest_face_distance(
+        self, user_id: int, embedding: np.ndarray, collection: str = DEFAULT_COLLECTION
+    ) -> float:
+        """The cosine distance from `embedding` to the person's nearest face, exactly (their faces
+        are few): the add-face identity guard's measure. UnknownUserError."""
+        vector = self._vector(embedding)
         with self._transaction() as conn:
-            row = conn.execute("SELECT (SELECT count(*) FROM users), (SELECT count(*) FROM faces)").fetchone()
-        assert row is not None
-        return GalleryStats(total_users=row[0], total_faces=row[1], model=self.model, dim=self.dim)
+            collection_id = self._collection_id(conn, collection)
+            row = conn.execute(
+                "SELECT min(embedding <=> %s) FROM faces WHERE user_id = %s AND collection_id = %s",
+                (vector, user_id, collection_id),
+            ).fetchone()
+        if row is None or row[0] is None:  # every person has a face: no row means no such person here
+            raise UnknownUserError(user_id)
+        return float(row[0])
+
+    # --- export and import (the file format is facegate.gallery.transfer's) ------------------------
+
+    def export_people(self, collection: str = DEFAULT_COLLECTION) -> list[PortablePerson]:
+        """Everyone in the collection with their faces, in id order, read in one snapshot."""
+        with self._transaction() as conn:
+            collection_id = self._collection_id(conn, collection)
+            rows = conn.execute(
+                "SELECT u.id, u.name, u.created_at, f.embedding, f.box, f.created_at "
+                "FROM users u JOIN faces f ON f.user_id = u.id "
+                "WHERE u.collection_id = %s ORDER BY u.id, f.id",
+                (collection_id,),
+                binary=True,  # the vectors as stored, bit for bit, not printed and parsed again
+            ).fetchall()
+        people = []
+        for _, group in itertools.groupby(rows, key=lambda row: row[0]):
+            faces = list(group)
+            _, name, created_at = faces[0][:3]
+            portable = tuple(
+                PortableFace(_array(vector), tuple(box), added) for *_, vector, box, added in faces
+            )
+            people.append(PortablePerson(name, created_at, portable))
+        return people
+
+    def merge_people(
+        self, people: Sequence[PortablePerson], collection: str = DEFAULT_COLLECTION, *, create: bool = False
+    ) -> ImportSummary:
+        """Add people to the collection by name, in one transaction, keeping their dates.
+
+        A name already there is the same person: they get only the faces they lack (a face with the
+        very same embedding is not stored twice), so merging the same people again changes nothing.
+        `create` makes a missing collection. DuplicateNameError or ConfusableNameError (a new name
+        that looks like one there) roll the whole merge back; UnknownCollectionError without `create`.
+        """
+        vectors = [[self._vector(face.embedding) for face in person.faces] for person in people]
+        if any(not person_vectors for person_vectors in vectors):
+            raise ValueError("every person needs at least one face")
+        counts = {"people_added": 0, "people_merged": 0, "faces_added": 0, "faces_skipped": 0}
+        name = ""
+        try:
+            with self._transaction(write=True) as conn:
+                if create:
+                    conn.execute(
+                        "INSERT INTO collections (name) VALUES (%s) ON CONFLICT (name) DO NOTHING",
+                        (check_collection_name(collection),),
+                    )
+                collection_id = self._collection_id(conn, collection, lock=True)
+                for person, person_vectors in zip(people, vectors, strict=True):
+                    name = person.name
+                    self._merge_person(conn, collection_id, person, person_vectors, counts)
+        except pg_errors.UniqueViolation as exc:
+            raise self._name_conflict(name, name_skeleton(name), collection) from exc
+        self._sizes.clear()
+        if counts["faces_added"] >= _ANALYZE_AFTER_FACES:
+            with self._transaction(write=True) as conn:
+                # At once rather than when autovacuum comes by: how many faces each collection has
+                # decides the search plan (_NEAREST_PEOPLE).
+                conn.execute("ANALYZE faces")
+        return ImportSummary(collection, **counts)
+
+    def _merge_person(
+        self,
+        conn: psycopg.Connection,
+        collection_id: int,
+        person: PortablePerson,
+        vectors: list[np.ndarray],
+        counts: dict[str, int],
+    ) -> None:
+        row = conn.execute(
+            "SELECT id FROM users WHERE collection_id = %s AND name = %s FOR UPDATE",
+            (collection_id, person.name),
+        ).fetchone()
+        if row is None:
+            inserted = conn.execute(
+                "INSERT INTO users (collection_id, name, name_skeleton, created_at, updated_at) "
+                "VALUES (%s, %s, %s, %s, %s) RETURNING id",
+                (
+                    collection_id,
+                    person.name,
+                    name_skeleton(person.name),
+                    person.created_at,
+                    person.created_at,
+                ),
+            ).fetchone()
+            assert inserted is not None
+            user_id, stored = inserted[0], set()
+            counts["people_added"] += 1
+        else:
+            user_id = row[0]
+            faces = conn.execute("SELECT embedding FROM faces WHERE user_id = %s", (user_id,), binary=True)
+            stored = {_array(vector).tobytes() for (vector,) in faces}
+            counts["people_merged"] += 1
+        new = []
+        for vector, face in zip(vectors, person.faces, strict=True):
+            if vector.tobytes() not in stored:
+                stored.add(vector.tobytes())
+                new.append(
+                    (
+                        user_id,
+                        collection_id,
+                        vector,
+                        self.model,
+                        [float(v) for v in face.box],
+                        face.created_at,
+                    )
+                )
+        counts["faces_added"] += len(new)
+        counts["faces_skipped"] += len(vectors) - len(new)
+        if new:
+            with conn.cursor() as cursor:
+                cursor.executemany(
+                    "INSERT INTO faces (user_id, collection_id, embedding, model, box, created_at) "
+                    "VALUES (%s, %s, %s, %s, %s, %s)",
+                    new,
+                )
+            if row is not None:
+                conn.execute("UPDATE users SET updated_at = now() WHERE id = %s", (user_id,))
+
+    def stats(self, collection: str = DEFAULT_COLLECTION) -> GalleryStats:
+        record = self.get_collection(collection)
+        return GalleryStats(
+            total_users=record.people, total_faces=record.faces, model=self.model, dim=self.dim
+        )
 
     def _vector(self, embedding: np.ndarray) -> np.ndarray:
         vectors = self._vectors(embedding)
@@ -427,6 +808,10 @@ class Gallery:
         if not np.isfinite(array).all() or not np.linalg.norm(array, axis=1).all():
             raise ValueError("embeddings must be finite and non-zero")
         return array
+
+
+def _array(vector: Vector) -> np.ndarray:
+    return np.asarray(vector.to_numpy(), dtype=np.float32)
 
 
 def _probe_write(conn: psycopg.Connection) -> None:
