@@ -12,7 +12,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
@@ -80,6 +80,7 @@ def _parser() -> argparse.ArgumentParser:
         "enroll", help="register people from a folder with one sub-folder per person"
     )
     enroll.add_argument("folder", type=Path)
+    _add_collection_arg(enroll)
     enroll.add_argument(
         "--report", type=Path, metavar="FILE", help="also write each skipped photo and why to this CSV file"
     )
@@ -89,6 +90,7 @@ def _parser() -> argparse.ArgumentParser:
         "recognize", help="recognise the faces in image files against the gallery"
     )
     recognize.add_argument("images", nargs="+", type=Path)
+    _add_collection_arg(recognize)
     recognize.add_argument(
         "--threshold",
         type=float,
@@ -96,7 +98,32 @@ def _parser() -> argparse.ArgumentParser:
         help="a fixed cosine-distance threshold (default: chosen for FACE_MATCH_FPIR at the gallery's size)",
     )
     recognize.set_defaults(handler=_recognize)
+
+    export = commands.add_parser(
+        "export", help="write a collection's people and embeddings to a file (biometric data: protect it)"
+    )
+    export.add_argument("file", type=Path)
+    _add_collection_arg(export)
+    export.set_defaults(handler=_export)
+
+    load = commands.add_parser("import", help="merge an export file into a collection, by name")
+    load.add_argument("file", type=Path)
+    load.add_argument(
+        "--collection", default=None, help="the collection to merge into (default: the one exported)"
+    )
+    load.set_defaults(handler=_import)
     return parser
+
+
+# facegate.gallery.DEFAULT_COLLECTION, not imported here: the CLI starts without the database's
+# libraries (tests/test_cli.py checks the two agree).
+_DEFAULT_COLLECTION = "default"
+
+
+def _add_collection_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--collection", default=_DEFAULT_COLLECTION, help="the collection (default: %(default)s)"
+    )
 
 
 def _positive(text: str) -> int:
@@ -327,13 +354,37 @@ def _detect(args: argparse.Namespace, settings: Settings) -> int:
 def _enroll(args: argparse.Namespace, settings: Settings) -> int:
     from facegate.enroll import enroll_folder
 
-    return enroll_folder(args.folder, settings, args.report)
+    return _gallery_command(lambda: enroll_folder(args.folder, settings, args.report, args.collection))
 
 
 def _recognize(args: argparse.Namespace, settings: Settings) -> int:
     from facegate.enroll import recognize_files
 
-    return recognize_files(args.images, settings, args.threshold)
+    return _gallery_command(lambda: recognize_files(args.images, settings, args.threshold, args.collection))
+
+
+def _export(args: argparse.Namespace, settings: Settings) -> int:
+    from facegate.enroll import export_collection
+
+    return _gallery_command(lambda: export_collection(settings, args.file, args.collection))
+
+
+def _import(args: argparse.Namespace, settings: Settings) -> int:
+    from facegate.enroll import import_collection
+
+    return _gallery_command(lambda: import_collection(settings, args.file, args.collection))
+
+
+def _gallery_command(run: Callable[[], int]) -> int:
+    """`run`, with the gallery's refusals (an unknown collection, a damaged export file) said in one
+    line and exit status 2 instead of a traceback."""
+    from facegate.gallery import GalleryError
+
+    try:
+        return run()
+    except (GalleryError, OSError) as exc:
+        logger.error("%s", exc)
+        return 2
 
 
 if __name__ == "__main__":

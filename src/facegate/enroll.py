@@ -1,4 +1,5 @@
-"""Enrolling a folder of people into the gallery, and recognising image files, from the command line."""
+"""The gallery from the command line: enrolling a folder of people, recognising image files, and
+exporting or importing a collection."""
 
 from __future__ import annotations
 
@@ -13,12 +14,13 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from facegate.config import Settings
-from facegate.gallery import ConfusableNameError, DuplicateNameError, Gallery
+from facegate.enrolment import AlreadyEnrolledError, NotSamePersonError
+from facegate.gallery import DEFAULT_COLLECTION, ConfusableNameError, DuplicateNameError, transfer
 from facegate.imaging import ImageError, load_image_file
 from facegate.names import InvalidNameError, clean_name
-from facegate.pipeline import EmbeddedFace, NoFaceError, Pipeline
+from facegate.pipeline import EmbeddedFace, NoFaceError
 from facegate.recognition import Identified
-from facegate.services import open_core
+from facegate.services import Core, open_core
 
 logger = logging.getLogger(__name__)
 
@@ -62,9 +64,11 @@ def photos_of(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def enroll_folder(root: Path, settings: Settings, report_file: Path | None = None) -> int:
-    """Register each sub-folder of `root` as one person (the folder name, `_` read as a space, under
-    the API's name rule: facegate.names).
+def enroll_folder(
+    root: Path, settings: Settings, report_file: Path | None = None, collection: str = DEFAULT_COLLECTION
+) -> int:
+    """Register each sub-folder of `root` as one person of `collection` (the folder name, `_` read as
+    a space, under the API's rules: facegate.enrolment).
 
     Resumable: a person already in the gallery is skipped, so an interrupted run can simply be
     started again. All photos of a person are embedded before anything is stored, so a person is
@@ -76,9 +80,10 @@ def enroll_folder(root: Path, settings: Settings, report_file: Path | None = Non
     folders = person_folders(root)
     report = EnrollReport()
     with open_core(settings) as core, logging_redirect_tqdm():
+        core.gallery.get_collection(collection)  # UnknownCollectionError before any work
         # Log lines go through the bar's writer, above the bar, instead of breaking it.
         for folder in tqdm(folders, desc="enrolling", unit="person", file=sys.stderr):
-            _enroll_person(folder, core.pipeline, core.gallery, report)
+            _enroll_person(folder, core, collection, report)
     print(report.summary())
     if report_file is not None:
         report.write_csv(report_file)
@@ -86,11 +91,11 @@ def enroll_folder(root: Path, settings: Settings, report_file: Path | None = Non
     return 0
 
 
-def _enroll_person(folder: Path, pipeline: Pipeline, gallery: Gallery, report: EnrollReport) -> None:
-    faces: list[EmbeddedFace] = []
+def _enroll_person(folder: Path, core: Core, collection: str, report: EnrollReport) -> None:
+    faces: list[tuple[Path, EmbeddedFace]] = []
     for photo in photos_of(folder):
         try:
-            faces.append(pipeline.single_face(load_image_file(photo)))
+            faces.append((photo, core.pipeline.single_face(load_image_file(photo))))
         except (ImageError, OSError) as exc:
             report.skipped.append(Skipped(photo, f"unreadable image ({exc})"))
         except NoFaceError as exc:
@@ -98,25 +103,38 @@ def _enroll_person(folder: Path, pipeline: Pipeline, gallery: Gallery, report: E
     if not faces:
         report.skipped.append(Skipped(folder, "no usable photo, so the person was not enrolled"))
         return
+    name = folder.name.replace("_", " ")
     try:
-        name = clean_name(folder.name.replace("_", " "))
-        user = gallery.add_user(name, faces[0].embedding, faces[0].face.box)
+        user = core.enrolment.register(name, faces[0][1], collection)
     except DuplicateNameError:
         report.already_enrolled += 1
+        return
+    except AlreadyEnrolledError as exc:
+        if exc.name == clean_name(name):  # a run resumed after this person was stored
+            report.already_enrolled += 1
+        else:
+            report.skipped.append(Skipped(folder, str(exc)))
         return
     except (InvalidNameError, ConfusableNameError) as exc:
         report.skipped.append(Skipped(folder, f"the folder's name cannot be a person's name: {exc}"))
         return
-    for face in faces[1:]:
-        gallery.add_face(user.id, face.embedding, face.face.box)
+    stored = 1
+    for photo, face in faces[1:]:
+        try:
+            core.enrolment.add_face(user.id, face, collection)
+            stored += 1
+        except NotSamePersonError as exc:  # a photo of someone else in the person's folder
+            report.skipped.append(Skipped(photo, str(exc)))
     report.enrolled += 1
-    report.photos_added += len(faces)
+    report.photos_added += stored
 
 
-def recognize_files(paths: Sequence[Path], settings: Settings, threshold: float | None) -> int:
+def recognize_files(
+    paths: Sequence[Path], settings: Settings, threshold: float | None, collection: str = DEFAULT_COLLECTION
+) -> int:
     failures = 0
     with open_core(settings) as core:
-        chosen = core.policy.threshold(core.gallery.size(), threshold)
+        chosen = core.policy.threshold(core.gallery.size(collection), threshold)
         logger.info(
             "match threshold %.4f (%s, %d people)", chosen.distance, chosen.source, chosen.gallery_size
         )
@@ -129,7 +147,7 @@ def recognize_files(paths: Sequence[Path], settings: Settings, threshold: float 
                 continue
             print(f"{path}: {len(faces)} face(s)")
             if faces:
-                for identified in core.recognizer.identify(faces, threshold).faces:
+                for identified in core.recognizer.identify(faces, threshold, collection).faces:
                     box = ", ".join(f"{v:.0f}" for v in identified.face.face.box)
                     print(f"  [{box}] {_verdict(identified)}")
     return 1 if failures else 0
@@ -143,3 +161,24 @@ def _verdict(identified: Identified) -> str:
         return "unknown (the gallery is empty)"
     similarity = f"distance {nearest.distance:.3f}, similarity {identified.similarity:.2f}"
     return f"{nearest.name} ({similarity})" if identified.is_match else f"unknown (nearest: {similarity})"
+
+
+def export_collection(settings: Settings, path: Path, collection: str) -> int:
+    """Write the collection's people and embeddings to `path` (facegate.gallery.transfer's format)."""
+    with open_core(settings) as core:
+        summary = transfer.export_file(core.gallery, path, collection)
+    print(f"exported {summary.people} people and {summary.faces} faces of '{summary.collection}' to {path}")
+    print("the file holds biometric data (face embeddings): protect it like the database")
+    return 0
+
+
+def import_collection(settings: Settings, path: Path, collection: str | None) -> int:
+    """Merge an export file into `collection` (default: the one it came from), by name."""
+    with open_core(settings) as core:
+        summary = transfer.import_file(core.gallery, path, collection)
+    print(
+        f"imported into '{summary.collection}': {summary.people_added} people added, "
+        f"{summary.people_merged} already there (merged by name), {summary.faces_added} faces added, "
+        f"{summary.faces_skipped} already stored"
+    )
+    return 0

@@ -36,7 +36,7 @@ from typing import Literal
 import numpy as np
 
 from facegate.config import UNCALIBRATED_MATCH_THRESHOLD, Settings
-from facegate.gallery import Gallery, Match
+from facegate.gallery import DEFAULT_COLLECTION, Gallery, Match
 from facegate.pipeline import EmbeddedFace, NoFaceError
 
 logger = logging.getLogger(__name__)
@@ -187,8 +187,12 @@ class MatchPolicy:
     def verify(self, first: np.ndarray, second: np.ndarray, requested: float | None = None) -> Verification:
         """Whether two embeddings are the same person: the one-to-one rule (/verify, a photo added
         to a person)."""
+        return self.verifies(cosine_distance(first, second), requested)
+
+    def verifies(self, distance: float, requested: float | None = None) -> Verification:
+        """The one-to-one decision for a distance already measured (the gallery's, to a person's
+        nearest stored face)."""
         threshold = self.verify_threshold if requested is None else requested
-        distance = cosine_distance(first, second)
         return Verification(distance <= threshold, distance, self.similarity(distance), threshold)
 
 
@@ -209,6 +213,7 @@ class Identified:
     nearest: Match | None
     is_match: bool
     similarity: float | None
+    candidates: tuple[Match, ...] = ()  # the nearest distinct people asked for (top_k), nearest first
 
     @property
     def distance(self) -> float | None:
@@ -240,21 +245,33 @@ class Recognizer:
         self.gallery = gallery
         self.policy = policy
 
-    def identify(self, faces: Sequence[EmbeddedFace], threshold: float | None = None) -> Recognition:
-        """Each face (largest first, as `Pipeline.analyse` gives them) against the gallery; faces with
-        a quality problem are not searched. `threshold` fixes the distance for this search."""
+    def identify(
+        self,
+        faces: Sequence[EmbeddedFace],
+        threshold: float | None = None,
+        collection: str = DEFAULT_COLLECTION,
+        top_k: int = 1,
+    ) -> Recognition:
+        """Each face (largest first, as `Pipeline.analyse` gives them) against the collection; faces
+        with a quality problem are not searched. `threshold` fixes the distance for this search;
+        `top_k` nearest distinct people are kept as each face's candidates."""
         if not faces:
             raise NoFaceError("no face found in the image")
         searched = [face.embedding for face in faces if face.problem is None]
-        # Two nearest people: the margin rule compares the nearest with the next one.
-        found = iter(self.gallery.search(np.stack(searched), k=2) if searched else [])
-        chosen = self.policy.threshold(self.gallery.size(), threshold)
-        return Recognition(
-            [self._decide(face, None if face.problem is not None else next(found), chosen) for face in faces],
-            chosen,
-        )
+        # At least two people: the margin rule compares the nearest with the next one.
+        k = max(2, top_k)
+        found = iter(self.gallery.search(np.stack(searched), k, collection) if searched else [])
+        # The collection's size, not the database's: a stranger is compared with its people only.
+        chosen = self.policy.threshold(self.gallery.size(collection), threshold)
+        decided = [
+            self._decide(face, None if face.problem is not None else next(found), chosen, top_k)
+            for face in faces
+        ]
+        return Recognition(decided, chosen)
 
-    def _decide(self, face: EmbeddedFace, people: list[Match] | None, chosen: Threshold) -> Identified:
+    def _decide(
+        self, face: EmbeddedFace, people: list[Match] | None, chosen: Threshold, top_k: int
+    ) -> Identified:
         if not people:
             return Identified(face, None, is_match=False, similarity=None)
         nearest = people[0]
@@ -264,4 +281,5 @@ class Recognizer:
             nearest,
             is_match=self.policy.is_match(nearest.distance, second, chosen),
             similarity=self.policy.similarity(nearest.distance),
+            candidates=tuple(people[:top_k]),
         )

@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from facegate.config import Settings
+from facegate.enrolment import Enrolment
 from facegate.gallery import Gallery, database_dsn
 from facegate.pipeline import Pipeline
 from facegate.recognition import MatchPolicy, Recognizer
@@ -20,6 +21,7 @@ class Core:
     gallery: Gallery
     policy: MatchPolicy
     recognizer: Recognizer
+    enrolment: Enrolment
 
     def close(self) -> None:
         self.gallery.close()
@@ -33,7 +35,8 @@ def build_core(settings: Settings, dsn: str, wrap: Callable[[Pipeline], Pipeline
     embedder = pipeline.embedder
     gallery = Gallery.from_settings(dsn, embedder.name, embedder.dim, settings)
     policy = MatchPolicy.from_settings(settings, embedder.name)
-    return Core(settings, pipeline, gallery, policy, Recognizer(gallery, policy))
+    recognizer = Recognizer(gallery, policy)
+    return Core(settings, pipeline, gallery, policy, recognizer, Enrolment(gallery, recognizer))
 
 
 @contextmanager

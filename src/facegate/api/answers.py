@@ -6,23 +6,28 @@ from __future__ import annotations
 import numpy as np
 
 from facegate.api.deps import Services, infer, query
-from facegate.recognition import Identified, Recognition
-from facegate.schemas import Keypoints, MatchedUser, RecognizedFace, RecognizeResponse
+from facegate.gallery import DEFAULT_COLLECTION
+from facegate.recognition import Identified, MatchPolicy, Recognition
+from facegate.schemas import Candidate, Keypoints, MatchedUser, RecognizedFace, RecognizeResponse
 
 
 async def recognize_image(
-    services: Services, image: np.ndarray, threshold: float | None
+    services: Services,
+    image: np.ndarray,
+    threshold: float | None,
+    collection: str = DEFAULT_COLLECTION,
+    top_k: int = 1,
 ) -> RecognizeResponse:
-    """Every face of a decoded image against the gallery, largest first."""
+    """Every face of a decoded image against the collection, largest first."""
     faces = await infer(services, lambda: services.pipeline.analyse(image))
     with services.metrics.stage("search"):
-        recognition = await query(lambda: services.recognizer.identify(faces, threshold))
-    return recognize_response(recognition)
+        recognition = await query(lambda: services.recognizer.identify(faces, threshold, collection, top_k))
+    return recognize_response(recognition, services.policy)
 
 
-def recognize_response(recognition: Recognition) -> RecognizeResponse:
+def recognize_response(recognition: Recognition, policy: MatchPolicy) -> RecognizeResponse:
     """The top-level fields describe the largest face (the original service's answer); `faces` has all."""
-    answers = [recognized_face(face) for face in recognition.faces]
+    answers = [recognized_face(face, policy) for face in recognition.faces]
     largest, chosen = answers[0], recognition.threshold
     return RecognizeResponse(
         status=largest.status,
@@ -44,7 +49,7 @@ def confidence(distance: float | None) -> float:
     return 0.0 if distance is None else max(0.0, 1.0 - distance)
 
 
-def recognized_face(identified: Identified) -> RecognizedFace:
+def recognized_face(identified: Identified, policy: MatchPolicy) -> RecognizedFace:
     face, person = identified.face.face, identified.person
     if identified.face.problem is not None:
         status = "low_quality"
@@ -60,6 +65,14 @@ def recognized_face(identified: Identified) -> RecognizedFace:
         confidence=confidence(identified.distance),
         matched_user=None if person is None else MatchedUser(id=person.user_id, name=person.name),
         quality=identified.face.problem,
+        candidates=[
+            Candidate(
+                user=MatchedUser(id=match.user_id, name=match.name),
+                distance=match.distance,
+                similarity=policy.similarity(match.distance),
+            )
+            for match in identified.candidates
+        ],
     )
 
 

@@ -179,14 +179,16 @@ def require(scope: Scope) -> params.Depends:
         except Refused as refused:
             if refused.holder is not None:
                 request.state.key_name = refused.holder
-            raise _http_error(refused) from None
+            raise http_error(refused) from None
         request.state.key_name = key.name
+        request.state.api_key = key  # for the checks that follow: the collection's binding
         return key
 
     return Depends(check)
 
 
-def _http_error(refused: Refused) -> HTTPException:
+def http_error(refused: Refused) -> HTTPException:
+    """A refusal as HTTP answers it, with the headers that go with it."""
     headers = {"WWW-Authenticate": "API-Key"} if refused.status == status.HTTP_401_UNAUTHORIZED else {}
     if refused.retry_after is not None:
         headers["Retry-After"] = refused.retry_after

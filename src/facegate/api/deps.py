@@ -17,6 +17,7 @@ from facegate.api.metrics import Metrics
 from facegate.api.ratelimit import Limiter
 from facegate.api.tickets import TicketSigner
 from facegate.config import Settings
+from facegate.enrolment import Enrolment
 from facegate.gallery import Gallery
 from facegate.imaging import decode_image
 from facegate.pipeline import Pipeline
@@ -62,6 +63,10 @@ class Services:
     @property
     def recognizer(self) -> Recognizer:
         return self.core.recognizer
+
+    @property
+    def enrolment(self) -> Enrolment:
+        return self.core.enrolment
 
 
 def get_services(request: Request) -> Services:

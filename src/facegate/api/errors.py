@@ -15,12 +15,19 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from facegate.enrolment import AlreadyEnrolledError, NotSamePersonError
 from facegate.gallery.errors import (
     ConfusableNameError,
+    DuplicateCollectionError,
     DuplicateNameError,
     GalleryError,
     GalleryUnavailable,
+    InvalidCollectionNameError,
+    LastFaceError,
     ModelMismatchError,
+    ProtectedCollectionError,
+    UnknownCollectionError,
+    UnknownFaceError,
     UnknownUserError,
 )
 from facegate.imaging import ImageError
@@ -32,7 +39,13 @@ logger = logging.getLogger(__name__)
 _GALLERY_STATUS: dict[type[GalleryError], int] = {
     DuplicateNameError: status.HTTP_409_CONFLICT,
     ConfusableNameError: status.HTTP_409_CONFLICT,
+    DuplicateCollectionError: status.HTTP_409_CONFLICT,
+    ProtectedCollectionError: status.HTTP_409_CONFLICT,
+    LastFaceError: status.HTTP_409_CONFLICT,
+    InvalidCollectionNameError: status.HTTP_422_UNPROCESSABLE_CONTENT,
     UnknownUserError: status.HTTP_404_NOT_FOUND,
+    UnknownCollectionError: status.HTTP_404_NOT_FOUND,
+    UnknownFaceError: status.HTTP_404_NOT_FOUND,
     GalleryUnavailable: status.HTTP_503_SERVICE_UNAVAILABLE,
     ModelMismatchError: status.HTTP_503_SERVICE_UNAVAILABLE,
 }
@@ -44,8 +57,10 @@ def status_of(exc: Exception, where: str) -> tuple[int, str]:
     match exc:
         case ImageError():
             return exc.status, str(exc)
-        case NoFaceError() | InvalidNameError():
+        case NoFaceError() | InvalidNameError() | NotSamePersonError():
             return status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)
+        case AlreadyEnrolledError():
+            return status.HTTP_409_CONFLICT, str(exc)
         case HTTPException():  # raised by the API's own helpers: the inference queue is full (503), ...
             return exc.status_code, str(exc.detail)
         case GalleryError():
@@ -85,5 +100,13 @@ def install_error_handlers(app: FastAPI) -> None:
     """`status_of` for the domain's errors and any other exception (HTTPException keeps FastAPI's
     own handler, which sends its headers: `Retry-After`, `WWW-Authenticate`)."""
     app.add_exception_handler(RequestValidationError, _invalid_request)
-    for kind in (ImageError, NoFaceError, InvalidNameError, GalleryError, Exception):
+    domain = (
+        ImageError,
+        NoFaceError,
+        InvalidNameError,
+        NotSamePersonError,
+        AlreadyEnrolledError,
+        GalleryError,
+    )
+    for kind in (*domain, Exception):
         app.add_exception_handler(kind, _answer)

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Query
+from fastapi import Depends, Query, Request
 
+from facegate.api.auth import ApiKey, Refused, admit, http_error
+from facegate.api.deps import Services
 from facegate.faces import DEFAULT_DETECTION, DetectionParams
+from facegate.gallery import DEFAULT_COLLECTION
 
 _Threshold = Annotated[float, Query(ge=0.0, le=1.0, allow_inf_nan=False)]
 
@@ -30,4 +33,35 @@ ThresholdQuery = Annotated[
         allow_inf_nan=False,
         description="cosine distance; default FACE_MATCH_THRESHOLD or, for /verify, FACE_VERIFY_THRESHOLD",
     ),
+]
+
+
+def admit_collection(services: Services, key: ApiKey, collection: str) -> str:
+    """`collection`, when `key` is bound to it (403) and it exists (404): checked before any work is
+    spent on the request. 403 comes first, so a bound key learns nothing of other collections."""
+    admit(key, collection)
+    services.gallery.get_collection(collection)
+    return collection
+
+
+# Sync, so FastAPI runs it in a worker thread: it asks the database.
+def collection_param(
+    request: Request,
+    collection: Annotated[
+        str,
+        Query(max_length=64, description="the collection to use; one named `default` when not given"),
+    ] = DEFAULT_COLLECTION,
+) -> str:
+    """The request's collection (after the route's key check, which records the key)."""
+    try:
+        return admit_collection(request.app.state.services, request.state.api_key, collection)
+    except Refused as refused:
+        raise http_error(refused) from None
+
+
+CollectionDep = Annotated[str, Depends(collection_param)]
+
+TopKQuery = Annotated[
+    int,
+    Query(ge=1, le=20, description="how many of the nearest distinct people each face lists as candidates"),
 ]

@@ -36,7 +36,9 @@ from pydantic import ValidationError
 from facegate.api.auth import Refused, Scope, authorize, charge
 from facegate.api.deps import Services, query
 from facegate.api.errors import status_of
+from facegate.api.params import admit_collection
 from facegate.api.tickets import TICKET_TTL_S, TicketError
+from facegate.gallery import DEFAULT_COLLECTION, GalleryError
 
 logger = logging.getLogger(__name__)
 
@@ -127,6 +129,20 @@ def _admit(
     return key.name, False
 
 
+async def open_collection(websocket: WebSocket, services: Services) -> str:
+    """The collection the stream searches: `?collection=` (default `default`), one its key is bound
+    to (403) and that exists (404), checked once at the opening."""
+    collection = websocket.query_params.get("collection", DEFAULT_COLLECTION)
+    key = services.keys.named(websocket.state.key_name)
+    assert key is not None  # open_stream recorded a key's name (a ticket's: the key it was issued to)
+    try:
+        return await query(lambda: admit_collection(services, key, collection))
+    except Refused as refused:
+        await _refuse(websocket, refused.status, refused.detail)
+    except GalleryError as exc:
+        await _refuse(websocket, *status_of(exc, f"{websocket.url.path} opening"))
+
+
 _KEY_HINT = 'send the X-API-Key header or a first message {"api_key": "..."}'
 _TICKET_HINT = f' (or {{"ticket": "..."}} from POST /liveness/tickets, valid {TICKET_TTL_S} s)'
 
@@ -191,8 +207,10 @@ async def _refuse(websocket: WebSocket, code: int, detail: str) -> NoReturn:
 _CLOSES = {
     status.HTTP_401_UNAUTHORIZED: (status.WS_1008_POLICY_VIOLATION, "unauthorized"),
     status.HTTP_403_FORBIDDEN: (status.WS_1008_POLICY_VIOLATION, "forbidden"),
+    status.HTTP_404_NOT_FOUND: (status.WS_1008_POLICY_VIOLATION, "no such collection"),
     status.HTTP_422_UNPROCESSABLE_CONTENT: (status.WS_1008_POLICY_VIOLATION, "invalid parameters"),
     status.HTTP_429_TOO_MANY_REQUESTS: (status.WS_1013_TRY_AGAIN_LATER, "rate limited"),
+    status.HTTP_503_SERVICE_UNAVAILABLE: (status.WS_1013_TRY_AGAIN_LATER, "gallery unavailable"),
 }
 
 

@@ -41,6 +41,7 @@ from facegate.api.streaming import (
     LatestFrame,
     StreamClosed,
     answer_frames,
+    open_collection,
     open_stream,
     process,
     receiving,
@@ -71,12 +72,13 @@ async def liveness_ticket(
 async def liveness_stream(websocket: WebSocket) -> None:
     try:
         services = await open_stream(websocket, Scope.RECOGNIZE, ticket_grant=LIVENESS_GRANT)
+        collection = await open_collection(websocket, services)
     except (StreamClosed, WebSocketDisconnect):
         return
     session = Session.start(Bounds.from_settings(services.settings), rng=services.challenge_rng)
     async with receiving(websocket) as mailbox:  # cancelled when the client leaves
         await send(websocket, _opening(session))
-        await _run(websocket, services, session, mailbox)
+        await _run(websocket, services, session, mailbox, collection)
     if session.verdict is None:
         logger.info(
             "liveness session %s abandoned by the client after %d frame(s)", session.id, mailbox.received
@@ -97,7 +99,9 @@ def _opening(session: Session) -> dict[str, Any]:
     }
 
 
-async def _run(websocket: WebSocket, services: Services, session: Session, mailbox: LatestFrame) -> None:
+async def _run(
+    websocket: WebSocket, services: Services, session: Session, mailbox: LatestFrame, collection: str
+) -> None:
     """Answer frames until the session has its verdict (or its deadline passes), then send it."""
 
     async def handle(data: bytes) -> dict[str, Any]:
@@ -120,7 +124,7 @@ async def _run(websocket: WebSocket, services: Services, session: Session, mailb
     )
     if session.verdict is None:
         session.expire()
-    await send(websocket, await _verdict(services, session))
+    await send(websocket, await _verdict(services, session, collection))
 
 
 def _progress(progress: Progress) -> dict[str, Any]:
@@ -142,13 +146,13 @@ def _progress(progress: Progress) -> dict[str, Any]:
     }
 
 
-async def _verdict(services: Services, session: Session) -> dict[str, Any]:
+async def _verdict(services: Services, session: Session, collection: str) -> dict[str, Any]:
     verdict = session.verdict
     assert verdict is not None
     recognition = None
     if verdict.live and verdict.best is not None and verdict.best.image is not None:
         try:
-            answer = await recognize_image(services, verdict.best.image, None)
+            answer = await recognize_image(services, verdict.best.image, None, collection)
             recognition = answer.model_dump(mode="json")
         except GalleryError as exc:
             logger.warning("liveness session %s: gallery unavailable for recognition: %s", session.id, exc)

@@ -9,25 +9,31 @@ from fastapi import APIRouter, File, UploadFile
 from facegate.api.answers import confidence, recognize_image
 from facegate.api.auth import Scope, require
 from facegate.api.deps import ServicesDep, infer, read_image
-from facegate.api.params import ThresholdQuery
+from facegate.api.params import CollectionDep, ThresholdQuery, TopKQuery
 from facegate.api.schemas import KEYED_ERRORS, error_responses
 from facegate.schemas import RecognizeResponse, VerifyResponse
 
 router = APIRouter(tags=["recognition"], dependencies=[require(Scope.RECOGNIZE)])
 
-_ERRORS = error_responses(*KEYED_ERRORS, 400, 413, 415, 422, 503)
+_ERRORS = error_responses(*KEYED_ERRORS, 400, 404, 413, 415, 422, 503)
 
 
 @router.post("/recognize", response_model=RecognizeResponse, responses=_ERRORS)
 async def recognize(
-    services: ServicesDep, image: Annotated[UploadFile, File()], threshold: ThresholdQuery = None
+    services: ServicesDep,
+    collection: CollectionDep,
+    image: Annotated[UploadFile, File()],
+    threshold: ThresholdQuery = None,
+    top_k: TopKQuery = 1,
 ) -> RecognizeResponse:
     """Every face against the gallery, largest first; the top-level fields describe the largest face.
 
     The threshold follows the gallery's size (FACE_MATCH_FPIR) unless FACE_MATCH_THRESHOLD or
-    `threshold` fixes it; faces too small, blurred or turned are answered `low_quality`.
+    `threshold` fixes it; faces too small, blurred or turned are answered `low_quality`. Each face
+    lists its `top_k` nearest people as `candidates`; only `matched_user` is a match.
     """
-    return await recognize_image(services, await read_image(image, services), threshold)
+    decoded = await read_image(image, services)
+    return await recognize_image(services, decoded, threshold, collection, top_k)
 
 
 @router.post("/verify", response_model=VerifyResponse, responses=_ERRORS)

@@ -25,8 +25,8 @@ from pydantic import validate_call
 from facegate.api.answers import recognize_image
 from facegate.api.auth import Scope
 from facegate.api.deps import decode, infer
-from facegate.api.params import ThresholdQuery, detection_params
-from facegate.api.streaming import StreamClosed, open_stream, query_params, serve
+from facegate.api.params import ThresholdQuery, TopKQuery, detection_params
+from facegate.api.streaming import StreamClosed, open_collection, open_stream, query_params, serve
 from facegate.faces import detection_dict
 
 router = APIRouter(tags=["streaming"])
@@ -36,8 +36,8 @@ _detection_params = validate_call(detection_params)
 
 
 @validate_call
-def _threshold(threshold: ThresholdQuery = None) -> float | None:
-    return threshold
+def _recognition_params(threshold: ThresholdQuery = None, top_k: TopKQuery = 1) -> tuple[float | None, int]:
+    return threshold, top_k
 
 
 @router.websocket("/ws/detect")
@@ -62,12 +62,13 @@ async def recognize_stream(websocket: WebSocket) -> None:
     """Recognition on every frame: the body of `POST /recognize` plus frame, skipped and processing_ms."""
     try:
         services = await open_stream(websocket, Scope.RECOGNIZE)
-        threshold = await query_params(websocket, _threshold)
+        threshold, top_k = await query_params(websocket, _recognition_params)
+        collection = await open_collection(websocket, services)
     except (StreamClosed, WebSocketDisconnect):
         return
 
     async def handle(data: bytes) -> dict[str, Any]:
-        answer = await recognize_image(services, await decode(services, data), threshold)
+        answer = await recognize_image(services, await decode(services, data), threshold, collection, top_k)
         return answer.model_dump(mode="json")
 
     await serve(websocket, handle)

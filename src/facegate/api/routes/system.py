@@ -9,6 +9,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from facegate import __version__
 from facegate.api.auth import Scope, require
 from facegate.api.deps import ServicesDep, query
+from facegate.api.params import CollectionDep
 from facegate.api.schemas import KEYED_ERRORS, error_responses
 from facegate.gallery.errors import GalleryError
 from facegate.schemas import Health, ServiceInfo, Stats
@@ -52,11 +53,11 @@ async def health(services: ServicesDep) -> Health | JSONResponse:
     "/stats",
     response_model=Stats,
     dependencies=[require(Scope.RECOGNIZE)],
-    responses=error_responses(*KEYED_ERRORS, 503),
+    responses=error_responses(*KEYED_ERRORS, 404, 503),
 )
-async def stats(services: ServicesDep) -> Stats:
-    """How many people and faces the gallery holds."""
-    counts = await query(services.gallery.stats)
+async def stats(services: ServicesDep, collection: CollectionDep) -> Stats:
+    """How many people and faces the collection holds, and the threshold a search of it uses now."""
+    counts = await query(lambda: services.gallery.stats(collection))
     threshold = services.policy.threshold(counts.total_users)
     return Stats(
         total_users=counts.total_users,

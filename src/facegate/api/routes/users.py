@@ -11,10 +11,21 @@ from pydantic import BeforeValidator
 from facegate.api.auth import Scope, require
 from facegate.api.deps import ServicesDep, infer, query, read_image
 from facegate.api.forms import StrictFormRoute
+from facegate.api.params import CollectionDep
 from facegate.api.schemas import KEYED_ERRORS, error_responses
-from facegate.gallery import UserRecord
+from facegate.gallery import FaceRecord, UserRecord
 from facegate.names import clean_name
-from facegate.schemas import Deleted, FaceAdded, RegisterResponse, User, UserList
+from facegate.schemas import (
+    Deleted,
+    FaceAdded,
+    FaceDeleted,
+    FaceList,
+    RegisterResponse,
+    Rename,
+    StoredFace,
+    User,
+    UserList,
+)
 
 router = APIRouter(tags=["gallery"], dependencies=[require(Scope.ADMIN)], route_class=StrictFormRoute)
 
@@ -26,11 +37,12 @@ _PLAIN_ID = re.compile(r"[1-9][0-9]*")
 def _plain_id(value: object) -> object:
     """Digits only: no sign, leading zero, fraction, exponent or `_`, which int() would all accept."""
     if isinstance(value, str) and not _PLAIN_ID.fullmatch(value):
-        raise ValueError("a user id is a plain positive integer: digits only, not starting with 0")
+        raise ValueError("an id is a plain positive integer: digits only, not starting with 0")
     return value
 
 
 UserId = Annotated[int, BeforeValidator(_plain_id), Path(ge=1, le=2**63 - 1)]
+FaceId = Annotated[int, BeforeValidator(_plain_id), Path(ge=1, le=2**63 - 1)]
 
 
 def user_body(record: UserRecord) -> User:
@@ -47,13 +59,24 @@ def user_body(record: UserRecord) -> User:
     "/register", status_code=status.HTTP_201_CREATED, response_model=RegisterResponse, responses=_ERRORS
 )
 async def register(
-    services: ServicesDep, name: Annotated[str, Form()], image: Annotated[UploadFile, File()]
+    services: ServicesDep,
+    collection: CollectionDep,
+    name: Annotated[str, Form()],
+    image: Annotated[UploadFile, File()],
+    allow_duplicate: Annotated[
+        bool, Query(description="register even when the face is already someone's in the collection")
+    ] = False,
 ) -> RegisterResponse:
-    """Register a new person from a photo holding exactly one face."""
-    person = clean_name(name)
+    """Register a new person from a photo holding exactly one face.
+
+    409 when the name is taken in the collection, or when the face is already someone's there
+    (the detail names them; `allow_duplicate=true` registers anyway)."""
+    clean_name(name)  # 422 for an unusable name before inference is spent on the photo
     decoded = await read_image(image, services)
     face = await infer(services, lambda: services.pipeline.single_face(decoded))
-    user = await query(lambda: services.gallery.add_user(person, face.embedding, face.face.box))
+    user = await query(
+        lambda: services.enrolment.register(name, face, collection, allow_duplicate=allow_duplicate)
+    )
     return RegisterResponse(
         message=f"registered {user.name}",
         user_id=user.id,
@@ -65,36 +88,86 @@ async def register(
 @router.get("/users", response_model=UserList, responses=_ERRORS)
 async def list_users(
     services: ServicesDep,
+    collection: CollectionDep,
     offset: Annotated[int, Query(ge=0, le=2**31)] = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> UserList:
-    """Registered people by id, a page at a time."""
-    users, total = await query(lambda: services.gallery.list_users(offset, limit))
+    """The collection's people by id, a page at a time."""
+    users, total = await query(lambda: services.gallery.list_users(offset, limit, collection))
     return UserList(users=[user_body(u) for u in users], total=total, offset=offset, limit=limit)
 
 
 @router.get("/users/{user_id}", response_model=User, responses=_ERRORS)
-async def get_user(services: ServicesDep, user_id: UserId) -> User:
-    return user_body(await query(lambda: services.gallery.get_user(user_id)))
+async def get_user(services: ServicesDep, collection: CollectionDep, user_id: UserId) -> User:
+    return user_body(await query(lambda: services.gallery.get_user(user_id, collection)))
+
+
+@router.patch("/users/{user_id}", response_model=User, responses=_ERRORS)
+async def rename_user(
+    services: ServicesDep, collection: CollectionDep, user_id: UserId, body: Rename
+) -> User:
+    """Give a person another name (the rules of registration: 409 for a taken or look-alike name)."""
+    return user_body(await query(lambda: services.enrolment.rename(user_id, body.name, collection)))
 
 
 @router.delete("/users/{user_id}", response_model=Deleted, responses=_ERRORS)
-async def delete_user(services: ServicesDep, user_id: UserId) -> Deleted:
+async def delete_user(services: ServicesDep, collection: CollectionDep, user_id: UserId) -> Deleted:
     """Delete a person and every face stored for them."""
-    await query(lambda: services.gallery.delete_user(user_id))
+    await query(lambda: services.gallery.delete_user(user_id, collection))
     return Deleted(message=f"deleted user {user_id} and their faces", user_id=user_id)
 
 
 @router.post(
     "/users/{user_id}/faces", status_code=status.HTTP_201_CREATED, response_model=FaceAdded, responses=_ERRORS
 )
-async def add_face(services: ServicesDep, user_id: UserId, image: Annotated[UploadFile, File()]) -> FaceAdded:
-    """Add another photo of a registered person; recognition uses all of their photos."""
-    await query(lambda: services.gallery.get_user(user_id))  # 404 before spending inference on the photo
+async def add_face(
+    services: ServicesDep,
+    collection: CollectionDep,
+    user_id: UserId,
+    image: Annotated[UploadFile, File()],
+    force: Annotated[
+        bool, Query(description="store the photo even when it does not look like the person (logged)")
+    ] = False,
+) -> FaceAdded:
+    """Add another photo of a registered person; recognition uses all of their photos.
+
+    422, with nothing stored, when the face is not within FACE_VERIFY_THRESHOLD of the person's
+    photos (a photo of someone else); `force=true` stores it anyway."""
+    # 404 before spending inference on the photo
+    await query(lambda: services.gallery.get_user(user_id, collection))
     decoded = await read_image(image, services)
     face = await infer(services, lambda: services.pipeline.single_face(decoded))
-    added = await query(lambda: services.gallery.add_face(user_id, face.embedding, face.face.box))
-    user = await query(lambda: services.gallery.get_user(user_id))
+    added = await query(lambda: services.enrolment.add_face(user_id, face, collection, force=force))
+    user = await query(lambda: services.gallery.get_user(user_id, collection))
     return FaceAdded(
         message=f"added a photo of {user.name}", user_id=user_id, face_id=added.id, face_count=user.face_count
+    )
+
+
+@router.get("/users/{user_id}/faces", response_model=FaceList, responses=_ERRORS)
+async def list_faces(services: ServicesDep, collection: CollectionDep, user_id: UserId) -> FaceList:
+    """A person's stored photos (their embeddings; the photos themselves are never kept), oldest first."""
+    faces = await query(lambda: services.gallery.list_faces(user_id, collection))
+    return FaceList(user_id=user_id, faces=[_stored_face(face) for face in faces])
+
+
+def _stored_face(face: FaceRecord) -> StoredFace:
+    width, height = face.box_size
+    return StoredFace(
+        id=face.id, created_at=face.created_at, box_width=width, box_height=height, model=face.model
+    )
+
+
+@router.delete("/users/{user_id}/faces/{face_id}", response_model=FaceDeleted, responses=_ERRORS)
+async def delete_face(
+    services: ServicesDep, collection: CollectionDep, user_id: UserId, face_id: FaceId
+) -> FaceDeleted:
+    """Delete one photo of a person; their last one is refused with 409 (delete the person instead)."""
+    await query(lambda: services.gallery.delete_face(user_id, face_id, collection))
+    user = await query(lambda: services.gallery.get_user(user_id, collection))
+    return FaceDeleted(
+        message=f"deleted photo {face_id} of {user.name}",
+        user_id=user_id,
+        face_id=face_id,
+        face_count=user.face_count,
     )

@@ -1,0 +1,89 @@
+"""Who may be stored under which name: registering people and adding their photos, with the rules
+that keep the gallery clean, for the API and the CLI alike.
+
+- A name is cleaned once (`facegate.names.clean_name`) before anything is stored.
+- A photo added to a person must be that person: within the one-to-one verification threshold
+  (FACE_VERIFY_THRESHOLD) of their nearest stored face. A much older photo may legitimately fail;
+  `force` stores it anyway, and the override is logged.
+- A new registration must not be someone already in the collection: refused when `/recognize`
+  would name a person for the face. That is the 1:N decision (the FPIR policy at the collection's
+  size, with the margin), not the one-to-one threshold: at 0.086, 0.67% of pairs of different
+  people match (dlib, LFW), so in a collection of 10,000 nearly every newcomer would resemble
+  someone, while the policy refuses about FACE_MATCH_FPIR of them.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from facegate.gallery import DEFAULT_COLLECTION, FaceRecord, Gallery, UserRecord
+from facegate.names import clean_name
+from facegate.pipeline import EmbeddedFace
+from facegate.recognition import Recognizer
+
+logger = logging.getLogger(__name__)
+
+
+class AlreadyEnrolledError(ValueError):
+    """The face is already someone's in the collection (HTTP 409)."""
+
+    def __init__(self, user_id: int, name: str, collection: str) -> None:
+        super().__init__(
+            f"this face is already registered as {name} (user {user_id}) in the collection "
+            f"'{collection}': add the photo to that person, or send allow_duplicate=true"
+        )
+        self.user_id = user_id
+        self.name = name
+
+
+class NotSamePersonError(ValueError):
+    """The photo is not of the person it is added to (HTTP 422)."""
+
+    def __init__(self, user: UserRecord, distance: float, threshold: float) -> None:
+        super().__init__(
+            f"the face does not look like {user.name} (user {user.id}): distance {distance:.3f} to "
+            f"their nearest photo, over the verification threshold {threshold:.3f}; nothing was "
+            "stored (send force=true to add it anyway, e.g. for a much older photo)"
+        )
+
+
+class Enrolment:
+    def __init__(self, gallery: Gallery, recognizer: Recognizer) -> None:
+        self.gallery = gallery
+        self.recognizer = recognizer
+
+    def register(
+        self,
+        name: str,
+        face: EmbeddedFace,
+        collection: str = DEFAULT_COLLECTION,
+        *,
+        allow_duplicate: bool = False,
+    ) -> UserRecord:
+        person = clean_name(name)
+        if not allow_duplicate:
+            known = self.recognizer.identify([face], collection=collection).largest.person
+            if known is not None:
+                raise AlreadyEnrolledError(known.user_id, known.name, collection)
+        return self.gallery.add_user(person, face.embedding, face.face.box, collection)
+
+    def add_face(
+        self, user_id: int, face: EmbeddedFace, collection: str = DEFAULT_COLLECTION, *, force: bool = False
+    ) -> FaceRecord:
+        distance = self.gallery.nearest_face_distance(user_id, face.embedding, collection)
+        verdict = self.recognizer.policy.verifies(distance)
+        if not verdict.verified:
+            if not force:
+                user = self.gallery.get_user(user_id, collection)
+                raise NotSamePersonError(user, distance, verdict.threshold)
+            logger.warning(
+                "a photo at distance %.3f (over %.3f) added to user %d in '%s' by force",
+                distance,
+                verdict.threshold,
+                user_id,
+                collection,
+            )
+        return self.gallery.add_face(user_id, face.embedding, face.face.box, collection)
+
+    def rename(self, user_id: int, name: str, collection: str = DEFAULT_COLLECTION) -> UserRecord:
+        return self.gallery.rename_user(user_id, clean_name(name), collection)
