@@ -14,6 +14,7 @@ import onnxruntime as ort
 
 from facegate.config import available_cores
 from facegate.detection import cascade
+from facegate.detection.base import Detector
 from facegate.detection.networks import build_network
 from facegate.faces import DEFAULT_DETECTION, DetectionParams, Face
 from facegate.imaging import ImageError
@@ -59,8 +60,10 @@ class DetectionBudgetError(ImageError):
     status = 422
 
 
-class MTCNN:
+class MTCNN(Detector):
     """The three networks, built once; `detect` may be called from several threads at once."""
+
+    name = "mtcnn"
 
     def __init__(self, runtime: RuntimeOptions = DEFAULT_RUNTIME) -> None:
         """`runtime.threads`: the cores detection may use (0 = all this process may run on)."""
@@ -78,10 +81,19 @@ class MTCNN:
         self._lanes = lanes
         # The calling thread runs one lane itself; these threads run the others.
         self._lane_pool = ThreadPoolExecutor(lanes - 1, "mtcnn-lane") if lanes > 1 else None
+        self._closed = False
         log.info("MTCNN on %s in %d lane(s)", self._pnet.get_providers(), lanes)
+
+    def close(self) -> None:
+        """Stop the lane threads (after the detections under way); `detect` then refuses."""
+        self._closed = True
+        if self._lane_pool is not None:
+            self._lane_pool.shutdown(wait=True)
 
     def detect(self, image: np.ndarray, params: DetectionParams = DEFAULT_DETECTION) -> list[Face]:
         """Faces in `image` (RGB uint8, H x W x 3), by decreasing score."""
+        if self._closed:
+            raise RuntimeError("this MTCNN has been closed")
         _check_image(image)
         boxes = self._propose(image, params)
         if len(boxes):
