@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
+import sys
 import threading
 from functools import cache
 
@@ -132,3 +134,27 @@ def test_closing_mtcnn_stops_its_lanes() -> None:
     assert not any(thread.is_alive() for thread in lanes)
     with pytest.raises(RuntimeError, match="closed"):
         detector.detect(image)
+
+
+def test_warm_loads_both_shape_predictors_ahead_of_use() -> None:
+    """In a fresh process: after `warm`, alignment and landmarks need no loading (dlib's loader is
+    taken away), so the first request after startup does not pay for it."""
+    x1, y1, x2, y2 = recorded()[PORTRAIT][0]["box"]
+    script = f"""
+import dlib
+from facegate import dlib_models
+from facegate.embedding.alignment import face_chips
+from facegate.faces import Face
+from facegate.imaging import load_image_file
+from facegate.liveness.landmarks import landmarks68
+import numpy as np
+
+dlib_models.warm()
+dlib.shape_predictor = None
+image = load_image_file({str(FACES / PORTRAIT)!r})
+face = Face(box=({x1}, {y1}, {x2}, {y2}), score=1.0, keypoints=np.zeros((5, 2)))
+assert face_chips(image, [face]).shape == (1, 150, 150, 3)
+assert landmarks68(image, face).shape == (68, 2)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
