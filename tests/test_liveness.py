@@ -16,7 +16,6 @@ import pytest
 from facegate.detection import MTCNN
 from facegate.faces import Face
 from facegate.imaging import load_image_file
-from facegate.liveness.attacks import tilt_homography, warp_image
 from facegate.liveness.landmarks import landmarks68
 from facegate.liveness.planarity import apply_homography, fit_homography, planar_residual
 from facegate.liveness.session import (
@@ -30,6 +29,7 @@ from facegate.liveness.session import (
     draw_challenges,
 )
 from facegate.liveness.signals import eye_aspect_ratio, mouth_aspect_ratio, yaw_index
+from tests.attacks import tilt_homography, warp_image
 from tests.data import FACES
 
 PORTRAITS = FACES / "portraits"
