@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from types import TracebackType
+from typing import Self
 
 import numpy as np
 
@@ -27,7 +28,7 @@ class Detector(ABC):
     def close(self) -> None:  # noqa: B027 (a detector without resources has nothing to release)
         """Release what the detector holds."""
 
-    def __enter__(self) -> Detector:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(
