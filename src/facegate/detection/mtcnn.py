@@ -235,6 +235,10 @@ def _faces(boxes: np.ndarray, landmarks: np.ndarray, height: int, width: int) ->
     np.clip(clipped[:, 0::2], 0, width - 1, out=clipped[:, 0::2])
     np.clip(clipped[:, 1::2], 0, height - 1, out=clipped[:, 1::2])
     return [
-        Face(box=tuple(float(v) for v in box), score=float(score), keypoints=points.astype(np.float64))
-        for box, score, points in zip(clipped, boxes[:, 4], landmarks, strict=True)
+        Face(
+            box=(float(x1), float(y1), float(x2), float(y2)),
+            score=float(score),
+            keypoints=points.astype(np.float64),
+        )
+        for (x1, y1, x2, y2), score, points in zip(clipped, boxes[:, 4], landmarks, strict=True)
     ]
