@@ -24,6 +24,7 @@ import argparse
 import csv
 import hashlib
 import itertools
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,11 +37,15 @@ from facegate.detection import MTCNN
 from facegate.embedding.dlib_resnet import unit_descriptors
 from facegate.faces import Face
 from facegate.imaging import load_image_file
-from facegate.liveness.attacks import tilt_homography, warp_image
 from facegate.liveness.landmarks import landmarks68
 from facegate.liveness.planarity import planar_residual
-from facegate.liveness.session import Bounds
+from facegate.liveness.session import LivenessLimits
 from facegate.liveness.signals import eye_aspect_ratio, yaw_index
+
+REPO = Path(__file__).resolve().parents[1]
+# The simulated attacks are the tests' (the service never makes them); reuse them.
+sys.path.insert(0, str(REPO))
+from tests.attacks import tilt_homography, warp_image  # noqa: E402
 
 FACES = Path(__file__).resolve().parents[2] / "shared" / "data" / "faces"
 MAX_SIDE = 800  # portraits are shrunk to this first: landmarks only need a face of ~100 px
@@ -221,7 +226,9 @@ def main() -> None:
         default=Path("/tmp/facegate-calibration"),
         help="calibrate.py's cache",
     )
-    parser.add_argument("--turn-yaw", type=float, default=Bounds().turn_yaw, help="the session's yaw gate")
+    parser.add_argument(
+        "--turn-yaw", type=float, default=LivenessLimits().turn_yaw, help="the session's yaw gate"
+    )
     args = parser.parse_args()
 
     detector = MTCNN()
@@ -257,7 +264,7 @@ def main() -> None:
         f"tilts reaching the gate ({args.turn_yaw}): {np.mean(flat.yaw >= args.turn_yaw):.1%}"
     )
     same, different = identity_across_pose(samples, args.min_yaw_change, args.recognition_cache)
-    turned = Bounds().turned_match_threshold
+    turned = LivenessLimits().turned_match_threshold
     print(
         f"\n| embedding distance, LFW pairs with Δyaw ≥ {args.min_yaw_change} "
         "| n | min | p1 | p5 | median | p95 | p99 | max |"

@@ -103,10 +103,12 @@ def test_detection_and_embedding_accept_spaces_in_the_provider_list(
 
 
 def test_liveness_bounds_default_to_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
-    from facegate.liveness.session import Bounds
+    from facegate.liveness.session import LivenessLimits
 
-    assert Bounds() == Bounds.from_settings(settings(monkeypatch))
-    changed = Bounds.from_settings(settings(monkeypatch, FACE_VERIFY_THRESHOLD="0.07", LIVENESS_TIMEOUT="5"))
+    assert LivenessLimits() == LivenessLimits.from_settings(settings(monkeypatch))
+    changed = LivenessLimits.from_settings(
+        settings(monkeypatch, FACE_VERIFY_THRESHOLD="0.07", LIVENESS_TIMEOUT="5")
+    )
     assert (changed.match_threshold, changed.timeout_s) == (0.07, 5.0)
 
 

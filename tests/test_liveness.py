@@ -16,21 +16,23 @@ import pytest
 from facegate.detection import MTCNN
 from facegate.faces import Face
 from facegate.imaging import load_image_file
-from facegate.liveness.attacks import tilt_homography, warp_image
 from facegate.liveness.landmarks import landmarks68
 from facegate.liveness.planarity import apply_homography, fit_homography, planar_residual
 from facegate.liveness.session import (
     TURNS,
-    Bounds,
     Challenge,
+    LivenessLimits,
     Observation,
+    Phase,
     Reason,
     Session,
     SessionClosed,
     draw_challenges,
 )
 from facegate.liveness.signals import eye_aspect_ratio, mouth_aspect_ratio, yaw_index
+from tests.attacks import tilt_homography, warp_image
 from tests.data import FACES
+from tests.support import FakeClock
 
 PORTRAITS = FACES / "portraits"
 # Open-eyed portraits of five people (eyes checked by looking at them); small files, for speed.
@@ -55,7 +57,7 @@ POSE_PAIRS = (
 )
 # Closed eyes read under ~0.1; across the shared corpus 95% of faces read above 0.178 (the benchmark).
 ABSOLUTE_OPEN_EAR = 0.15
-BOUNDS = Bounds()
+LIMITS = LivenessLimits()
 
 
 # --- real photos -----------------------------------------------------------------------------------
@@ -100,9 +102,9 @@ def test_eye_aspect_ratio_reads_open_on_open_eyed_photos(detector: MTCNN, path: 
     ear = eye_aspect_ratio(points)
     assert ear > ABSOLUTE_OPEN_EAR
     # ... and the same landmarks with the lids brought together read closed against that baseline.
-    assert eye_aspect_ratio(close_eyes(points)) < BOUNDS.eye_closed * ear
-    assert mouth_aspect_ratio(points) < BOUNDS.mouth_open
-    assert mouth_aspect_ratio(open_mouth(points)) > BOUNDS.mouth_open
+    assert eye_aspect_ratio(close_eyes(points)) < LIMITS.eye_closed * ear
+    assert mouth_aspect_ratio(points) < LIMITS.mouth_open
+    assert mouth_aspect_ratio(open_mouth(points)) > LIMITS.mouth_open
 
 
 def test_flat_photo_check_separates_real_pose_pairs_from_warps(
@@ -122,17 +124,17 @@ def test_flat_photo_check_separates_real_pose_pairs_from_warps(
         planar_residual(points_of(detector, shrunk(a)), points_of(detector, shrunk(b))) for a, b in POSE_PAIRS
     ]
     real.append(planar_residual(reference, landmarks["turned"]))
-    assert max(warps) < BOUNDS.planar_residual < min(real), (warps, real)
+    assert max(warps) < LIMITS.planar_residual < min(real), (warps, real)
 
 
 def test_yaw_index_ignores_in_plane_motion_and_sees_a_turn(landmarks: dict[str, np.ndarray]) -> None:
     frontal = landmarks["frontal"]
     spun = apply_homography(tilt_homography((640, 480), (300, 200), roll_deg=25, shift=(40, -10)), frontal)
-    assert abs(yaw_index(frontal)) < BOUNDS.frontal_yaw
+    assert abs(yaw_index(frontal)) < LIMITS.frontal_yaw
     assert yaw_index(spun) == pytest.approx(yaw_index(frontal), abs=1e-9)
     # Mirroring the photo mirrors the turn.
     turned, mirrored = yaw_index(landmarks["turned"]), yaw_index(landmarks["turned_mirrored"])
-    assert abs(turned) > BOUNDS.turn_yaw and abs(mirrored) > BOUNDS.turn_yaw
+    assert abs(turned) > LIMITS.turn_yaw and abs(mirrored) > LIMITS.turn_yaw
     assert np.sign(turned) == -np.sign(mirrored)
 
 
@@ -183,16 +185,10 @@ def seen(points: np.ndarray, embedding: np.ndarray = PERSON) -> Observation:
     return Observation(faces=1, face=face, landmarks=points, embedding=embedding)
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def session(*challenges: Challenge, bounds: Bounds = BOUNDS, clock: Clock | None = None) -> Session:
-    return Session(challenges, bounds, clock=clock or Clock())
+def session(
+    *challenges: Challenge, limits: LivenessLimits = LIMITS, clock: FakeClock | None = None
+) -> Session:
+    return Session(challenges, limits, clock=clock or FakeClock())
 
 
 def feed(target: Session, observations: list[Observation]) -> None:
@@ -241,11 +237,11 @@ def test_challenges_done_out_of_order_do_not_count(landmarks: dict[str, np.ndarr
 
 
 def test_a_still_photo_never_blinks_or_opens_its_mouth(landmarks: dict[str, np.ndarray]) -> None:
-    clock = Clock()
+    clock = FakeClock()
     target = session(Challenge.BLINK, Challenge.TURN_LEFT, clock=clock)
     feed(target, [seen(landmarks["frontal"])] * 30)
     assert target.verdict is None
-    clock.now += BOUNDS.timeout_s + 0.1
+    clock.now += LIMITS.timeout_s + 0.1
     target.observe(seen(landmarks["frontal"]))
     assert target.verdict is not None and not target.verdict.live
     assert target.verdict.reasons == (Reason.EXPIRED,)
@@ -269,9 +265,9 @@ def test_a_turn_that_moves_like_a_plane_is_refused(landmarks: dict[str, np.ndarr
     """A tilted print: the yaw gate is lowered so the tilt reaches it, and the planarity check alone
     must refuse it."""
     frontal = landmarks["frontal"]
-    clock = Clock()
-    bounds = Bounds(turn_yaw=0.02)
-    target = session(Challenge.TURN_LEFT, Challenge.BLINK, bounds=bounds, clock=clock)
+    clock = FakeClock()
+    limits = LivenessLimits(turn_yaw=0.02)
+    target = session(Challenge.TURN_LEFT, Challenge.BLINK, limits=limits, clock=clock)
     centre = tuple(frontal.mean(axis=0))
     tilts = [
         apply_homography(tilt_homography((640, 480), centre, yaw), frontal) for yaw in (-45, 45, -30, 30)
@@ -285,12 +281,12 @@ def test_a_turn_that_moves_like_a_plane_is_refused(landmarks: dict[str, np.ndarr
 
 
 def test_deadline_and_single_use(landmarks: dict[str, np.ndarray]) -> None:
-    clock = Clock()
+    clock = FakeClock()
     target = session(Challenge.BLINK, Challenge.TURN_RIGHT, clock=clock)
-    assert target.remaining() == BOUNDS.timeout_s
+    assert target.remaining() == LIMITS.timeout_s
     clock.now += 5
-    assert target.remaining() == BOUNDS.timeout_s - 5
-    clock.now += BOUNDS.timeout_s
+    assert target.remaining() == LIMITS.timeout_s - 5
+    clock.now += LIMITS.timeout_s
     assert target.remaining() == 0
     target.observe(seen(landmarks["frontal"]))
     assert target.verdict is not None and target.verdict.reasons[0] is Reason.EXPIRED
@@ -299,7 +295,7 @@ def test_deadline_and_single_use(landmarks: dict[str, np.ndarray]) -> None:
 
 
 def test_frame_limit(landmarks: dict[str, np.ndarray]) -> None:
-    target = session(Challenge.BLINK, Challenge.TURN_RIGHT, bounds=Bounds(max_frames=3))
+    target = session(Challenge.BLINK, Challenge.TURN_RIGHT, limits=LivenessLimits(max_frames=3))
     feed(target, [seen(landmarks["frontal"])] * 4)
     assert target.verdict is not None and target.verdict.reasons == (Reason.FRAME_LIMIT,)
 
@@ -361,6 +357,28 @@ def test_the_last_frontal_frame_must_be_the_first_person(landmarks: dict[str, np
     assert target.current is None and target.verdict is None
     target.observe(seen(frontal, STRANGER))
     assert target.verdict is not None and target.verdict.reasons == (Reason.IDENTITY_CHANGED,)
+
+
+def test_phases_move_from_reference_to_challenges_to_a_final_frontal_frame(
+    landmarks: dict[str, np.ndarray],
+) -> None:
+    frontal = landmarks["frontal"]
+    turned = placed_like(turned_for(Challenge.TURN_LEFT, landmarks), frontal)
+    target = session(Challenge.BLINK, Challenge.TURN_LEFT)
+    phases = []
+    # A turned face is no reference; the last challenge done turned, a frontal frame ends it.
+    for points in (turned, frontal, close_eyes(frontal), frontal, turned, frontal):
+        target.observe(seen(points))
+        phases.append(target.phase)
+    assert phases == [
+        Phase.AWAITING_REFERENCE,
+        Phase.CHALLENGES,
+        Phase.CHALLENGES,
+        Phase.CHALLENGES,
+        Phase.FINAL_FRONTAL,
+        Phase.DONE,
+    ]
+    assert target.verdict is not None and target.verdict.live
 
 
 def test_challenges_are_two_or_three_distinct_with_one_turn() -> None:

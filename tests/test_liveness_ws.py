@@ -28,8 +28,8 @@ from starlette.websockets import WebSocketDisconnect
 from facegate.api.routes import liveness
 from facegate.detection import MTCNN
 from facegate.imaging import decode_image, load_image_file
-from facegate.liveness.attacks import tilt_homography, warp_image
 from facegate.liveness.session import Challenge, Observation, Reason, draw_challenges
+from tests.attacks import tilt_homography, warp_image
 from tests.conftest import API_KEY
 from tests.data import FACES
 

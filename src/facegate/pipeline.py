@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from facegate.config import Settings
-from facegate.detection import MTCNN, DetectionParams
+from facegate.detection import MTCNN, DetectionParams, Detector
 from facegate.embedding import Embedder, create_embedder
 from facegate.faces import Face
 from facegate.quality import QualityBounds, assess
@@ -28,11 +28,20 @@ class EmbeddedFace:
     problem: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class FaceSelection:
+    """The face an image is about: the largest one (None when there is no face), and how many
+    faces of comparable size it has, itself included (0 when there is no face)."""
+
+    face: Face | None
+    comparable: int
+
+
 class NoFaceError(ValueError):
     """The image holds no face (or, for registration, not exactly one, or one too poor to enrol)."""
 
 
-def create_detector(settings: Settings) -> MTCNN:
+def create_detector(settings: Settings) -> Detector:
     """MTCNN on the configured providers and threads (the pipeline's, and `facegate detect`'s)."""
     return MTCNN(settings.runtime())
 
@@ -40,7 +49,7 @@ def create_detector(settings: Settings) -> MTCNN:
 class Pipeline:
     """The models of one process, loaded once and shared by every request."""
 
-    def __init__(self, detector: MTCNN, embedder: Embedder, quality: QualityBounds | None = None) -> None:
+    def __init__(self, detector: Detector, embedder: Embedder, quality: QualityBounds | None = None) -> None:
         """`quality`: the bounds a face must meet to be searched or enrolled; None = no gate."""
         self.detector = detector
         self.embedder = embedder
@@ -65,8 +74,8 @@ class Pipeline:
             for face, vector in zip(faces, embeddings, strict=True)
         ]
 
-    def single_face(self, image: np.ndarray) -> EmbeddedFace:
-        """The one face of a registration photo; `NoFaceError` when there is none or several.
+    def select_face(self, image: np.ndarray) -> FaceSelection:
+        """The face `image` is about, and how many faces compete with it.
 
         Faces much smaller than the largest (under `BACKGROUND_FACE_RATIO` of its width) are
         background: passers-by, posters, or MTCNN's small false positives on portraits. They do
@@ -74,26 +83,42 @@ class Pipeline:
         """
         faces = self._largest_first(image)
         if not faces:
+            return FaceSelection(None, 0)
+        comparable = sum(face.width >= BACKGROUND_FACE_RATIO * faces[0].width for face in faces)
+        return FaceSelection(faces[0], comparable)
+
+    def single_face(self, image: np.ndarray) -> EmbeddedFace:
+        """The one face of a registration photo; `NoFaceError` when there is none or several
+        (background faces aside: `select_face`), or when it is too poor to enrol."""
+        selection = self.select_face(image)
+        if selection.face is None:
             raise NoFaceError("exactly one face is needed, found no face")
-        rivals = [face for face in faces if face.width >= BACKGROUND_FACE_RATIO * faces[0].width]
-        if len(rivals) > 1:
-            raise NoFaceError(f"exactly one face is needed, found {len(rivals)} faces of similar size")
-        if problem := self._problem(image, faces[0]):
+        if selection.comparable > 1:
+            raise NoFaceError(
+                f"exactly one face is needed, found {selection.comparable} faces of similar size"
+            )
+        if problem := self._problem(image, selection.face):
             raise NoFaceError(f"the face cannot be enrolled: {problem}")
-        return self._embed_one(image, faces[0])
+        return self.embed_face(image, selection.face)
 
     def largest_face(self, image: np.ndarray) -> EmbeddedFace:
         """The largest face only (verification compares one face per photo)."""
-        faces = self._largest_first(image)
-        if not faces:
+        face = self.select_face(image).face
+        if face is None:
             raise NoFaceError("no face found in the image")
-        return self._embed_one(image, faces[0])
+        return self.embed_face(image, face)
+
+    def embed_face(self, image: np.ndarray, face: Face) -> EmbeddedFace:
+        """`face` of `image` with its embedding (not checked against the quality bounds)."""
+        return EmbeddedFace(face, self.embedder.embed(image, [face])[0])
+
+    def close(self) -> None:
+        """Release the detector's threads; the pipeline cannot be used afterwards. The embedders
+        hold only model sessions and weights, which go with the objects."""
+        self.detector.close()
 
     def _problem(self, image: np.ndarray, face: Face) -> str | None:
         return None if self.quality is None else assess(image, face).problem(self.quality)
 
     def _largest_first(self, image: np.ndarray, params: DetectionParams | None = None) -> list[Face]:
         return sorted(self.detect(image, params), key=lambda face: face.area, reverse=True)
-
-    def _embed_one(self, image: np.ndarray, face: Face) -> EmbeddedFace:
-        return EmbeddedFace(face, self.embedder.embed(image, [face])[0])

@@ -14,9 +14,9 @@ import anyio
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from facegate.detection import DetectionParams
+from facegate.detection import DetectionParams, Detector
 from facegate.embedding import Embedder
-from facegate.faces import Face
+from facegate.faces import DEFAULT_DETECTION, Face
 from facegate.gallery import GalleryStats
 from facegate.pipeline import Pipeline
 
@@ -91,13 +91,26 @@ class MeteredEmbedder(Embedder):
             return self._inner.embed(image, faces)
 
 
-class MeteredPipeline(Pipeline):
-    """The pipeline with its detect and embed stages timed; the pipeline itself knows no metrics."""
+class MeteredDetector(Detector):
+    """A detector that times each call as the `detect` stage."""
 
-    def __init__(self, inner: Pipeline, metrics: Metrics) -> None:
-        super().__init__(inner.detector, MeteredEmbedder(inner.embedder, metrics), inner.quality)
+    def __init__(self, inner: Detector, metrics: Metrics) -> None:
+        self.name = inner.name
+        self._inner = inner
         self._metrics = metrics
 
-    def detect(self, image: np.ndarray, params: DetectionParams | None = None) -> list[Face]:
+    def detect(self, image: np.ndarray, params: DetectionParams = DEFAULT_DETECTION) -> list[Face]:
         with self._metrics.stage("detect"):
-            return super().detect(image, params)
+            return self._inner.detect(image, params)
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+class MeteredPipeline(Pipeline):
+    """The pipeline on its own detector and embedder, each timed; the pipeline itself knows no metrics."""
+
+    def __init__(self, inner: Pipeline, metrics: Metrics) -> None:
+        super().__init__(
+            MeteredDetector(inner.detector, metrics), MeteredEmbedder(inner.embedder, metrics), inner.quality
+        )

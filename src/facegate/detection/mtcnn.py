@@ -14,6 +14,7 @@ import onnxruntime as ort
 
 from facegate.config import available_cores
 from facegate.detection import cascade
+from facegate.detection.base import Detector
 from facegate.detection.networks import build_network
 from facegate.faces import DEFAULT_DETECTION, DetectionParams, Face
 from facegate.imaging import ImageError
@@ -59,8 +60,10 @@ class DetectionBudgetError(ImageError):
     status = 422
 
 
-class MTCNN:
+class MTCNN(Detector):
     """The three networks, built once; `detect` may be called from several threads at once."""
+
+    name = "mtcnn"
 
     def __init__(self, runtime: RuntimeOptions = DEFAULT_RUNTIME) -> None:
         """`runtime.threads`: the cores detection may use (0 = all this process may run on)."""
@@ -78,10 +81,19 @@ class MTCNN:
         self._lanes = lanes
         # The calling thread runs one lane itself; these threads run the others.
         self._lane_pool = ThreadPoolExecutor(lanes - 1, "mtcnn-lane") if lanes > 1 else None
+        self._closed = False
         log.info("MTCNN on %s in %d lane(s)", self._pnet.get_providers(), lanes)
+
+    def close(self) -> None:
+        """Stop the lane threads (after the detections under way); `detect` then refuses."""
+        self._closed = True
+        if self._lane_pool is not None:
+            self._lane_pool.shutdown(wait=True)
 
     def detect(self, image: np.ndarray, params: DetectionParams = DEFAULT_DETECTION) -> list[Face]:
         """Faces in `image` (RGB uint8, H x W x 3), by decreasing score."""
+        if self._closed:
+            raise RuntimeError("this MTCNN has been closed")
         _check_image(image)
         boxes = self._propose(image, params)
         if len(boxes):
@@ -223,6 +235,10 @@ def _faces(boxes: np.ndarray, landmarks: np.ndarray, height: int, width: int) ->
     np.clip(clipped[:, 0::2], 0, width - 1, out=clipped[:, 0::2])
     np.clip(clipped[:, 1::2], 0, height - 1, out=clipped[:, 1::2])
     return [
-        Face(box=tuple(float(v) for v in box), score=float(score), keypoints=points.astype(np.float64))
-        for box, score, points in zip(clipped, boxes[:, 4], landmarks, strict=True)
+        Face(
+            box=(float(x1), float(y1), float(x2), float(y2)),
+            score=float(score),
+            keypoints=points.astype(np.float64),
+        )
+        for (x1, y1, x2, y2), score, points in zip(clipped, boxes[:, 4], landmarks, strict=True)
     ]

@@ -11,17 +11,11 @@ from collections.abc import Sequence
 import dlib
 import numpy as np
 
-from facegate.embedding.models import shape_predictor
+from facegate.dlib_models import face_rectangle, shape_predictor5
 from facegate.faces import Face
 
 CHIP_SIZE = 150
 CHIP_PADDING = 0.25  # dlib's default, the padding the ResNet was trained with
-
-
-def face_rectangle(face: Face) -> dlib.rectangle:
-    """The detector's box as the dlib rectangle the shape predictor starts from."""
-    x1, y1, x2, y2 = (round(value) for value in face.box)
-    return dlib.rectangle(x1, y1, x2, y2)
 
 
 def face_chips(image: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
@@ -29,7 +23,7 @@ def face_chips(image: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"expected an RGB uint8 (H, W, 3) image, got {image.dtype} {image.shape}")
     pixels = np.ascontiguousarray(image)
-    predictor = shape_predictor()
+    predictor = shape_predictor5()
     shapes = dlib.full_object_detections()
     for face in faces:
         shapes.append(predictor(pixels, face_rectangle(face)))

@@ -11,9 +11,10 @@ import logging
 import random
 import secrets
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import StrEnum
+from enum import Enum, StrEnum, auto
 
 import numpy as np
 
@@ -33,16 +34,6 @@ class Challenge(StrEnum):
     OPEN_MOUTH = "open_mouth"
 
 
-TURNS = (Challenge.TURN_LEFT, Challenge.TURN_RIGHT)
-
-INSTRUCTIONS: dict[Challenge, str] = {
-    Challenge.BLINK: "blink",
-    Challenge.TURN_LEFT: "turn your head to your left",
-    Challenge.TURN_RIGHT: "turn your head to your right",
-    Challenge.OPEN_MOUTH: "open your mouth",
-}
-
-
 class Reason(StrEnum):
     """Why a session failed; stable codes for clients, each with a sentence in `Verdict.messages`."""
 
@@ -60,14 +51,14 @@ class SessionClosed(RuntimeError):
     """The session already has its verdict: sessions are single-use."""
 
 
-# The settings' defaults, so that a `Bounds()` in a test or benchmark checks what the service does.
+# The settings' defaults, so that a `LivenessLimits()` in a test or benchmark checks what the service does.
 _DEFAULT = {name: info.default for name, info in Settings.model_fields.items()}
 
 
 @dataclass(frozen=True, slots=True)
-class Bounds:
-    """Every threshold of the check; those that are settings default to the settings' defaults
-    (the service fills them from `Settings`: `Bounds.from_settings`)."""
+class LivenessLimits:
+    """Every threshold and limit of the check; those that are settings default to the settings'
+    defaults (the service fills them from `Settings`: `LivenessLimits.from_settings`)."""
 
     planar_residual: float = _DEFAULT["liveness_planar_residual"]  # out-of-plane residual a turn needs
     turn_yaw: float = _DEFAULT["liveness_turn_yaw"]  # yaw index a turn must reach
@@ -84,7 +75,7 @@ class Bounds:
     max_frames: int = _DEFAULT["liveness_max_frames"]
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Bounds:
+    def from_settings(cls, settings: Settings) -> LivenessLimits:
         return cls(
             planar_residual=settings.liveness_planar_residual,
             turn_yaw=settings.liveness_turn_yaw,
@@ -132,6 +123,85 @@ class Verdict:
     best: Observation | None  # the most frontal neutral frame, for recognition when live
 
 
+class Step(Enum):
+    """What one frame did for the current challenge."""
+
+    PENDING = auto()
+    DONE = auto()
+    FLAT = auto()  # a turn far enough, but moving like a flat picture
+
+
+class ChallengeCheck(ABC):
+    """Progress inside one challenge, made fresh when the challenge starts: the "before" state
+    each one needs first lives here."""
+
+    @abstractmethod
+    def step(self, signals: Signals, limits: LivenessLimits, open_ear: float | None) -> Step:
+        """Advance on one face frame; `open_ear` is this person's open-eye level (None: not known yet)."""
+
+
+@dataclass
+class Blink(ChallengeCheck):
+    """Open → closed → open, relative to this person's own open-eye level in this session."""
+
+    opened: bool = False
+    closed: bool = False  # seen closed after being open
+
+    def step(self, signals: Signals, limits: LivenessLimits, open_ear: float | None) -> Step:
+        if open_ear is None:
+            return Step.PENDING
+        if signals.ear >= limits.eye_open * open_ear:
+            if self.closed:
+                return Step.DONE
+            self.opened = True
+        elif signals.ear <= limits.eye_closed * open_ear and self.opened:
+            self.closed = True
+        return Step.PENDING
+
+
+@dataclass
+class OpenMouth(ChallengeCheck):
+    """Closed → open: a photo of an open mouth never shows it closed first."""
+
+    closed: bool = False  # seen closed within this challenge
+
+    def step(self, signals: Signals, limits: LivenessLimits, open_ear: float | None) -> Step:
+        if signals.mar <= limits.mouth_closed:
+            self.closed = True
+        return Step.DONE if self.closed and signals.mar >= limits.mouth_open else Step.PENDING
+
+
+@dataclass
+class Turn(ChallengeCheck):
+    """Far enough in the asked direction (+1: yaw index up), and off the plane of the reference frame."""
+
+    direction: float
+
+    def step(self, signals: Signals, limits: LivenessLimits, open_ear: float | None) -> Step:
+        if self.direction * signals.yaw < limits.turn_yaw or signals.residual is None:
+            return Step.PENDING
+        return Step.DONE if signals.residual >= limits.planar_residual else Step.FLAT
+
+
+@dataclass(frozen=True, slots=True)
+class ChallengeRule:
+    """One challenge: what the person is told, and how frames are checked against it."""
+
+    instruction: str  # what the person is asked, in words
+    check: Callable[[], ChallengeCheck]  # a fresh check for each time the challenge starts
+    turn: bool = False  # a head turn: where the flat-picture check applies
+
+
+# Every challenge, in one table: a new one is a `Challenge` member and its rule here.
+RULES: dict[Challenge, ChallengeRule] = {
+    Challenge.BLINK: ChallengeRule("blink", Blink),
+    Challenge.TURN_LEFT: ChallengeRule("turn your head to your left", lambda: Turn(+1.0), turn=True),
+    Challenge.TURN_RIGHT: ChallengeRule("turn your head to your right", lambda: Turn(-1.0), turn=True),
+    Challenge.OPEN_MOUTH: ChallengeRule("open your mouth", OpenMouth),
+}
+TURNS = tuple(challenge for challenge, rule in RULES.items() if rule.turn)
+
+
 def draw_challenges(rng: random.Random) -> tuple[Challenge, ...]:
     """Two or three distinct challenges in random order, at least one of them a turn: the turn is
     where the flat-photo check applies, so no sequence can be passed without it."""
@@ -142,18 +212,19 @@ def draw_challenges(rng: random.Random) -> tuple[Challenge, ...]:
     return tuple(chosen)
 
 
-@dataclass
-class _Step:
-    """Progress inside the current challenge: the "before" state each one needs first."""
+class Phase(StrEnum):
+    """Where a session stands; it only moves forward."""
 
-    primed: bool = False  # blink: eyes seen open; open_mouth: mouth seen closed
-    closed: bool = False  # blink: eyes seen closed after being open
+    AWAITING_REFERENCE = "awaiting_reference"  # no neutral frontal frame yet: nothing to compare with
+    CHALLENGES = "challenges"  # the challenges, in order
+    FINAL_FRONTAL = "final_frontal"  # all done: a last neutral frame, of the same face, passes
+    DONE = "done"  # the verdict is set
 
 
 @dataclass
 class Session:
     challenges: tuple[Challenge, ...]
-    bounds: Bounds = field(default_factory=Bounds)
+    limits: LivenessLimits = field(default_factory=LivenessLimits)
     clock: Callable[[], float] = time.monotonic
     id: str = field(default_factory=lambda: secrets.token_urlsafe(12))
 
@@ -161,9 +232,10 @@ class Session:
         if not self.challenges:
             raise ValueError("a session needs at least one challenge")
         self.started = self.clock()
+        self.phase = Phase.AWAITING_REFERENCE
         self.verdict: Verdict | None = None
         self._done: list[Challenge] = []
-        self._step = _Step()
+        self._check = RULES[self.challenges[0]].check()
         self._frames = 0
         self._frames_with_face = 0
         self._flat_turns = 0
@@ -172,18 +244,20 @@ class Session:
         self._best: Observation | None = None
         self._best_yaw = np.inf
         self._last_face: Face | None = None
-        self._final_check = False  # all challenges done; waiting for a frontal frame to compare
 
     @classmethod
     def start(
-        cls, bounds: Bounds, rng: random.Random | None = None, clock: Callable[[], float] = time.monotonic
+        cls,
+        limits: LivenessLimits,
+        rng: random.Random | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> Session:
         """A session with a fresh random challenge sequence (from the system's entropy by default)."""
-        return cls(draw_challenges(rng or random.SystemRandom()), bounds, clock)
+        return cls(draw_challenges(rng or random.SystemRandom()), limits, clock)
 
     @property
     def deadline(self) -> float:
-        return self.started + self.bounds.timeout_s
+        return self.started + self.limits.timeout_s
 
     def remaining(self) -> float:
         return max(0.0, self.deadline - self.clock())
@@ -198,15 +272,15 @@ class Session:
 
     def observe(self, observation: Observation) -> Progress:
         """Advance on one processed frame; `verdict` is set once the session has ended."""
-        if self.verdict is not None:
+        if self.phase is Phase.DONE:
             raise SessionClosed(f"session {self.id} has ended; start a new one")
         self._frames += 1
         if self.clock() > self.deadline:
             self.expire()
             return self._progress(observation.faces > 0, "time is up", None)
-        if self._frames > self.bounds.max_frames:
+        if self._frames > self.limits.max_frames:
             self._fail(
-                Reason.FRAME_LIMIT, self._pending_message(f"more than {self.bounds.max_frames} frames")
+                Reason.FRAME_LIMIT, self._pending_message(f"more than {self.limits.max_frames} frames")
             )
             return self._progress(observation.faces > 0, "too many frames", None)
         if observation.faces > 1:
@@ -215,27 +289,29 @@ class Session:
         if observation.face is None or observation.landmarks is None:
             return self._progress(False, "no face found: look at the camera", None)
         self._frames_with_face += 1
-        return self._face_frame(observation)
+        return self._face_frame(observation, observation.face, observation.landmarks)
 
-    def _face_frame(self, observation: Observation) -> Progress:
-        face, points = observation.face, observation.landmarks
-        assert face is not None and points is not None
+    def _face_frame(self, observation: Observation, face: Face, points: np.ndarray) -> Progress:
         if self._jumped(face):
             self._fail(Reason.FACE_JUMPED, "the face jumped to another place between two frames")
             return self._progress(True, "keep your face in view", None)
         self._last_face = face
+        reference = None if self._reference is None else self._reference.landmarks
         signals = Signals(
             ear=eye_aspect_ratio(points),
             mar=mouth_aspect_ratio(points),
             yaw=yaw_index(points),
-            residual=None if self._reference is None else planar_residual(self._reference.landmarks, points),
+            residual=None if reference is None else planar_residual(reference, points),
         )
-        if self._is_plain(signals) and not self._check_identity(observation, signals):
-            return self._progress(True, "a different face appeared", signals)
-        if self._reference is None:
-            return self._progress(True, "look straight at the camera", signals)
-        hint = self._advance(signals)
-        if self._final_check and self.verdict is None and self._is_neutral(signals):
+        if self._is_plain(signals):
+            if mismatch := self._identity_mismatch(observation, signals):
+                self._fail(Reason.IDENTITY_CHANGED, mismatch)
+                return self._progress(True, "a different face appeared", signals)
+            self._keep_plain(observation, signals)
+        hint = "look straight at the camera"
+        if self.phase is Phase.CHALLENGES:
+            hint = self._advance(signals)
+        if self.phase is Phase.FINAL_FRONTAL and self._is_neutral(signals):
             self._pass()
             hint = "done"
         return self._progress(True, hint, signals)
@@ -253,101 +329,76 @@ class Session:
             (face.box[1] + face.box[3] - last.box[1] - last.box[3]) / 2,
         )
         scale = max(face.width, last.width) / max(min(face.width, last.width), 1e-6)
-        return shift > self.bounds.max_jump * width or scale > self.bounds.max_scale_change
+        return shift > self.limits.max_jump * width or scale > self.limits.max_scale_change
 
     def _baseline_ear(self) -> float | None:
         return float(np.median(self._open_eyes)) if self._open_eyes else None
 
+    def _is_frontal(self, signals: Signals) -> bool:
+        return abs(signals.yaw) <= self.limits.frontal_yaw
+
     def _is_plain(self, signals: Signals) -> bool:
         """Eyes not closed and mouth not open: the frames whose identity is compared."""
         baseline = self._baseline_ear()
-        eyes_open = baseline is None or signals.ear >= self.bounds.eye_open * baseline
-        return eyes_open and signals.mar < self.bounds.mouth_open
+        eyes_open = baseline is None or signals.ear >= self.limits.eye_open * baseline
+        return eyes_open and signals.mar < self.limits.mouth_open
 
     def _is_neutral(self, signals: Signals) -> bool:
         """A plain frontal frame: the reference, the best and the final frame are such frames."""
-        return self._is_plain(signals) and abs(signals.yaw) <= self.bounds.frontal_yaw
+        return self._is_plain(signals) and self._is_frontal(signals)
 
-    def _check_identity(self, observation: Observation, signals: Signals) -> bool:
-        """The first neutral frame is the reference; every later plain frame must show the same
-        person, within a looser distance when the head is turned (the embedding drifts with the
-        pose); the most frontal neutral frame is kept for recognition. False (and the session
-        failed) on a mismatch."""
-        frontal = abs(signals.yaw) <= self.bounds.frontal_yaw
+    def _identity_mismatch(self, observation: Observation, signals: Signals) -> str | None:
+        """Why this plain frame is not the person of the reference frame, or None: within the
+        verification threshold of it, or a looser one when the head is turned (the embedding
+        drifts with the pose)."""
+        if self._reference is None or observation.embedding is None or self._reference.embedding is None:
+            return None
+        frontal = self._is_frontal(signals)
+        threshold = self.limits.match_threshold if frontal else self.limits.turned_match_threshold
+        distance = cosine_distance(observation.embedding, self._reference.embedding)
+        if distance <= threshold:
+            return None
+        return f"not the face the session started with (distance {distance:.3f} > {threshold:.3f})"
+
+    def _keep_plain(self, observation: Observation, signals: Signals) -> None:
+        """Record a plain frame of the right person: the first frontal one is the reference (the
+        challenges start), frontal ones give the open-eye level, the most frontal is kept for
+        recognition."""
+        if not self._is_frontal(signals):
+            return
         if self._reference is None:
-            if not frontal:
-                return True
             self._reference = observation
-        elif observation.embedding is not None and self._reference.embedding is not None:
-            limit = self.bounds.match_threshold if frontal else self.bounds.turned_match_threshold
-            distance = cosine_distance(observation.embedding, self._reference.embedding)
-            if distance > limit:
-                self._fail(
-                    Reason.IDENTITY_CHANGED,
-                    f"not the face the session started with (distance {distance:.3f} > {limit:.3f})",
-                )
-                return False
-        if frontal:
-            self._open_eyes.append(signals.ear)
-            if abs(signals.yaw) < self._best_yaw:
-                self._best, self._best_yaw = observation, abs(signals.yaw)
-        return True
+            self.phase = Phase.CHALLENGES
+        self._open_eyes.append(signals.ear)
+        if abs(signals.yaw) < self._best_yaw:
+            self._best, self._best_yaw = observation, abs(signals.yaw)
 
     def _advance(self, signals: Signals) -> str:
+        """The current challenge on this frame; the hint for the next frame."""
         current = self.current
-        if current is None:
-            return "look straight at the camera"
-        satisfied = {
-            Challenge.BLINK: self._blink,
-            Challenge.OPEN_MOUTH: self._mouth,
-            Challenge.TURN_LEFT: lambda s: self._turn(s, +1.0),
-            Challenge.TURN_RIGHT: lambda s: self._turn(s, -1.0),
-        }[current](signals)
-        if not satisfied:
+        assert current is not None  # in the challenges phase
+        step = self._check.step(signals, self.limits, self._baseline_ear())
+        if step is Step.FLAT:
+            self._flat_turns += 1
+        if step is not Step.DONE:
             return self._hint(current)
         self._done.append(current)
-        self._step = _Step()
         log.debug("liveness session %s: %s done", self.id, current)
-        if self.current is None:
-            self._final_check = True
+        following = self.current
+        if following is None:
+            self.phase = Phase.FINAL_FRONTAL
             return "look straight at the camera"
-        return INSTRUCTIONS[self.current]
+        self._check = RULES[following].check()
+        return RULES[following].instruction
 
     def _hint(self, current: Challenge) -> str:
-        if current in TURNS and self._flat_turns:
-            return f"{INSTRUCTIONS[current]}: turn your head itself, not the picture"
-        return INSTRUCTIONS[current]
-
-    def _blink(self, signals: Signals) -> bool:
-        """Open → closed → open, relative to this person's own open-eye level in this session."""
-        baseline = self._baseline_ear()
-        if baseline is None:
-            return False
-        if signals.ear >= self.bounds.eye_open * baseline:
-            if self._step.closed:
-                return True
-            self._step.primed = True
-        elif signals.ear <= self.bounds.eye_closed * baseline and self._step.primed:
-            self._step.closed = True
-        return False
-
-    def _mouth(self, signals: Signals) -> bool:
-        """Closed → open: a photo of an open mouth never shows it closed first."""
-        if signals.mar <= self.bounds.mouth_closed:
-            self._step.primed = True
-        return self._step.primed and signals.mar >= self.bounds.mouth_open
-
-    def _turn(self, signals: Signals, direction: float) -> bool:
-        """Far enough in the asked direction, and off the plane of the reference frame."""
-        if direction * signals.yaw < self.bounds.turn_yaw or signals.residual is None:
-            return False
-        if signals.residual >= self.bounds.planar_residual:
-            return True
-        self._flat_turns += 1
-        return False
+        rule = RULES[current]
+        if rule.turn and self._flat_turns:
+            return f"{rule.instruction}: turn your head itself, not the picture"
+        return rule.instruction
 
     def _pending_message(self, cause: str) -> str:
-        pending = [INSTRUCTIONS[c] for c in self.challenges[len(self._done) :]]  # words, not codes
+        pending = [RULES[c].instruction for c in self.challenges[len(self._done) :]]  # words, not codes
         left = ", ".join(pending) if pending else "a final frontal frame"
         return (
             f"{cause} with {len(self._done)} of {len(self.challenges)} challenges done (still to do: {left})"
@@ -365,24 +416,33 @@ class Session:
             reasons.append(Reason.FLAT_MOTION)
             messages.append(
                 f"{self._flat_turns} turned frame(s) moved like a flat picture (out-of-plane residual "
-                f"under {self.bounds.planar_residual:.3f})"
+                f"under {self.limits.planar_residual:.3f})"
             )
-        self.verdict = Verdict(
-            live=False,
-            score=0.0 if reason in _HARD_FAILURES else len(self._done) / (len(self.challenges) + 1),
-            reasons=tuple(reasons),
-            messages=tuple(messages),
-            completed=tuple(self._done),
-            best=None,
+        return self._end(
+            Verdict(
+                live=False,
+                score=0.0 if reason in _HARD_FAILURES else len(self._done) / (len(self.challenges) + 1),
+                reasons=tuple(reasons),
+                messages=tuple(messages),
+                completed=tuple(self._done),
+                best=None,
+            )
         )
-        log.info("liveness session %s failed: %s", self.id, ", ".join(reasons))
-        return self.verdict
 
     def _pass(self) -> None:
-        self.verdict = Verdict(
-            live=True, score=1.0, reasons=(), messages=(), completed=tuple(self._done), best=self._best
+        self._end(
+            Verdict(
+                live=True, score=1.0, reasons=(), messages=(), completed=tuple(self._done), best=self._best
+            )
         )
-        log.info("liveness session %s passed (%s)", self.id, ", ".join(self.challenges))
+
+    def _end(self, verdict: Verdict) -> Verdict:
+        self.verdict, self.phase = verdict, Phase.DONE
+        if verdict.live:
+            log.info("liveness session %s passed (%s)", self.id, ", ".join(self.challenges))
+        else:
+            log.info("liveness session %s failed: %s", self.id, ", ".join(verdict.reasons))
+        return verdict
 
 
 # Evidence of an attack rather than of a person too slow: the score says nothing was achieved.

@@ -50,7 +50,7 @@ from facegate.api.streaming import (
 from facegate.api.tickets import LIVENESS_GRANT
 from facegate.gallery.errors import GalleryError
 from facegate.liveness.frames import observe_frame
-from facegate.liveness.session import Bounds, Progress, Session
+from facegate.liveness.session import LivenessLimits, Progress, Session
 from facegate.schemas import TicketResponse
 
 logger = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ async def liveness_stream(websocket: WebSocket) -> None:
         collection = await open_collection(websocket, services)
     except (StreamClosed, WebSocketDisconnect):
         return
-    session = Session.start(Bounds.from_settings(services.settings), rng=services.challenge_rng)
+    session = Session.start(LivenessLimits.from_settings(services.settings), rng=services.challenge_rng)
     async with receiving(websocket) as mailbox:  # cancelled when the client leaves
         await send(websocket, _opening(session))
         await _run(websocket, services, session, mailbox, collection)
@@ -95,7 +95,7 @@ def _opening(session: Session) -> dict[str, Any]:
         "session_id": session.id,
         "challenges": list(session.challenges),
         "deadline": round(time.time() + session.remaining(), 3),
-        "timeout_s": session.bounds.timeout_s,
+        "timeout_s": session.limits.timeout_s,
     }
 
 
