@@ -32,6 +32,7 @@ from facegate.liveness.session import Challenge, Observation, Reason, draw_chall
 from tests.attacks import tilt_homography, warp_image
 from tests.conftest import API_KEY
 from tests.data import FACES
+from tests.support import FakeClock
 
 PORTRAITS = FACES / "portraits"
 PERSON_A = PORTRAITS / "Jack_Dorsey" / "deepface_img62.jpg"
@@ -87,6 +88,7 @@ def app(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestCli
     seed = next(s for s in range(100) if draw_challenges(random.Random(s))[0] is Challenge.TURN_LEFT)
     services = client.app.state.services  # type: ignore[attr-defined]
     monkeypatch.setattr(services, "challenge_rng", random.Random(seed))
+    monkeypatch.setattr(services, "challenge_clock", FakeClock())
     yield client
 
 
@@ -102,7 +104,12 @@ def run_session(
         opening = socket.receive_json()
         answers: list[dict[str, Any]] = []
         verdict = None
-        for frame in frames:
+        # Then past the deadline: one more frame ends the session, with no wait for the real one.
+        clock = app.app.state.services.challenge_clock  # type: ignore[attr-defined]
+        for frame in [*frames, None]:
+            if frame is None:
+                clock.now += TIMEOUT + 1
+                frame = frames[-1] if frames else jpeg(np.zeros((FRAME, FRAME, 3), np.uint8))
             socket.send_bytes(frame)
             message = socket.receive_json()
             if message["type"] == "verdict":
@@ -312,3 +319,16 @@ def test_a_live_session_answers_with_the_recognition_of_its_best_frame(
     assert verdict["completed"] == opening["challenges"]
     assert verdict["recognition"] == expected
     assert verdict["recognition"]["matched_user"]["name"] == name
+
+
+def test_the_session_ends_at_its_real_deadline_without_another_frame(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The route's own timer (the other tests move a fake clock): a client that sends nothing gets
+    its verdict when the deadline passes."""
+    with_settings(monkeypatch, client, liveness_timeout=0.5)
+    with client.websocket_connect("/ws/liveness") as socket:
+        opening = socket.receive_json()
+        verdict = socket.receive_json()
+    assert opening["timeout_s"] == 0.5
+    assert verdict["type"] == "verdict" and verdict["live"] is False and Reason.EXPIRED in verdict["reasons"]

@@ -16,10 +16,14 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from facegate.api.logs import CHATTY_LOGGERS, chatty_level
 from facegate.config import Settings, get_settings
 from facegate.faces import DEFAULT_DETECTION
+
+if TYPE_CHECKING:
+    from facegate.detection import Detector
 
 logger = logging.getLogger("facegate")
 
@@ -311,18 +315,22 @@ def _announce_key(settings: Settings) -> None:
 
 
 def _detect(args: argparse.Namespace, settings: Settings) -> int:
+    from facegate.pipeline import create_detector
+
+    with create_detector(settings) as detector:
+        return _detect_files(args, detector)
+
+
+def _detect_files(args: argparse.Namespace, detector: Detector) -> int:
     from PIL import Image
 
     from facegate.annotate import draw_faces
-    from facegate.detection import DetectionParams
-    from facegate.faces import detection_dict
+    from facegate.faces import DetectionParams, detection_dict
     from facegate.imaging import ImageError, load_image_file
-    from facegate.pipeline import create_detector
 
     params = DetectionParams(
         args.min_face_size, args.threshold_pnet, args.threshold_rnet, args.threshold_onet
     )
-    detector = create_detector(settings)
     failures = 0
     for path in args.images:
         try:

@@ -25,6 +25,7 @@ class Core:
 
     def close(self) -> None:
         self.gallery.close()
+        self.pipeline.close()
 
 
 def build_core(settings: Settings, dsn: str, wrap: Callable[[Pipeline], Pipeline] | None = None) -> Core:

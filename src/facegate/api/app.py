@@ -10,7 +10,7 @@ import anyio
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
-from facegate import __version__
+from facegate import __version__, dlib_models
 from facegate.api.auth import KeyRing
 from facegate.api.connections import exit_with_supervisor
 from facegate.api.deps import Services
@@ -38,6 +38,8 @@ def build_services(settings: Settings, dsn: str, metrics: Metrics) -> Services:
         raise RuntimeError("no API key: set APP_TOKEN (or start with `facegate serve`, which generates one)")
     keys = KeyRing.parse(api_key, settings.facegate_api_keys.get_secret_value())
     core = build_core(settings, dsn, wrap=lambda pipeline: MeteredPipeline(pipeline, metrics))
+    # The liveness landmarks' models load now, before /health says healthy, not on a first frame.
+    dlib_models.warm()
     return Services(
         core=core,
         keys=keys,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated, TypeVar
@@ -42,6 +43,8 @@ class Services:
     metrics: Metrics
     # Draws each liveness session's challenges; a test gives a seeded `random.Random` to fix the order.
     challenge_rng: random.Random = field(default_factory=random.SystemRandom)
+    # Times each liveness session; a test gives a clock it moves, so a deadline passes at once.
+    challenge_clock: Callable[[], float] = time.monotonic
 
     # The core's parts, as the routes use them.
     @property

@@ -75,7 +75,8 @@ async def liveness_stream(websocket: WebSocket) -> None:
         collection = await open_collection(websocket, services)
     except (StreamClosed, WebSocketDisconnect):
         return
-    session = Session.start(LivenessLimits.from_settings(services.settings), rng=services.challenge_rng)
+    limits = LivenessLimits.from_settings(services.settings)
+    session = Session.start(limits, rng=services.challenge_rng, clock=services.challenge_clock)
     async with receiving(websocket) as mailbox:  # cancelled when the client leaves
         await send(websocket, _opening(session))
         await _run(websocket, services, session, mailbox, collection)
