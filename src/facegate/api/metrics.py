@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from facegate.detection import DetectionParams, Detector
 from facegate.embedding import Embedder
 from facegate.faces import DEFAULT_DETECTION, Face
-from facegate.gallery import GalleryStats
+from facegate.gallery import CollectionRecord
 from facegate.pipeline import Pipeline
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -46,8 +46,8 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
-        self._users = Gauge("facegate_gallery_users", "People in the gallery", registry=self.registry)
-        self._faces = Gauge("facegate_gallery_faces", "Faces in the gallery", registry=self.registry)
+        self._users = Gauge("facegate_gallery_users", "People in every collection", registry=self.registry)
+        self._faces = Gauge("facegate_gallery_faces", "Faces in every collection", registry=self.registry)
         self._database_up = Gauge(
             "facegate_database_up", "1 when the database answered the last scrape", registry=self.registry
         )
@@ -65,12 +65,12 @@ class Metrics:
         with self._stages.labels(name).time():
             yield
 
-    def render(self, gallery: GalleryStats | None, limiter: anyio.CapacityLimiter) -> bytes:
-        """The text exposition format, with the gauges read now; `gallery` None = database down."""
-        self._database_up.set(0 if gallery is None else 1)
-        if gallery is not None:
-            self._users.set(gallery.total_users)
-            self._faces.set(gallery.total_faces)
+    def render(self, collections: list[CollectionRecord] | None, limiter: anyio.CapacityLimiter) -> bytes:
+        """The text exposition format, with the gauges read now; `collections` None = database down."""
+        self._database_up.set(0 if collections is None else 1)
+        if collections is not None:
+            self._users.set(sum(collection.people for collection in collections))
+            self._faces.set(sum(collection.faces for collection in collections))
         statistics = limiter.statistics()
         self._inference.labels("running").set(statistics.borrowed_tokens)
         self._inference.labels("waiting").set(statistics.tasks_waiting)

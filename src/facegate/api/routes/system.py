@@ -82,8 +82,8 @@ async def stats(services: ServicesDep, collection: CollectionDep) -> Stats:
 async def metrics(services: ServicesDep) -> PlainTextResponse:
     """Prometheus metrics (any valid key: give the scraper a `detect` key, the narrowest scope)."""
     try:
-        counts = await query(services.gallery.stats)
+        collections = await query(services.gallery.list_collections)
     except GalleryError:
-        counts = None  # reported as facegate_database_up 0; the other metrics matter most then
-    body = services.metrics.render(counts, services.inference_limiter)
+        collections = None  # reported as facegate_database_up 0; the other metrics matter most then
+    body = services.metrics.render(collections, services.inference_limiter)
     return PlainTextResponse(body, media_type=CONTENT_TYPE_LATEST)
