@@ -327,8 +327,3 @@ def test_nearest_face_distance_is_exact_over_the_persons_faces(gallery: Gallery)
     with pytest.raises(UnknownUserError):
         gallery.nearest_face_distance(12345, faces[0])
 
-
-def test_every_search_is_planned_for_its_own_collection(gallery: Gallery) -> None:
-    """Not one cached plan for all: the big collection's (HNSW) would make a small one's search slow."""
-    with gallery.transaction() as conn:
-        assert conn.execute("SHOW plan_cache_mode").fetchone() == ("force_custom_plan",)

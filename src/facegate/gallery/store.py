@@ -89,7 +89,9 @@ _FACE_COLUMNS = "f.id, f.user_id, f.model, f.box, f.created_at"
 # The collection filter leaves the planner two ways (benchmarks/collections_bench.py, BENCHMARKS.md):
 # the HNSW index with the filter applied as it goes, for a collection that is most of the table,
 # or the b-tree on faces.collection_id and a sort of the collection's rows, exact, for a small one,
-# where a filtered HNSW scan must visit ~1/selectivity times more tuples (25x slower at 1%).
+# where a filtered HNSW scan must visit ~1/selectivity times more tuples (~30x slower at 1%). The
+# plan cache does not undo that once psycopg has prepared the query: on a connection that had
+# served the big collection first, a small one's searches stayed as fast (measured there too).
 _NEAREST_PEOPLE = """
     WITH candidates AS MATERIALIZED (
         SELECT user_id, embedding <=> %(query)s AS distance
@@ -298,9 +300,6 @@ class Gallery:
                 # An HNSW scan may then go on past ef_search candidates when grouping by person
                 # needs more (pgvector >= 0.8; older versions reject the setting).
                 conn.execute("SET hnsw.iterative_scan = relaxed_order")
-            # psycopg prepares a query run five times; PostgreSQL may then plan it once for any
-            # collection, and the plan fit for the big collection makes a small one's search slow.
-            conn.execute("SET plan_cache_mode = force_custom_plan")
             conn.commit()
 
         pool = ConnectionPool(
