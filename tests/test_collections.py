@@ -326,4 +326,3 @@ def test_nearest_face_distance_is_exact_over_the_persons_faces(gallery: Gallery)
         np.testing.assert_allclose(gallery.nearest_face_distance(ada.id, query), expected, atol=1e-5)
     with pytest.raises(UnknownUserError):
         gallery.nearest_face_distance(12345, faces[0])
-
