@@ -264,7 +264,7 @@ def test_list_faces_and_delete_one(gallery: Gallery) -> None:
     with pytest.raises(UnknownFaceError, match=f"user {ada.id} has no face with id {bobs_face.id}"):
         gallery.delete_face(ada.id, bobs_face.id)
     before = gallery.get_user(ada.id).updated_at
-    gallery.delete_face(ada.id, faces[0].id)
+    assert gallery.delete_face(ada.id, faces[0].id) == 1  # faces left
     assert gallery.list_faces(ada.id) == [second]
     assert gallery.get_user(ada.id).updated_at > before
     with pytest.raises(LastFaceError, match="delete the user instead"):

@@ -546,9 +546,10 @@ class Gallery:
             raise UnknownUserError(user_id)
         return [_face_record(row[:-1]) for row in rows if row[0] is not None]
 
-    def delete_face(self, user_id: int, face_id: int, collection: str = DEFAULT_COLLECTION) -> None:
-        """Delete one face of a person. UnknownUserError, UnknownFaceError, and LastFaceError for
-        their only face (a person without faces could never be recognised: delete them instead)."""
+    def delete_face(self, user_id: int, face_id: int, collection: str = DEFAULT_COLLECTION) -> int:
+        """Delete one face of a person; return how many they have left. UnknownUserError,
+        UnknownFaceError, and LastFaceError for their only face (a person without faces could never
+        be recognised: delete them instead)."""
         with self._transaction(write=True) as conn:
             collection_id = self._collection_id(conn, collection)
             self._lock_user(conn, user_id, collection_id, touch=False)
@@ -559,6 +560,7 @@ class Gallery:
                 raise LastFaceError(user_id, face_id)
             conn.execute("DELETE FROM faces WHERE id = %s", (face_id,))
             conn.execute("UPDATE users SET updated_at = now() WHERE id = %s", (user_id,))
+        return len(faces) - 1
 
     def get_user(self, user_id: int, collection: str = DEFAULT_COLLECTION) -> UserRecord:
         with self._transaction() as conn:
