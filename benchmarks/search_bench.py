@@ -221,15 +221,16 @@ def bulk_load(dsn: str, vectors: np.ndarray, model: str) -> float:
         register_vector(conn)
         conn.execute(sql.SQL("DROP INDEX {}").format(sql.Identifier(HNSW_INDEX)))
         conn.execute(
-            "INSERT INTO users (name) SELECT 'person ' || i FROM generate_series(1, %s) i", (len(vectors),)
+            "INSERT INTO users (collection_id, name) SELECT 1, 'person ' || i FROM generate_series(1, %s) i",
+            (len(vectors),),
         )
         with conn.cursor().copy(
-            "COPY faces (user_id, embedding, model, box) FROM STDIN WITH (FORMAT BINARY)"
+            "COPY faces (user_id, collection_id, embedding, model, box) FROM STDIN WITH (FORMAT BINARY)"
         ) as copy:
-            copy.set_types(["int8", "vector", "text", "float4[]"])
+            copy.set_types(["int8", "int8", "vector", "text", "float4[]"])
             box = [0.0, 0.0, 1.0, 1.0]
             for user_id, vector in enumerate(vectors, start=1):
-                copy.write_row((user_id, vector, model, box))
+                copy.write_row((user_id, 1, vector, model, box))  # all in `default`, collection 1
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("VACUUM ANALYZE faces")
         conn.execute("VACUUM ANALYZE users")

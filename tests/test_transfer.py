@@ -18,11 +18,12 @@ from facegate.gallery import (
     ConfusableNameError,
     EmbeddedServer,
     Gallery,
+    PortableFace,
+    PortablePerson,
     TransferFileError,
     TransferModelError,
     UnknownCollectionError,
 )
-from facegate.gallery.store import PortableFace, PortablePerson
 from facegate.gallery.transfer import export_bytes, export_file, import_bytes, import_file, read_export
 from tests.conftest import GALLERY_TEST_DIM, GALLERY_TEST_MODEL, create_database
 from tests.test_gallery import unit

@@ -89,7 +89,9 @@ _FACE_COLUMNS = "f.id, f.user_id, f.model, f.box, f.created_at"
 # The collection filter leaves the planner two ways (benchmarks/collections_bench.py, BENCHMARKS.md):
 # the HNSW index with the filter applied as it goes, for a collection that is most of the table,
 # or the b-tree on faces.collection_id and a sort of the collection's rows, exact, for a small one,
-# where a filtered HNSW scan must visit ~1/selectivity times more tuples (25x slower at 1%).
+# where a filtered HNSW scan must visit ~1/selectivity times more tuples (~30x slower at 1%). The
+# plan cache does not undo that once psycopg has prepared the query: on a connection that had
+# served the big collection first, a small one's searches stayed as fast (measured there too).
 _NEAREST_PEOPLE = """
     WITH candidates AS MATERIALIZED (
         SELECT user_id, embedding <=> %(query)s AS distance
@@ -298,9 +300,6 @@ class Gallery:
                 # An HNSW scan may then go on past ef_search candidates when grouping by person
                 # needs more (pgvector >= 0.8; older versions reject the setting).
                 conn.execute("SET hnsw.iterative_scan = relaxed_order")
-            # psycopg prepares a query run five times; PostgreSQL may then plan it once for any
-            # collection, and the plan fit for the big collection makes a small one's search slow.
-            conn.execute("SET plan_cache_mode = force_custom_plan")
             conn.commit()
 
         pool = ConnectionPool(
@@ -547,9 +546,10 @@ class Gallery:
             raise UnknownUserError(user_id)
         return [_face_record(row[:-1]) for row in rows if row[0] is not None]
 
-    def delete_face(self, user_id: int, face_id: int, collection: str = DEFAULT_COLLECTION) -> None:
-        """Delete one face of a person. UnknownUserError, UnknownFaceError, and LastFaceError for
-        their only face (a person without faces could never be recognised: delete them instead)."""
+    def delete_face(self, user_id: int, face_id: int, collection: str = DEFAULT_COLLECTION) -> int:
+        """Delete one face of a person; return how many they have left. UnknownUserError,
+        UnknownFaceError, and LastFaceError for their only face (a person without faces could never
+        be recognised: delete them instead)."""
         with self._transaction(write=True) as conn:
             collection_id = self._collection_id(conn, collection)
             self._lock_user(conn, user_id, collection_id, touch=False)
@@ -560,6 +560,7 @@ class Gallery:
                 raise LastFaceError(user_id, face_id)
             conn.execute("DELETE FROM faces WHERE id = %s", (face_id,))
             conn.execute("UPDATE users SET updated_at = now() WHERE id = %s", (user_id,))
+        return len(faces) - 1
 
     def get_user(self, user_id: int, collection: str = DEFAULT_COLLECTION) -> UserRecord:
         with self._transaction() as conn:
