@@ -41,8 +41,16 @@ def live_server(data_dir: Path, log: Path, **env: str) -> LiveServer:
 
 
 def register(url: str, name: str, timeout: float = 60) -> httpx.Response:
+    """One photo under many names: what is tested is that writes survive, not the duplicate guard."""
     files = {"image": (PORTRAIT.name, PORTRAIT.read_bytes())}
-    return httpx.post(f"{url}/register", headers=AUTH, data={"name": name}, files=files, timeout=timeout)
+    return httpx.post(
+        f"{url}/register",
+        headers=AUTH,
+        params={"allow_duplicate": "true"},
+        data={"name": name},
+        files=files,
+        timeout=timeout,
+    )
 
 
 def all_users(url: str) -> list[dict]:
