@@ -35,7 +35,17 @@ from facegate.client import (
     UnavailableError,
     UnprocessableError,
 )
-from facegate.schemas import DetectResponse, Health, RecognizeResponse, Stats, UserList
+from facegate.schemas import (
+    Collection,
+    CollectionList,
+    DetectResponse,
+    FaceList,
+    Health,
+    RecognizeResponse,
+    Stats,
+    User,
+    UserList,
+)
 from tests.data import FACES
 from tests.servers import REPO, api_server, clean_env, free_port
 
@@ -156,6 +166,145 @@ def test_images_the_client_cannot_send(client: FaceGateClient) -> None:
         client.detect(text_file)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="not int"):
         client.detect(42)  # type: ignore[arg-type]
+
+
+# --- collections and gallery management ----------------------------------------------------------
+
+
+@pytest.fixture
+def collection(client: FaceGateClient) -> Iterator[str]:
+    """A new, empty collection for the test, deleted (with its people) after it."""
+    name = f"site-{uuid.uuid4().hex[:8]}"
+    created = client.create_collection(name)
+    assert isinstance(created, Collection)
+    assert (created.name, created.people, created.faces) == (name, 0, 0)
+    yield name
+    client.delete_collection(name)
+
+
+def test_collections_are_listed_created_and_deleted(client: FaceGateClient) -> None:
+    name = f"site-{uuid.uuid4().hex[:8]}"
+    client.create_collection(name)
+    listed = client.collections()
+    assert isinstance(listed, CollectionList)
+    names = [c.name for c in listed.collections]
+    assert {"default", name} <= set(names) and names == sorted(names)
+    with pytest.raises(ConflictError):
+        client.create_collection(name)
+    deleted = client.delete_collection(name)
+    assert deleted.name == name
+    assert name not in [c.name for c in client.collections().collections]
+    with pytest.raises(NotFoundError):
+        client.delete_collection(name)
+    with pytest.raises(ConflictError):
+        client.delete_collection("default")
+    with pytest.raises(UnprocessableError):
+        client.create_collection("-not a name/")
+
+
+def test_a_collection_keeps_its_people_to_itself(client: FaceGateClient, collection: str) -> None:
+    person = client.register("Barack Obama", OBAMA, collection=collection)
+    stats = client.stats(collection=collection)
+    assert (stats.total_users, stats.total_faces) == (1, 1)
+    assert [u.id for u in client.users(collection=collection).users] == [person.user_id]
+    assert client.user(person.user_id, collection=collection).name == "Barack Obama"
+    [counted] = [c for c in client.collections().collections if c.name == collection]
+    assert (counted.people, counted.faces) == (1, 1)
+    found = client.recognize(OBAMA_2, collection=collection)
+    assert found.matched_user is not None and found.matched_user.id == person.user_id
+    # Not in `default` (the collection of a call that names none).
+    assert person.user_id not in [u.id for u in client.users(limit=500).users]
+    in_default = client.recognize(OBAMA_2).matched_user
+    assert in_default is None or in_default.id != person.user_id
+    with pytest.raises(NotFoundError):
+        client.user(person.user_id)
+    with pytest.raises(NotFoundError):
+        client.users(collection=f"missing-{uuid.uuid4().hex[:6]}")
+
+
+def test_top_k_candidates_are_distinct_people_nearest_first(client: FaceGateClient, collection: str) -> None:
+    obama = client.register("Barack Obama", OBAMA, collection=collection).user_id
+    client.add_face(obama, OBAMA_2, collection=collection)
+    biden = client.register("Joe Biden", BIDEN, collection=collection).user_id
+    [face] = client.recognize(SMALL_OBAMA, collection=collection, top_k=5).faces
+    assert [c.user.id for c in face.candidates] == [obama, biden]  # two faces of Obama, one candidate
+    assert face.candidates[0].distance <= face.candidates[1].distance
+    assert face.matched_user is not None and face.matched_user.id == obama
+    [face] = client.recognize(SMALL_OBAMA, collection=collection).faces
+    assert [c.user.id for c in face.candidates] == [obama]  # top_k 1 by default
+    with pytest.raises(UnprocessableError):
+        client.recognize(SMALL_OBAMA, collection=collection, top_k=0)
+
+
+def test_add_face_of_another_person_is_refused_unless_forced(client: FaceGateClient, collection: str) -> None:
+    biden = client.register("Joe Biden", BIDEN, collection=collection).user_id
+    with pytest.raises(UnprocessableError) as caught:
+        client.add_face(biden, OBAMA, collection=collection)
+    assert caught.value.status_code == 422
+    assert client.user(biden, collection=collection).face_count == 1  # nothing stored
+    assert client.add_face(biden, OBAMA, collection=collection, force=True).face_count == 2
+
+
+def test_register_of_a_registered_face_names_its_owner(client: FaceGateClient, collection: str) -> None:
+    obama = client.register("Barack Obama", OBAMA, collection=collection).user_id
+    with pytest.raises(ConflictError) as caught:
+        client.register("Somebody Else", OBAMA_2, collection=collection)
+    assert str(obama) in str(caught.value)
+    assert client.stats(collection=collection).total_users == 1
+    twin = client.register("Somebody Else", OBAMA_2, collection=collection, allow_duplicate=True)
+    assert twin.user_id != obama
+
+
+def test_single_photos_are_listed_and_deleted(client: FaceGateClient, collection: str) -> None:
+    person = client.register("Barack Obama", OBAMA, collection=collection).user_id
+    client.add_face(person, OBAMA_2, collection=collection)
+    listed = client.faces(person, collection=collection)
+    assert isinstance(listed, FaceList) and listed.user_id == person
+    first, second = listed.faces
+    assert first.id != second.id and first.created_at <= second.created_at
+    assert first.box_width > 0 and first.box_height > 0 and first.model
+    deleted = client.delete_face(person, first.id, collection=collection)
+    assert (deleted.face_id, deleted.face_count) == (first.id, 1)
+    assert [f.id for f in client.faces(person, collection=collection).faces] == [second.id]
+    with pytest.raises(ConflictError) as caught:
+        client.delete_face(person, second.id, collection=collection)
+    assert "delete the user instead" in str(caught.value)
+    with pytest.raises(NotFoundError):
+        client.delete_face(person, first.id, collection=collection)
+    assert client.user(person, collection=collection).face_count == 1
+
+
+def test_rename_user(client: FaceGateClient, collection: str) -> None:
+    person = client.register("Barak Obama", OBAMA, collection=collection).user_id
+    client.register("Joe Biden", BIDEN, collection=collection)
+    renamed = client.rename_user(person, "Barack Obama", collection=collection)
+    assert isinstance(renamed, User) and (renamed.id, renamed.name) == (person, "Barack Obama")
+    assert client.user(person, collection=collection).name == "Barack Obama"
+    with pytest.raises(ConflictError):
+        client.rename_user(person, "Joe Biden", collection=collection)
+
+
+def test_stream_recognize_in_a_collection(client: FaceGateClient, collection: str) -> None:
+    person = client.register("Barack Obama", OBAMA, collection=collection).user_id
+    [answer] = client.stream_recognize([OBAMA_2], collection=collection)
+    assert isinstance(answer, RecognizedFrame)
+    assert answer.matched_user is not None and answer.matched_user.id == person
+    with pytest.raises(NotFoundError):
+        list(client.stream_recognize([OBAMA_2], collection=f"missing-{uuid.uuid4().hex[:6]}"))
+
+
+def test_async_collection_calls(api_url: str, client: FaceGateClient, collection: str) -> None:
+    async def scenario() -> tuple[list[str], int, int]:
+        async with AsyncFaceGateClient(api_url, api_key=TOKEN) as aclient:
+            person = await aclient.register("Joe Biden", BIDEN, collection=collection)
+            await aclient.add_face(person.user_id, BIDEN_2, collection=collection)
+            faces = await aclient.faces(person.user_id, collection=collection)
+            left = await aclient.delete_face(person.user_id, faces.faces[0].id, collection=collection)
+            listed = await aclient.collections()
+            return [c.name for c in listed.collections], len(faces.faces), left.face_count
+
+    names, stored, left = asyncio.run(scenario())
+    assert collection in names and (stored, left) == (2, 1)
 
 
 # --- each error class ----------------------------------------------------------------------------

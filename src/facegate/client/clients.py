@@ -64,8 +64,8 @@ class _Base:
             raise error
         return response
 
-    def _socket_url(self, threshold: float | None) -> str:
-        return stream.socket_url(self.base_url, "/ws/recognize", threshold=threshold)
+    def _socket_url(self, threshold: float | None, collection: str | None) -> str:
+        return stream.socket_url(self.base_url, "/ws/recognize", threshold=threshold, collection=collection)
 
 
 def _sync(build: Callable[P, Call[T]]) -> Callable[Concatenate[FaceGateClient, P], T]:
@@ -102,6 +102,9 @@ class FaceGateClient(_Base):
 
     health = _sync(endpoints.health)
     stats = _sync(endpoints.stats)
+    collections = _sync(endpoints.collections)
+    create_collection = _sync(endpoints.create_collection)
+    delete_collection = _sync(endpoints.delete_collection)
     detect = _sync(endpoints.detect)
     detect_annotated = _sync(endpoints.detect_annotated)
     register = _sync(endpoints.register)
@@ -110,7 +113,10 @@ class FaceGateClient(_Base):
     verify = _sync(endpoints.verify)
     users = _sync(endpoints.users)
     user = _sync(endpoints.user)
+    rename_user = _sync(endpoints.rename_user)
     delete_user = _sync(endpoints.delete_user)
+    faces = _sync(endpoints.faces)
+    delete_face = _sync(endpoints.delete_face)
     liveness_ticket = _sync(endpoints.liveness_ticket)
 
     @functools.cached_property
@@ -132,22 +138,32 @@ class FaceGateClient(_Base):
     def _attempt(self, call: Call[T]) -> T:
         try:
             response = self._http.request(
-                call.method, call.path, params=call.params, data=call.data, files=call.files or None
+                call.method,
+                call.path,
+                params=call.params,
+                data=call.data,
+                files=call.files or None,
+                json=call.json,
             )
         except httpx.HTTPError as exc:
             raise network_error(exc, self.base_url) from exc
         return call.read(self._check(response))
 
     def stream_recognize(
-        self, frames: Iterable[ImageInput], *, threshold: float | None = None
+        self,
+        frames: Iterable[ImageInput],
+        *,
+        threshold: float | None = None,
+        collection: str | None = None,
     ) -> Iterator[StreamAnswer]:
         """Recognition on each frame over `WS /ws/recognize`: yields one answer per frame, in order.
 
         A `RecognizedFrame` (the body of `recognize` plus `frame`, `skipped`, `processing_ms`), or a
         `FrameError` for a frame the server cannot use (no face, not an image); the stream goes on.
-        Each frame is sent once the previous one is answered. Not retried.
+        Each frame is sent once the previous one is answered. Not retried. `collection`: whose
+        people are searched (without it, the collection `default`).
         """
-        url = self._socket_url(threshold)
+        url = self._socket_url(threshold, collection)
         try:
             with websockets.sync.client.connect(
                 url, additional_headers=self._headers, open_timeout=self.timeout.connect
@@ -167,6 +183,9 @@ class AsyncFaceGateClient(_Base):
 
     health = _async(endpoints.health)
     stats = _async(endpoints.stats)
+    collections = _async(endpoints.collections)
+    create_collection = _async(endpoints.create_collection)
+    delete_collection = _async(endpoints.delete_collection)
     detect = _async(endpoints.detect)
     detect_annotated = _async(endpoints.detect_annotated)
     register = _async(endpoints.register)
@@ -175,7 +194,10 @@ class AsyncFaceGateClient(_Base):
     verify = _async(endpoints.verify)
     users = _async(endpoints.users)
     user = _async(endpoints.user)
+    rename_user = _async(endpoints.rename_user)
     delete_user = _async(endpoints.delete_user)
+    faces = _async(endpoints.faces)
+    delete_face = _async(endpoints.delete_face)
     liveness_ticket = _async(endpoints.liveness_ticket)
 
     @functools.cached_property
@@ -197,17 +219,26 @@ class AsyncFaceGateClient(_Base):
     async def _attempt(self, call: Call[T]) -> T:
         try:
             response = await self._http.request(
-                call.method, call.path, params=call.params, data=call.data, files=call.files or None
+                call.method,
+                call.path,
+                params=call.params,
+                data=call.data,
+                files=call.files or None,
+                json=call.json,
             )
         except httpx.HTTPError as exc:
             raise network_error(exc, self.base_url) from exc
         return call.read(self._check(response))
 
     async def stream_recognize(
-        self, frames: Iterable[ImageInput] | AsyncIterable[ImageInput], *, threshold: float | None = None
+        self,
+        frames: Iterable[ImageInput] | AsyncIterable[ImageInput],
+        *,
+        threshold: float | None = None,
+        collection: str | None = None,
     ) -> AsyncIterator[StreamAnswer]:
         """`FaceGateClient.stream_recognize` for asyncio; `frames` may be an async iterable."""
-        url = self._socket_url(threshold)
+        url = self._socket_url(threshold, collection)
         try:
             async with websockets.asyncio.client.connect(
                 url, additional_headers=self._headers, open_timeout=self.timeout.connect

@@ -9,15 +9,21 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypedDict, TypeVar, Unpack
+from urllib.parse import quote
 
 import httpx
 from pydantic import BaseModel
 
 from facegate.client.images import ImageInput, upload
 from facegate.schemas import (
+    Collection,
+    CollectionDeleted,
+    CollectionList,
     Deleted,
     DetectResponse,
     FaceAdded,
+    FaceDeleted,
+    FaceList,
     Health,
     RecognizeResponse,
     RegisterResponse,
@@ -45,6 +51,7 @@ class Call(Generic[T]):
     params: dict[str, Any] = field(default_factory=dict)
     data: dict[str, str] = field(default_factory=dict)
     files: dict[str, tuple[str, bytes, str]] = field(default_factory=dict)
+    json: dict[str, Any] | None = None
 
 
 def _model(kind: type[M]) -> Callable[[httpx.Response], M]:
@@ -52,8 +59,19 @@ def _model(kind: type[M]) -> Callable[[httpx.Response], M]:
 
 
 def _given(**params: Any) -> dict[str, Any]:
-    """Only the parameters the caller set: the server's defaults apply to the others."""
-    return {name: value for name, value in params.items() if value is not None}
+    """Only the parameters the caller set: the server's defaults apply to the others. A flag is set
+    only when true, so a call without it is the request an older server knows."""
+    return {name: value for name, value in params.items() if value is not None and value is not False}
+
+
+def _in(collection: str | None) -> dict[str, Any]:
+    """The `collection` query parameter; without one the server uses the collection `default`."""
+    return _given(collection=collection)
+
+
+def _segment(name: str) -> str:
+    # A name with "/" or "?" must stay one path segment (the server then refuses it as unknown).
+    return quote(name, safe="")
 
 
 def health() -> Call[Health]:
@@ -61,9 +79,32 @@ def health() -> Call[Health]:
     return Call("GET", "/health", _model(Health), idempotent=True)
 
 
-def stats() -> Call[Stats]:
-    """How many people and faces the gallery holds."""
-    return Call("GET", "/stats", _model(Stats), idempotent=True)
+def stats(*, collection: str | None = None) -> Call[Stats]:
+    """How many people and faces the collection holds."""
+    return Call("GET", "/stats", _model(Stats), idempotent=True, params=_in(collection))
+
+
+def collections() -> Call[CollectionList]:
+    """Every collection (those the key is bound to), by name, with its numbers of people and faces."""
+    return Call("GET", "/collections", _model(CollectionList), idempotent=True)
+
+
+def create_collection(name: str) -> Call[Collection]:
+    """A new, empty collection; `ConflictError` when the name is taken, `UnprocessableError` when it
+    breaks the naming rule (1 to 64 of A-Z a-z 0-9 _ . -, starting with a letter or digit)."""
+    return Call(
+        "POST",
+        "/collections",
+        _model(Collection),
+        idempotent=False,  # sent twice, the second would answer 409
+        json={"name": name},
+    )
+
+
+def delete_collection(name: str) -> Call[CollectionDeleted]:
+    """Delete a collection with everything in it; `ConflictError` for `default`."""
+    # Idempotent in effect, as delete_user.
+    return Call("DELETE", f"/collections/{_segment(name)}", _model(CollectionDeleted), idempotent=True)
 
 
 class DetectionOptions(TypedDict, total=False):
@@ -114,37 +155,52 @@ def detect_annotated(
     )
 
 
-def register(name: str, image: ImageInput) -> Call[RegisterResponse]:
-    """A new person from a photo holding exactly one face."""
+def register(
+    name: str, image: ImageInput, *, collection: str | None = None, allow_duplicate: bool = False
+) -> Call[RegisterResponse]:
+    """A new person from a photo holding exactly one face. `ConflictError` when the name is taken, or
+    when the face already belongs to someone in the collection (unless `allow_duplicate`)."""
     return Call(
         "POST",
         "/register",
         _model(RegisterResponse),
         idempotent=False,  # sent twice, the second would answer 409
+        params=_given(collection=collection, allow_duplicate=allow_duplicate),
         data={"name": name},
         files={"image": upload(image)},
     )
 
 
-def add_face(user_id: int, image: ImageInput) -> Call[FaceAdded]:
-    """Another photo of a registered person; recognition uses all of their photos."""
+def add_face(
+    user_id: int, image: ImageInput, *, collection: str | None = None, force: bool = False
+) -> Call[FaceAdded]:
+    """Another photo of a registered person; recognition uses all of their photos.
+    `UnprocessableError` when it is not the same person as their stored photos, unless `force`."""
     return Call(
         "POST",
         f"/users/{user_id}/faces",
         _model(FaceAdded),
         idempotent=False,  # sent twice, the photo would be stored twice
+        params=_given(collection=collection, force=force),
         files={"image": upload(image)},
     )
 
 
-def recognize(image: ImageInput, *, threshold: float | None = None) -> Call[RecognizeResponse]:
-    """Every face against the gallery, largest first; the top-level fields describe the largest face."""
+def recognize(
+    image: ImageInput,
+    *,
+    threshold: float | None = None,
+    collection: str | None = None,
+    top_k: int | None = None,
+) -> Call[RecognizeResponse]:
+    """Every face against the collection, largest first; the top-level fields describe the largest
+    face. `top_k` (1 to 20): each face's `candidates`, the nearest distinct people, nearest first."""
     return Call(
         "POST",
         "/recognize",
         _model(RecognizeResponse),
         idempotent=True,
-        params=_given(threshold=threshold),
+        params=_given(threshold=threshold, collection=collection, top_k=top_k),
         files={"image": upload(image)},
     )
 
@@ -161,21 +217,55 @@ def verify(image1: ImageInput, image2: ImageInput, *, threshold: float | None = 
     )
 
 
-def users(*, offset: int | None = None, limit: int | None = None) -> Call[UserList]:
-    """One page of registered people by id (`total` says how many there are in all)."""
-    return Call("GET", "/users", _model(UserList), idempotent=True, params=_given(offset=offset, limit=limit))
+def users(
+    *, offset: int | None = None, limit: int | None = None, collection: str | None = None
+) -> Call[UserList]:
+    """One page of the collection's people by id (`total` says how many there are in all)."""
+    params = _given(offset=offset, limit=limit, collection=collection)
+    return Call("GET", "/users", _model(UserList), idempotent=True, params=params)
 
 
-def user(user_id: int) -> Call[User]:
+def user(user_id: int, *, collection: str | None = None) -> Call[User]:
     """One person with their number of photos; `NotFoundError` for an unknown id."""
-    return Call("GET", f"/users/{user_id}", _model(User), idempotent=True)
+    return Call("GET", f"/users/{user_id}", _model(User), idempotent=True, params=_in(collection))
 
 
-def delete_user(user_id: int) -> Call[Deleted]:
+def rename_user(user_id: int, name: str, *, collection: str | None = None) -> Call[User]:
+    """Give a person another name; `ConflictError` when it is taken (or looks like a taken one)."""
+    # Idempotent: renaming twice to the same name leaves the same person.
+    return Call(
+        "PATCH",
+        f"/users/{user_id}",
+        _model(User),
+        idempotent=True,
+        params=_in(collection),
+        json={"name": name},
+    )
+
+
+def delete_user(user_id: int, *, collection: str | None = None) -> Call[Deleted]:
     """Delete a person and every face stored for them."""
     # Idempotent in effect (HTTP's DELETE): a retry after a lost answer may answer 404, but the
     # person is gone either way.
-    return Call("DELETE", f"/users/{user_id}", _model(Deleted), idempotent=True)
+    return Call("DELETE", f"/users/{user_id}", _model(Deleted), idempotent=True, params=_in(collection))
+
+
+def faces(user_id: int, *, collection: str | None = None) -> Call[FaceList]:
+    """A person's stored faces (id, when added, box size, model), in the order added."""
+    return Call("GET", f"/users/{user_id}/faces", _model(FaceList), idempotent=True, params=_in(collection))
+
+
+def delete_face(user_id: int, face_id: int, *, collection: str | None = None) -> Call[FaceDeleted]:
+    """Delete one stored face of a person; `ConflictError` for their last one (delete the person
+    instead), `NotFoundError` for a face that is not theirs."""
+    # Idempotent in effect, as delete_user.
+    return Call(
+        "DELETE",
+        f"/users/{user_id}/faces/{face_id}",
+        _model(FaceDeleted),
+        idempotent=True,
+        params=_in(collection),
+    )
 
 
 def liveness_ticket() -> Call[TicketResponse]:

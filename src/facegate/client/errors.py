@@ -28,15 +28,17 @@ class FaceGateError(Exception):
 
 
 class AuthError(FaceGateError):
-    """401: a missing or wrong API key; 403: the key's scope does not cover the endpoint."""
+    """401: a missing or wrong API key; 403: the key's scope does not cover the endpoint, or the key is
+    not bound to the collection."""
 
 
 class NotFoundError(FaceGateError):
-    """404: no such user."""
+    """404: no such user, face or collection."""
 
 
 class ConflictError(FaceGateError):
-    """409: a person with this name is already registered."""
+    """409: the name is taken (a person's, a collection's), the face already belongs to someone else,
+    or the face is a person's last one; the collection `default` cannot be deleted."""
 
 
 class BadImageError(FaceGateError):
@@ -44,7 +46,8 @@ class BadImageError(FaceGateError):
 
 
 class UnprocessableError(FaceGateError):
-    """422: no face (or not exactly one), or a parameter or name out of range."""
+    """422: no face (or not exactly one), a photo that is not the same person as the one it is added
+    to, or a parameter or name out of range."""
 
 
 class RetryableError(FaceGateError):
