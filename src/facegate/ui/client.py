@@ -8,6 +8,7 @@ nginx's `/api/`).
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 from collections.abc import Callable
@@ -48,6 +49,10 @@ class Upload:
     name: str
     data: bytes
 
+    def digest(self) -> str:
+        """What tells this photo from another one with the same name."""
+        return hashlib.sha256(self.data).hexdigest()
+
     def file(self) -> io.BytesIO:
         """A file object with this name, which the client sends as the upload's file name."""
         named = io.BytesIO(self.data)
@@ -76,32 +81,57 @@ class ApiClient:
     def health(self) -> dict[str, Any]:
         return _call(self._client.health)
 
-    def stats(self) -> dict[str, Any]:
-        return _call(self._client.stats)
+    def stats(self, collection: str) -> dict[str, Any]:
+        return _call(self._client.stats, collection=collection)
+
+    def collections(self) -> list[dict[str, Any]]:
+        return _call(self._client.collections)["collections"]
+
+    def create_collection(self, name: str) -> dict[str, Any]:
+        return _call(self._client.create_collection, name)
 
     def detect(self, image: Upload, params: DetectionParams) -> dict[str, Any]:
         return _call(self._client.detect, image.file(), **asdict(params))
 
-    def register(self, name: str, image: Upload) -> dict[str, Any]:
-        return _call(self._client.register, name, image.file())
+    def register(
+        self, name: str, image: Upload, collection: str, *, allow_duplicate: bool = False
+    ) -> dict[str, Any]:
+        return _call(
+            self._client.register, name, image.file(), collection=collection, allow_duplicate=allow_duplicate
+        )
 
-    def recognize(self, image: Upload, threshold: float | None = None) -> dict[str, Any]:
-        return _call(self._client.recognize, image.file(), threshold=threshold)
+    def recognize(
+        self, image: Upload, collection: str, threshold: float | None = None, top_k: int | None = None
+    ) -> dict[str, Any]:
+        return _call(
+            self._client.recognize, image.file(), threshold=threshold, collection=collection, top_k=top_k
+        )
 
-    def users(self) -> list[dict[str, Any]]:
-        """Every registered person, following the API's pages."""
+    def users(self, collection: str) -> list[dict[str, Any]]:
+        """Every person of the collection, following the API's pages."""
         users: list[dict[str, Any]] = []
         while True:
-            page = _call(self._client.users, offset=len(users), limit=_USERS_PAGE)
+            page = _call(self._client.users, offset=len(users), limit=_USERS_PAGE, collection=collection)
             users += page["users"]
             if not page["users"] or len(users) >= page["total"]:
                 return users
 
-    def add_face(self, user_id: int, image: Upload) -> dict[str, Any]:
-        return _call(self._client.add_face, user_id, image.file())
+    def add_face(
+        self, user_id: int, image: Upload, collection: str, *, force: bool = False
+    ) -> dict[str, Any]:
+        return _call(self._client.add_face, user_id, image.file(), collection=collection, force=force)
 
-    def delete_user(self, user_id: int) -> dict[str, Any]:
-        return _call(self._client.delete_user, user_id)
+    def faces(self, user_id: int, collection: str) -> list[dict[str, Any]]:
+        return _call(self._client.faces, user_id, collection=collection)["faces"]
+
+    def delete_face(self, user_id: int, face_id: int, collection: str) -> dict[str, Any]:
+        return _call(self._client.delete_face, user_id, face_id, collection=collection)
+
+    def rename_user(self, user_id: int, name: str, collection: str) -> dict[str, Any]:
+        return _call(self._client.rename_user, user_id, name, collection=collection)
+
+    def delete_user(self, user_id: int, collection: str) -> dict[str, Any]:
+        return _call(self._client.delete_user, user_id, collection=collection)
 
     def liveness_ticket(self) -> dict[str, Any]:
         """A short-lived ticket for `WS /ws/liveness`: what the browser gets instead of this key."""

@@ -31,12 +31,19 @@ REFUSED_PHOTO = 422
 PREVIEW_WIDTH = 480  # a refused photo is shown small, under its message
 _FLASH = "facegate-flash"
 _GENERATION = "facegate-generation-"
+COLLECTION = "collection"  # the sidebar's selector (app.py)
+DEFAULT_COLLECTION = "default"  # the API's collection for calls that name none
 
 
 @st.cache_resource
 def api() -> ApiClient:
     """One client per UI process: httpx's connection pool is thread-safe and shared by all sessions."""
     return ApiClient.from_settings(get_settings())
+
+
+def collection() -> str:
+    """The collection chosen in the sidebar: every gallery, recognition and liveness call uses it."""
+    return str(st.session_state.get(COLLECTION) or DEFAULT_COLLECTION)
 
 
 def samples_dir() -> Path:
@@ -161,11 +168,16 @@ def show_faces(
     st.image(drawn, caption=image.name, output_format="JPEG", width=width)
 
 
-def recognise(image: Upload, threshold: float | None = None) -> None:
-    """Who is in `image`, as the Recognise and Camera pages show it: a summary, the photo with each
-    face numbered (registered people in green, strangers in orange) and a table row per number."""
+def recognise(image: Upload, threshold: float | None = None, top_k: int | None = None) -> None:
+    """Who is in `image` among the chosen collection's people, as the Recognise and Camera pages show
+    it: a summary, the photo with each face numbered (registered people in green, strangers in
+    orange) and a table row per number; with `top_k` over 1, each face's nearest people too."""
+    where = collection()
     result = call(
-        "Recognising…", lambda: api().recognize(image, threshold), failure="Recognition failed", photo=image
+        "Recognising…",
+        lambda: api().recognize(image, where, threshold, top_k),
+        failure="Recognition failed",
+        photo=image,
     )
     if result is None:
         return
@@ -181,7 +193,16 @@ def recognise(image: Upload, threshold: float | None = None) -> None:
         [_face_label(face) for face in faces],
         [KNOWN_COLOUR if face["matched_user"] else UNKNOWN_COLOUR for face in faces],
     )
-    st.dataframe([_face_row(n, face) for n, face in enumerate(faces, start=1)], hide_index=True)
+    rows = [_face_row(n, face) for n, face in enumerate(faces, start=1)]
+    if top_k is not None and top_k > 1:
+        for row, face in zip(rows, faces, strict=True):
+            row["candidates"] = candidates_text(face["candidates"])
+    st.dataframe(rows, hide_index=True)
+
+
+def candidates_text(candidates: Sequence[Mapping[str, Any]]) -> str:
+    """A face's nearest people, nearest first: `Barack Obama (id 3) 0.041 · Joe Biden (id 4) 0.092`."""
+    return " · ".join(f"{c['user']['name']} (id {c['user']['id']}) {c['distance']:.3f}" for c in candidates)
 
 
 def threshold_sentence(result: dict[str, Any]) -> str:

@@ -1,4 +1,5 @@
-"""Gallery page: register people, list them, add photos of them, delete them.
+"""Gallery page: the chosen collection's people: register, list, rename and delete them, add photos
+of them, list and delete their photos one by one.
 
 Every input that leads to a change is bound to what it was chosen for: the photo in "Another photo
 of A" lives in an uploader keyed by A's id (choosing B shows B's own, empty uploader), and inputs are
@@ -8,17 +9,22 @@ same photo twice, and a refused name or photo stays to be corrected instead of e
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import streamlit as st
 
-from facegate.ui.client import Upload
-from facegate.ui.widgets import IMAGE_TYPES, api, call, change, counted, fresh_key, show_flash
+from facegate.ui.client import ApiError, Upload
+from facegate.ui.widgets import IMAGE_TYPES, api, call, change, collection, counted, fresh_key, show_flash
 
-# The API's 409 says the name is taken; say what to do about it.
+# The API's 409 says the name is taken, or names the person the face already belongs to; say what
+# to do about it.
 _DUPLICATE_HINT = {409: "Pick another name, or add the photo to that person below"}
 REGISTER = "register"
 ADD_PHOTO = "add-photo"
+# The API refused a photo for what is in it: someone else than the person it is added to (or not
+# one face, which forcing cannot change).
+REFUSED_PHOTO = 422
 
 
 def missing_input(name: str, has_photo: bool) -> str:
@@ -28,7 +34,7 @@ def missing_input(name: str, has_photo: bool) -> str:
     return "" if has_photo else "Choose a photo."
 
 
-def register_form() -> None:
+def register_form(where: str) -> None:
     with st.form(REGISTER):
         st.subheader("Register a person")
         name = st.text_input("Name", max_chars=200, key=fresh_key(REGISTER) + "-name").strip()
@@ -43,7 +49,7 @@ def register_form() -> None:
     upload = Upload(photo.name, photo.getvalue())
     change(
         f"Registering {name}…",
-        lambda: api().register(name, upload),
+        lambda: api().register(name, upload, where),
         lambda answer: f"Registered {answer['name']} (id {answer['user_id']}).",
         clears=REGISTER,
         failure=f"Could not register {name}",
@@ -56,16 +62,39 @@ def user_label(user: dict[str, Any]) -> str:
     return f"{user['name']} (id {user['id']})"
 
 
-def add_photo(user: dict[str, Any]) -> None:
+def add_photo(user: dict[str, Any], where: str) -> None:
+    """An uploader and Add photo; after the API refused the chosen photo as someone else's, a box to
+    add it anyway (a much older photo): offered for that photo only, never by default."""
     # Keyed by id: a photo chosen for one person is never offered to another one.
     key = f"{fresh_key(ADD_PHOTO)}-{user['id']}"
     photo = st.file_uploader(f"Another photo of {user['name']}", type=IMAGE_TYPES, key=key)
-    if not st.button("Add photo", disabled=photo is None, key=f"{key}-button") or photo is None:
-        return
-    upload = Upload(photo.name, photo.getvalue())
+    upload = None if photo is None else Upload(photo.name, photo.getvalue())
+    if st.button("Add photo", disabled=upload is None, key=f"{key}-button") and upload is not None:
+        send_photo(user, upload, where, key)
+    # Below the button, so that it shows under the refusal in the run that refused.
+    if upload is not None and refused(key, upload):
+        st.checkbox(f"Add anyway: it is {user['name']} (a much older photo, say)", key=f"{key}-force")
+
+
+def refused(key: str, upload: Upload) -> bool:
+    """Whether the API refused this very photo for the uploader `key`."""
+    return bool(st.session_state.get(f"{key}-refused") == upload.digest())
+
+
+def send_photo(user: dict[str, Any], upload: Upload, where: str, key: str) -> None:
+    force = refused(key, upload) and bool(st.session_state.get(f"{key}-force"))
+
+    def send() -> dict[str, Any]:
+        try:
+            return api().add_face(user["id"], upload, where, force=force)
+        except ApiError as exc:
+            if exc.status == REFUSED_PHOTO:
+                st.session_state[f"{key}-refused"] = upload.digest()
+            raise
+
     change(
         "Adding the photo…",
-        lambda: api().add_face(user["id"], upload),
+        send,
         lambda answer: f"{user['name']} now has {counted(answer['face_count'], 'photo')}.",
         clears=ADD_PHOTO,
         failure=f"Could not add the photo of {user['name']}",
@@ -73,13 +102,60 @@ def add_photo(user: dict[str, Any]) -> None:
     )
 
 
-def delete_user(user: dict[str, Any]) -> None:
+def added_at(face: dict[str, Any]) -> str:
+    return datetime.fromisoformat(face["created_at"]).strftime("%Y-%m-%d %H:%M %Z").strip()
+
+
+def delete_photo(user: dict[str, Any], face: dict[str, Any], where: str) -> None:
+    change(
+        "Deleting the photo…",
+        lambda: api().delete_face(user["id"], face["id"], where),
+        lambda answer: (
+            f"Deleted photo {face['id']} of {user['name']}; {counted(answer['face_count'], 'photo')} left."
+        ),
+        failure=f"Could not delete photo {face['id']}",
+    )
+
+
+def photo_list(user: dict[str, Any], where: str) -> None:
+    """The person's stored photos (the faces kept of them), each with its delete button."""
+    faces = call(
+        "Loading the photos…",
+        lambda: api().faces(user["id"], where),
+        failure=f"Could not list the photos of {user['name']}",
+    )
+    if faces is None:
+        return
+    st.markdown(f"**{counted(len(faces), 'stored photo')} of {user['name']}**")
+    for face in faces:
+        number, added, size, button = st.columns([1, 2, 2, 2], vertical_alignment="center")
+        number.text(f"Photo {face['id']}")
+        added.text(added_at(face))
+        size.text(f"face {face['box_width']:.0f} × {face['box_height']:.0f} px")
+        if button.button("Delete photo", icon=":material/delete:", key=f"delete-face-{face['id']}"):
+            delete_photo(user, face, where)
+
+
+def rename(user: dict[str, Any], where: str) -> None:
+    # Keyed by id, as the other inputs: a name typed for one person is never given to another one.
+    key = f"rename-{user['id']}"
+    name = st.text_input("New name", value=user["name"], max_chars=200, key=key).strip()
+    if st.button("Rename", disabled=not name or name == user["name"], key=f"{key}-button"):
+        change(
+            f"Renaming {user['name']}…",
+            lambda: api().rename_user(user["id"], name, where),
+            lambda answer: f"Renamed {user['name']} to {answer['name']}.",
+            failure=f"Could not rename {user['name']}",
+        )
+
+
+def delete_user(user: dict[str, Any], where: str) -> None:
     # Keyed by id: a confirmation given for one person must not carry over to the next one listed.
     sure = st.checkbox(f"Yes, delete {user['name']} and all their photos", key=f"confirm-delete-{user['id']}")
     if st.button("Delete", type="primary", disabled=not sure, key=f"delete-{user['id']}"):
         change(
             "Deleting…",
-            lambda: api().delete_user(user["id"]),
+            lambda: api().delete_user(user["id"], where),
             lambda _: f"Deleted {user['name']}.",
             failure="Could not delete",
         )
@@ -92,8 +168,9 @@ def user_table(users: list[dict[str, Any]]) -> None:
         st.dataframe(rows, hide_index=True)
 
 
-def manage(users: list[dict[str, Any]]) -> None:
-    """Add a photo to, or delete, the person chosen; nobody is chosen until the user picks one."""
+def manage(users: list[dict[str, Any]], where: str) -> None:
+    """Add a photo to, rename, or delete the person chosen, or one of their photos; nobody is chosen
+    until the user picks one."""
     st.subheader("Manage a person")
     by_id = {user["id"]: user for user in users}
     # The options are ids, not the users' records: a record changes with its photo count, an id
@@ -112,16 +189,20 @@ def manage(users: list[dict[str, Any]]) -> None:
         return
     add_column, delete_column = st.columns(2)
     with add_column:
-        add_photo(by_id[chosen])
+        add_photo(by_id[chosen], where)
     with delete_column:
-        delete_user(by_id[chosen])
+        rename(by_id[chosen], where)
+        delete_user(by_id[chosen], where)
+    photo_list(by_id[chosen], where)
 
 
 st.title("Gallery")
+where = collection()
+st.caption(f"Collection {where} (choose another in the sidebar)")
 show_flash()
-users = call("Loading the gallery…", lambda: api().users(), failure="Could not load the gallery")
+users = call("Loading the gallery…", lambda: api().users(where), failure="Could not load the gallery")
 if users is not None:
     user_table(users)
-register_form()
+register_form(where)
 if users:
-    manage(users)
+    manage(users, where)

@@ -15,7 +15,7 @@ from pathlib import Path
 import streamlit as st
 
 from facegate.config import get_settings
-from facegate.ui.widgets import api, call
+from facegate.ui.widgets import api, call, collection
 
 COMPONENT = Path(__file__).parents[1] / "liveness.html"
 # Streamlit serves its frontend's files under `static/` beside the pages; the file names carry a hash
@@ -32,10 +32,18 @@ def page_font() -> str:
     return f"static/media/{fonts[0].name}" if fonts else ""
 
 
-def component(ticket: str, api_url: str) -> str:
+def component(ticket: str, api_url: str, collection: str) -> str:
     """The component's HTML with its settings: the API's address as the browser sees it, the ticket,
-    the UI's font."""
-    settings = json.dumps({"api": api_url, "ticket": ticket, "fps": FRAMES_PER_SECOND, "font": page_font()})
+    the collection whose people the verdict names, the UI's font."""
+    settings = json.dumps(
+        {
+            "api": api_url,
+            "ticket": ticket,
+            "collection": collection,
+            "fps": FRAMES_PER_SECOND,
+            "font": page_font(),
+        }
+    )
     # Inside a <script> element: an escaped "<" keeps any value from closing the element early.
     return COMPONENT.read_text().replace(CONFIG_SLOT, settings.replace("<", "\\u003c"))
 
@@ -54,7 +62,7 @@ if st.button("Start", type="primary", icon=":material/play_arrow:", key="livenes
     ticket = call("Opening a session…", api().liveness_ticket, failure="Cannot start a liveness session")
     if ticket is not None:
         st.iframe(
-            component(ticket["ticket"], get_settings().browser_api_url()),
+            component(ticket["ticket"], get_settings().browser_api_url(), collection()),
             height="content",
             alt="Liveness check",
         )

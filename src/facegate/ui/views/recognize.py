@@ -7,7 +7,7 @@ import math
 import streamlit as st
 
 from facegate.ui.client import ApiError
-from facegate.ui.widgets import api, image_input, recognise
+from facegate.ui.widgets import api, collection, image_input, recognise
 
 # Where the fixed-threshold slider starts when the API cannot say (it is down; the page shows that).
 FALLBACK_THRESHOLD = 0.06
@@ -17,12 +17,13 @@ FALLBACK_THRESHOLD = 0.06
 SLIDER_TOP = 0.2
 SLIDER_STEP = 0.001
 MAX_DISTANCE = 2.0  # the API's largest threshold: a cosine distance
+MAX_CANDIDATES = 20  # the API's largest top_k
 
 
 def current_threshold() -> float:
-    """The threshold the API uses now for this gallery, so a fixed one starts where the API is."""
+    """The threshold the API uses now for this collection, so a fixed one starts where the API is."""
     try:
-        return float(api().stats()["threshold"])
+        return float(api().stats(collection())["threshold"])
     except (ApiError, KeyError, TypeError, ValueError):
         return FALLBACK_THRESHOLD
 
@@ -52,8 +53,17 @@ if st.toggle(
         f"The service uses {default:.3f} for this gallery now; with the default model, 0.086 suits "
         "comparing two photos (/verify).",
     )
+top_k = st.number_input(
+    "Candidates per face",
+    1,
+    MAX_CANDIDATES,
+    1,
+    key="top-k",
+    help="Over 1: the table lists each face's nearest people in the collection, nearest first, with "
+    "their distances, for a person to review. Only the green label is a match.",
+)
 image = image_input("recognize")
 if image is None:
-    st.info("Upload a photo to recognise the people in it.")
+    st.info(f"Upload a photo to recognise the people of the collection {collection()} in it.")
 else:
-    recognise(image, threshold)
+    recognise(image, threshold, int(top_k))
