@@ -193,7 +193,7 @@ def person_label(person: dict[str, Any]) -> str:
 
 
 def register(page: Page, name: str, photo: Path) -> None:
-    page.get_by_label("Name").fill(name)
+    page.get_by_label("Name", exact=True).fill(name)
     upload(page, "Photo with exactly one face", photo)
     page.get_by_role("button", name="Register").click()
 
@@ -289,7 +289,7 @@ def test_gallery_photo_stays_with_the_person_it_was_chosen_for(
 
     page.get_by_text(f"Yes, delete {kit['name']} and all their photos").click()
     wait_idle(page)
-    page.get_by_role("button", name="Delete").click()
+    page.get_by_role("button", name="Delete", exact=True).click()
     wait_for_text(page, f"Deleted {kit['name']}.")
     # The choice goes back to nobody instead of jumping to Rose with a photo still chosen.
     expect(page.get_by_text("Choose a person to add a photo of them or to delete them.")).to_be_visible()
@@ -297,6 +297,45 @@ def test_gallery_photo_stays_with_the_person_it_was_chosen_for(
     assert api_faces(http, rose) == 1
     screenshot(page, "gallery-deleted")
     http.delete(f"/api/users/{rose['id']}", headers=KEY)
+
+
+def api_add_face(http: httpx.Client, person: dict[str, Any], photo: Path) -> None:
+    response = http.post(
+        f"/api/users/{person['id']}/faces", headers=KEY, files={"image": (photo.name, photo.read_bytes())}
+    )
+    assert response.status_code == 201, response.text
+
+
+def api_face_ids(http: httpx.Client, person: dict[str, Any]) -> list[int]:
+    response = http.get(f"/api/users/{person['id']}/faces", headers=KEY)
+    assert response.status_code == 200, response.text
+    return [face["id"] for face in response.json()["faces"]]
+
+
+def test_gallery_deletes_single_photos_but_not_the_last(stack: Stack, page: Page, http: httpx.Client) -> None:
+    """A wrong photo removed from a person, in the browser; their last photo is refused with the
+    API's message (the person is deleted instead)."""
+    person = api_register(http, f"Barack Obama {uuid.uuid4().hex[:4]}", OBAMA / "fr_obama1.jpg")
+    api_add_face(http, person, OBAMA / "fr_obama2.jpg")
+    first, second = api_face_ids(http, person)
+    open_page(page, stack.gateway + "/gallery")
+    choose_person(page, person_label(person))
+    expect(page.get_by_text(f"2 stored photos of {person['name']}")).to_be_visible()
+    expect(page.get_by_text(f"Photo {first}", exact=True)).to_be_visible()
+    screenshot(page, "gallery-photos")
+
+    # Each photo's button is keyed by its id (Streamlit puts the key in a class of its element).
+    page.locator(f".st-key-delete-face-{first} button").click()
+    wait_for_text(page, f"Deleted photo {first} of {person['name']}; 1 photo left.")
+    expect(page.get_by_text(f"Photo {first}", exact=True)).to_have_count(0)
+    assert api_face_ids(http, person) == [second]
+
+    page.locator(f".st-key-delete-face-{second} button").click()
+    wait_for_text(page, re.compile(rf"Could not delete photo {second}: .*delete the user"))
+    assert api_face_ids(http, person) == [second]
+    expect(page.get_by_test_id("stException")).to_have_count(0)
+    screenshot(page, "gallery-last-photo-refused")
+    http.delete(f"/api/users/{person['id']}", headers=KEY)
 
 
 def test_camera_shows_what_the_recognise_page_shows(stack: Stack, page: Page, http: httpx.Client) -> None:

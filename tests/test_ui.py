@@ -16,6 +16,7 @@ import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from facegate.api.tickets import LIVENESS_GRANT, TicketSigner
+from facegate.client import FaceGateClient
 from facegate.config import Settings, get_settings
 from facegate.ui.client import ApiClient, ApiError, Upload, error_message
 from tests.data import FACES
@@ -26,6 +27,7 @@ TWO_PEOPLE = FACES / "groups" / "fr_two_people.jpg"  # Obama (left, smaller) and
 OBAMA = FACES / "portraits" / "Barack_Obama"
 BIDEN = FACES / "portraits" / "Joe_Biden"
 NO_FACE = FACES / "noface" / "skimage_coffee.png"
+DEFAULT = "default"
 # AppTest runs the page in this process; detection of a large photo on a busy CPU takes seconds.
 RUN_TIMEOUT = 120
 W = TypeVar("W")
@@ -82,14 +84,18 @@ def unique(name: str) -> str:
     return f"{name} {uuid.uuid4().hex[:6]}"
 
 
+def photo_of(path: Path) -> Upload:
+    return Upload(path.name, path.read_bytes())
+
+
 @contextmanager
-def registered(api: ApiClient, photo: Path, name: str) -> Iterator[str]:
+def registered(api: ApiClient, photo: Path, name: str, collection: str = DEFAULT) -> Iterator[str]:
     """`name` registered with `photo` through the API for the duration of the block."""
-    user = api.register(name, Upload(photo.name, photo.read_bytes()))
+    user = api.register(name, photo_of(photo), collection)
     try:
         yield name
     finally:
-        api.delete_user(user["user_id"])
+        api.delete_user(user["user_id"], collection)
 
 
 def labelled(widgets: Iterable[W], label: str) -> W:
@@ -106,12 +112,12 @@ def choose(app: AppTest, label: str, photo: Path | None) -> None:
 def register_in_ui(app: AppTest, name: str, photo: Path | None) -> AppTest:
     labelled(app.text_input, "Name").input(name)
     choose(app, "Photo with exactly one face", photo)
-    app.button[0].click()  # the form's only button: Register
+    labelled(app.button, "Register").click()
     return app.run()
 
 
-def faces_of(api: ApiClient, user_id: int) -> int:
-    return next(user["face_count"] for user in api.users() if user["id"] == user_id)
+def faces_of(api: ApiClient, user_id: int, collection: str = DEFAULT) -> int:
+    return next(user["face_count"] for user in api.users(collection) if user["id"] == user_id)
 
 
 # --- Detect --------------------------------------------------------------------------------------
@@ -207,7 +213,7 @@ def test_gallery_photo_chosen_for_one_person_is_not_added_to_another(
         registered(api, OBAMA / "fr_obama1.jpg", unique("Barack Obama")) as obama,
         registered(api, BIDEN / "fr_biden.jpg", unique("Joe Biden")) as joe,
     ):
-        ids = {user["name"]: user["id"] for user in api.users()}
+        ids = {user["name"]: user["id"] for user in api.users(DEFAULT)}
         app = start_ui(api_url, page="gallery")
         app.selectbox(key="manage-user").select(ids[obama]).run()
         choose(app, f"Another photo of {obama}", OBAMA / "fr_obama2.jpg")
@@ -226,7 +232,7 @@ def test_gallery_add_photo_empties_the_uploader_after_success(
 ) -> None:
     """A second click after a successful add has no photo to send: no duplicate."""
     with registered(api, OBAMA / "fr_obama1.jpg", unique("Barack Obama")) as name:
-        [user_id] = [user["id"] for user in api.users() if user["name"] == name]
+        [user_id] = [user["id"] for user in api.users(DEFAULT) if user["name"] == name]
         app = start_ui(api_url, page="gallery")
         app.selectbox(key="manage-user").select(user_id).run()
         choose(app, f"Another photo of {name}", OBAMA / "fr_obama2.jpg")
@@ -252,11 +258,11 @@ def test_gallery_refused_photo_keeps_the_form_and_shows_the_photo(
     # Name and photo are kept: a second photo is the only correction needed.
     assert labelled(app.text_input, "Name").value == name
     choose(app, "Photo with exactly one face", OBAMA / "fr_obama1.jpg")
-    app.button[0].click().run()
+    labelled(app.button, "Register").click().run()
     assert any(s.startswith(f"Registered {name} (id ") for s in texts(app.success))
     assert not app.image  # the refusal is over
-    [user_id] = [user["id"] for user in api.users() if user["name"] == name]
-    api.delete_user(user_id)
+    [user_id] = [user["id"] for user in api.users(DEFAULT) if user["name"] == name]
+    api.delete_user(user_id, DEFAULT)
 
 
 @pytest.mark.parametrize(
@@ -301,6 +307,140 @@ def test_gallery_explains_a_duplicate_name(
     assert "already registered" in error and "Pick another name" in error
 
 
+# --- Collections and single photos ---------------------------------------------------------------
+
+
+@pytest.fixture
+def site(api_url: str) -> Iterator[str]:
+    """A new, empty collection for the test, deleted with its people after it."""
+    name = f"site-{uuid.uuid4().hex[:8]}"
+    with FaceGateClient(api_url, TOKEN) as client:
+        client.create_collection(name)
+        yield name
+        client.delete_collection(name)
+
+
+def in_collection(app: AppTest, name: str) -> AppTest:
+    """The sidebar's collection chosen, as a user does."""
+    app.selectbox(key="collection").select(name).run()
+    assert not app.exception, app.exception
+    return app
+
+
+def manage_person(app: AppTest, api: ApiClient, name: str, collection: str) -> int:
+    [user_id] = [user["id"] for user in api.users(collection) if user["name"] == name]
+    app.selectbox(key="manage-user").select(user_id).run()
+    return user_id
+
+
+def test_collection_selector_lists_creates_and_is_used_by_the_gallery(
+    start_ui: Callable[..., AppTest], api_url: str, api: ApiClient, site: str
+) -> None:
+    app = start_ui(api_url, page="gallery")
+    selector = app.selectbox(key="collection")
+    assert selector.value == DEFAULT and {DEFAULT, site} <= set(selector.options)
+
+    created = f"site-{uuid.uuid4().hex[:8]}"
+    labelled(app.text_input, "Collection to create").input(created)
+    labelled(app.button, "Create").click().run()
+    try:
+        assert not app.exception and not app.error
+        assert app.selectbox(key="collection").value == created  # chosen at once
+        assert f"Collection {created} (choose another in the sidebar)" in texts(app.caption)
+        name = unique("Barack Obama")
+        register_in_ui(app, name, OBAMA / "fr_obama1.jpg")
+        assert any(s.startswith(f"Registered {name} (id ") for s in texts(app.success))
+        assert [user["name"] for user in api.users(created)] == [name]
+        assert name not in [user["name"] for user in api.users(DEFAULT)]
+
+        in_collection(app, site)  # another collection: its own (empty) gallery
+        assert "0 registered people" in texts(app.subheader)
+        labelled(app.text_input, "Collection to create").input(created)
+        labelled(app.button, "Create").click().run()
+        assert any(e.startswith("Cannot create it: ") and created in e for e in texts(app.error))
+        assert app.selectbox(key="collection").value == site
+    finally:
+        with FaceGateClient(api_url, TOKEN) as client:
+            client.delete_collection(created)
+
+
+def test_gallery_lists_and_deletes_single_photos(
+    start_ui: Callable[..., AppTest], api_url: str, api: ApiClient, site: str
+) -> None:
+    name = unique("Barack Obama")
+    user_id = api.register(name, photo_of(OBAMA / "fr_obama1.jpg"), site)["user_id"]
+    api.add_face(user_id, photo_of(OBAMA / "fr_obama2.jpg"), site)
+    first, second = (face["id"] for face in api.faces(user_id, site))
+    app = in_collection(start_ui(api_url, page="gallery"), site)
+    manage_person(app, api, name, site)
+    assert f"2 stored photos of {name}" in texts(app.markdown)
+    assert {f"Photo {first}", f"Photo {second}"} <= set(texts(app.text))
+    assert any(re.fullmatch(r"face \d+ × \d+ px", text) for text in texts(app.text))
+
+    app.button(key=f"delete-face-{first}").click().run()
+    assert f"Deleted photo {first} of {name}; 1 photo left." in texts(app.success)
+    assert [face["id"] for face in api.faces(user_id, site)] == [second]
+    assert f"Photo {first}" not in texts(app.text)
+
+    app.button(key=f"delete-face-{second}").click().run()  # the last one: refused
+    [error] = texts(app.error)
+    assert error.startswith(f"Could not delete photo {second}: ") and "delete the user" in error
+    assert [face["id"] for face in api.faces(user_id, site)] == [second]
+
+
+def test_gallery_photo_of_someone_else_is_refused_then_added_anyway(
+    start_ui: Callable[..., AppTest], api_url: str, api: ApiClient, site: str
+) -> None:
+    """The photo of Kit Harington added to Rose Leslie: refused with the API's message; added only
+    once the user ticks "Add anyway"."""
+    rose = unique("Rose Leslie")
+    with registered(api, FACES / "portraits" / "Rose_Leslie" / "fr_knn_train_img1.jpg", rose, site):
+        app = in_collection(start_ui(api_url, page="gallery"), site)
+        user_id = manage_person(app, api, rose, site)
+        anyway = f"Add anyway: it is {rose} (a much older photo, say)"
+        assert not [box for box in app.checkbox if box.label == anyway]  # never offered by default
+        choose(app, f"Another photo of {rose}", FACES / "portraits" / "Kit_Harington" / "fr_john1.jpeg")
+        app.run()
+        labelled(app.button, "Add photo").click().run()
+        [error] = texts(app.error)
+        assert error.startswith(f"Could not add the photo of {rose}: ")
+        assert faces_of(api, user_id, site) == 1  # nothing stored
+
+        labelled(app.checkbox, anyway).check().run()
+        labelled(app.button, "Add photo").click().run()
+        assert f"{rose} now has 2 photos." in texts(app.success)
+        assert faces_of(api, user_id, site) == 2
+        # The next photo starts without the override.
+        assert not [box for box in app.checkbox if box.label == anyway]
+
+
+def test_gallery_register_of_a_registered_face_names_its_owner(
+    start_ui: Callable[..., AppTest], api_url: str, api: ApiClient, site: str
+) -> None:
+    with registered(api, OBAMA / "fr_obama1.jpg", unique("Barack Obama"), site) as obama:
+        [owner] = [user["id"] for user in api.users(site)]
+        app = in_collection(start_ui(api_url, page="gallery"), site)
+        other = unique("Somebody Else")
+        register_in_ui(app, other, OBAMA / "fr_obama2.jpg")
+        [error] = texts(app.error)
+        assert error.startswith(f"Could not register {other}: ") and str(owner) in error
+        assert [user["name"] for user in api.users(site)] == [obama]
+
+
+def test_gallery_renames_a_person(
+    start_ui: Callable[..., AppTest], api_url: str, api: ApiClient, site: str
+) -> None:
+    with registered(api, BIDEN / "fr_biden.jpg", unique("Joe Bidden"), site) as name:
+        app = in_collection(start_ui(api_url, page="gallery"), site)
+        user_id = manage_person(app, api, name, site)
+        new_name = name.replace("Bidden", "Biden")
+        app.text_input(key=f"rename-{user_id}").input(new_name)
+        app.button(key=f"rename-{user_id}-button").click().run()
+        assert f"Renamed {name} to {new_name}." in texts(app.success)
+        assert app.dataframe[0].value["name"].tolist() == [new_name]
+        assert [user["name"] for user in api.users(site)] == [new_name]
+
+
 # --- Recognise -----------------------------------------------------------------------------------
 
 
@@ -319,13 +459,34 @@ def test_recognise_labels_every_face(start_ui: Callable[..., AppTest], api_url: 
     assert table["similarity"].tolist()[1] > 0.9
 
 
+def test_recognise_in_the_chosen_collection_with_candidates(
+    start_ui: Callable[..., AppTest], api_url: str, api: ApiClient, site: str
+) -> None:
+    with (
+        registered(api, OBAMA / "fr_obama1.jpg", unique("Barack Obama"), site) as obama,
+        registered(api, BIDEN / "fr_biden.jpg", unique("Joe Biden"), site) as biden,
+    ):
+        app = start_ui(api_url, page="recognize")
+        upload(app, TWO_PEOPLE, "recognize-upload")
+        assert "2 faces: 0 recognised" in texts(app.subheader)  # `default` knows neither
+        in_collection(app, site)
+        app.number_input(key="top-k").set_value(2).run()
+    assert not app.exception and not app.error
+    assert "2 faces: 2 recognised" in texts(app.subheader)
+    table = app.dataframe[0].value
+    assert table["person"].tolist() == [biden, obama]
+    biden_first, obama_first = table["candidates"].tolist()
+    assert biden_first.startswith(f"{biden} (id ") and f" · {obama} (id " in biden_first
+    assert obama_first.startswith(f"{obama} (id ") and f" · {biden} (id " in obama_first
+
+
 def test_recognise_threshold_zero_matches_nobody(
     start_ui: Callable[..., AppTest], api_url: str, api: ApiClient
 ) -> None:
     with registered(api, OBAMA / "fr_obama1.jpg", unique("Barack Obama")):
         app = start_ui(api_url, page="recognize")
         app.toggle(key="fixed-threshold").set_value(True).run()
-        assert app.slider[0].value == pytest.approx(api.stats()["threshold"])
+        assert app.slider[0].value == pytest.approx(api.stats(DEFAULT)["threshold"])
         app.slider[0].set_value(0.0)
         upload(app, OBAMA / "fr_obama3.jpg", "recognize-upload")
     assert "1 face: 0 recognised" in texts(app.subheader)
@@ -397,6 +558,7 @@ def test_liveness_page_offers_start_and_hands_the_browser_a_ticket_not_the_key(
     html = frame.proto.srcdoc
     config = json.loads(re.search(r'<script type="application/json" id="config">(.*?)</script>', html)[1])
     assert config["api"] == "/api"
+    assert config["collection"] == DEFAULT  # the sidebar's choice, for the socket's ?collection=
     assert re.fullmatch(r"static/media/SourceSans\S*\.woff2", config["font"])  # Streamlit's own font
     assert TOKEN not in html  # the UI's key stays on the server
     ticket = TicketSigner(TOKEN).verify(config["ticket"], LIVENESS_GRANT)  # the API's own ticket
@@ -447,6 +609,6 @@ def test_error_message_of_a_proxy_page() -> None:
 
 def test_client_raises_with_status(api: ApiClient) -> None:
     with pytest.raises(ApiError) as caught:
-        api.delete_user(2**62)
+        api.delete_user(2**62, DEFAULT)
     assert caught.value.status == 404
     assert "no user with id" in str(caught.value)
