@@ -249,7 +249,7 @@ def test_register_of_a_registered_face_names_its_owner(client: FaceGateClient, c
     obama = client.register("Barack Obama", OBAMA, collection=collection).user_id
     with pytest.raises(ConflictError) as caught:
         client.register("Somebody Else", OBAMA_2, collection=collection)
-    assert str(obama) in str(caught.value)
+    assert f"(user {obama})" in str(caught.value)  # the detail names the owner
     assert client.stats(collection=collection).total_users == 1
     twin = client.register("Somebody Else", OBAMA_2, collection=collection, allow_duplicate=True)
     assert twin.user_id != obama

@@ -373,7 +373,7 @@ def test_gallery_lists_and_deletes_single_photos(
     first, second = (face["id"] for face in api.faces(user_id, site))
     app = in_collection(start_ui(api_url, page="gallery"), site)
     manage_person(app, api, name, site)
-    assert f"2 stored photos of {name}" in texts(app.markdown)
+    assert f"**2 stored photos of {name}**" in texts(app.markdown)
     assert {f"Photo {first}", f"Photo {second}"} <= set(texts(app.text))
     assert any(re.fullmatch(r"face \d+ × \d+ px", text) for text in texts(app.text))
 
@@ -414,17 +414,25 @@ def test_gallery_photo_of_someone_else_is_refused_then_added_anyway(
         assert not [box for box in app.checkbox if box.label == anyway]
 
 
-def test_gallery_register_of_a_registered_face_names_its_owner(
+def test_gallery_register_of_a_registered_face_names_its_owner_then_registers_anyway(
     start_ui: Callable[..., AppTest], api_url: str, api: ApiClient, site: str
 ) -> None:
     with registered(api, OBAMA / "fr_obama1.jpg", unique("Barack Obama"), site) as obama:
         [owner] = [user["id"] for user in api.users(site)]
         app = in_collection(start_ui(api_url, page="gallery"), site)
+        anyway = "Register anyway: a different person who looks alike (a twin, say)"
+        assert not [box for box in app.checkbox if box.label == anyway]  # never offered by default
         other = unique("Somebody Else")
         register_in_ui(app, other, OBAMA / "fr_obama2.jpg")
         [error] = texts(app.error)
-        assert error.startswith(f"Could not register {other}: ") and str(owner) in error
+        assert error.startswith(f"Could not register {other}: ") and f"(user {owner})" in error
         assert [user["name"] for user in api.users(site)] == [obama]
+
+        labelled(app.checkbox, anyway).check()
+        labelled(app.button, "Register").click().run()  # the form keeps the name and the photo
+        assert any(s.startswith(f"Registered {other} (id ") for s in texts(app.success))
+        assert sorted(user["name"] for user in api.users(site)) == sorted([obama, other])
+        assert not [box for box in app.checkbox if box.label == anyway]
 
 
 def test_gallery_renames_a_person(
@@ -434,6 +442,8 @@ def test_gallery_renames_a_person(
         app = in_collection(start_ui(api_url, page="gallery"), site)
         user_id = manage_person(app, api, name, site)
         new_name = name.replace("Bidden", "Biden")
+        app.button(key=f"rename-{user_id}-button").click().run()
+        assert texts(app.warning) == [f"Type the new name of {name} first."]
         app.text_input(key=f"rename-{user_id}").input(new_name)
         app.button(key=f"rename-{user_id}-button").click().run()
         assert f"Renamed {name} to {new_name}." in texts(app.success)

@@ -9,8 +9,9 @@ same photo twice, and a refused name or photo stays to be corrected instead of e
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import streamlit as st
 
@@ -22,9 +23,13 @@ from facegate.ui.widgets import IMAGE_TYPES, api, call, change, collection, coun
 _DUPLICATE_HINT = {409: "Pick another name, or add the photo to that person below"}
 REGISTER = "register"
 ADD_PHOTO = "add-photo"
-# The API refused a photo for what is in it: someone else than the person it is added to (or not
-# one face, which forcing cannot change).
-REFUSED_PHOTO = 422
+# The refusals an override can lift: a photo that is not the person it is added to (422; also a
+# photo without exactly one face, which forcing cannot change), a face already someone's (409; also
+# a name taken, which allow_duplicate cannot change).
+NOT_THE_PERSON = 422
+DUPLICATE = 409
+T = TypeVar("T")
+REGISTER_ANYWAY = "Register anyway: a different person who looks alike (a twin, say)"
 
 
 def missing_input(name: str, has_photo: bool) -> str:
@@ -35,27 +40,62 @@ def missing_input(name: str, has_photo: bool) -> str:
 
 
 def register_form(where: str) -> None:
-    with st.form(REGISTER):
+    """The register form; after the API refused its photo as someone's already, a box to register
+    it anyway (a twin): offered for that photo only, never by default."""
+    key = fresh_key(REGISTER)
+    form = st.form(REGISTER)
+    with form:
         st.subheader("Register a person")
-        name = st.text_input("Name", max_chars=200, key=fresh_key(REGISTER) + "-name").strip()
-        photo = st.file_uploader(
-            "Photo with exactly one face", type=IMAGE_TYPES, key=fresh_key(REGISTER) + "-photo"
-        )
-        if not st.form_submit_button("Register"):
-            return
-    if photo is None or not name:
-        st.warning(missing_input(name, photo is not None), icon=":material/warning:")
+        name = st.text_input("Name", max_chars=200, key=f"{key}-name").strip()
+        photo = st.file_uploader("Photo with exactly one face", type=IMAGE_TYPES, key=f"{key}-photo")
+        submitted = st.form_submit_button("Register")
+    upload = None if photo is None else Upload(photo.name, photo.getvalue())
+    if submitted:
+        register(name, upload, where, key)
+    # After the button, so that it shows in the run that refused (a form's widgets send their
+    # values with its button).
+    if upload is not None and refused(key, upload, DUPLICATE):
+        form.checkbox(REGISTER_ANYWAY, key=f"{key}-anyway")
+
+
+def register(name: str, upload: Upload | None, where: str, key: str) -> None:
+    if upload is None or not name:
+        st.warning(missing_input(name, upload is not None), icon=":material/warning:")
         return
-    upload = Upload(photo.name, photo.getvalue())
+    allow_duplicate = anyway(key, upload, DUPLICATE)
     change(
         f"Registering {name}…",
-        lambda: api().register(name, upload, where),
+        noting_refusal(key, upload, DUPLICATE, lambda: api().register(name, upload, where, allow_duplicate)),
         lambda answer: f"Registered {answer['name']} (id {answer['user_id']}).",
         clears=REGISTER,
         failure=f"Could not register {name}",
         hints=_DUPLICATE_HINT,
         photo=upload,
     )
+
+
+def refused(key: str, upload: Upload, status: int) -> bool:
+    """Whether the API refused this very photo with `status` for the input `key`."""
+    return bool(st.session_state.get(f"{key}-refused-{status}") == upload.digest())
+
+
+def anyway(key: str, upload: Upload, status: int) -> bool:
+    """Whether the user asked to send the refused photo again with the API's override."""
+    return refused(key, upload, status) and bool(st.session_state.get(f"{key}-anyway"))
+
+
+def noting_refusal(key: str, upload: Upload, status: int, request: Callable[[], T]) -> Callable[[], T]:
+    """`request`, noting it when the API refuses `upload` with `status` (see `refused`)."""
+
+    def sent() -> T:
+        try:
+            return request()
+        except ApiError as exc:
+            if exc.status == status:
+                st.session_state[f"{key}-refused-{status}"] = upload.digest()
+            raise
+
+    return sent
 
 
 def user_label(user: dict[str, Any]) -> str:
@@ -72,29 +112,17 @@ def add_photo(user: dict[str, Any], where: str) -> None:
     if st.button("Add photo", disabled=upload is None, key=f"{key}-button") and upload is not None:
         send_photo(user, upload, where, key)
     # Below the button, so that it shows under the refusal in the run that refused.
-    if upload is not None and refused(key, upload):
-        st.checkbox(f"Add anyway: it is {user['name']} (a much older photo, say)", key=f"{key}-force")
-
-
-def refused(key: str, upload: Upload) -> bool:
-    """Whether the API refused this very photo for the uploader `key`."""
-    return bool(st.session_state.get(f"{key}-refused") == upload.digest())
+    if upload is not None and refused(key, upload, NOT_THE_PERSON):
+        st.checkbox(f"Add anyway: it is {user['name']} (a much older photo, say)", key=f"{key}-anyway")
 
 
 def send_photo(user: dict[str, Any], upload: Upload, where: str, key: str) -> None:
-    force = refused(key, upload) and bool(st.session_state.get(f"{key}-force"))
-
-    def send() -> dict[str, Any]:
-        try:
-            return api().add_face(user["id"], upload, where, force=force)
-        except ApiError as exc:
-            if exc.status == REFUSED_PHOTO:
-                st.session_state[f"{key}-refused"] = upload.digest()
-            raise
-
+    force = anyway(key, upload, NOT_THE_PERSON)
     change(
         "Adding the photo…",
-        send,
+        noting_refusal(
+            key, upload, NOT_THE_PERSON, lambda: api().add_face(user["id"], upload, where, force=force)
+        ),
         lambda answer: f"{user['name']} now has {counted(answer['face_count'], 'photo')}.",
         clears=ADD_PHOTO,
         failure=f"Could not add the photo of {user['name']}",
@@ -140,7 +168,12 @@ def rename(user: dict[str, Any], where: str) -> None:
     # Keyed by id, as the other inputs: a name typed for one person is never given to another one.
     key = f"rename-{user['id']}"
     name = st.text_input("New name", value=user["name"], max_chars=200, key=key).strip()
-    if st.button("Rename", disabled=not name or name == user["name"], key=f"{key}-button"):
+    # Never disabled: a click right after typing would land on the button the previous run disabled.
+    if not st.button("Rename", key=f"{key}-button"):
+        return
+    if not name or name == user["name"]:
+        st.warning(f"Type the new name of {user['name']} first.", icon=":material/warning:")
+    else:
         change(
             f"Renaming {user['name']}…",
             lambda: api().rename_user(user["id"], name, where),
