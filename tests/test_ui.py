@@ -8,7 +8,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import httpx
 import pytest
@@ -555,6 +555,13 @@ def test_camera_snapshot_is_labelled_with_names(
 # --- Liveness ------------------------------------------------------------------------------------
 
 
+def component_config(html: str) -> dict[str, Any]:
+    """The settings views/liveness.py wrote into the component's HTML."""
+    found = re.search(r'<script type="application/json" id="config">(.*?)</script>', html)
+    assert found is not None
+    return dict(json.loads(found[1]))
+
+
 def test_liveness_page_offers_start_and_hands_the_browser_a_ticket_not_the_key(
     start_ui: Callable[..., AppTest], api_url: str
 ) -> None:
@@ -566,13 +573,22 @@ def test_liveness_page_offers_start_and_hands_the_browser_a_ticket_not_the_key(
     assert not app.exception and not app.error
     [frame] = app.get("iframe")
     html = frame.proto.srcdoc
-    config = json.loads(re.search(r'<script type="application/json" id="config">(.*?)</script>', html)[1])
+    config = component_config(html)
     assert config["api"] == "/api"
     assert config["collection"] == DEFAULT  # the sidebar's choice, for the socket's ?collection=
     assert re.fullmatch(r"static/media/SourceSans\S*\.woff2", config["font"])  # Streamlit's own font
     assert TOKEN not in html  # the UI's key stays on the server
     ticket = TicketSigner(TOKEN).verify(config["ticket"], LIVENESS_GRANT)  # the API's own ticket
     assert ticket == "admin"
+
+
+def test_liveness_page_hands_the_browser_the_chosen_collection(
+    start_ui: Callable[..., AppTest], api_url: str, site: str
+) -> None:
+    app = in_collection(start_ui(api_url, page="liveness"), site)
+    app.button(key="liveness-start").click().run()
+    [frame] = app.get("iframe")
+    assert component_config(frame.proto.srcdoc)["collection"] == site  # the verdict names its people only
 
 
 def test_liveness_page_reports_a_refused_ticket(start_ui: Callable[..., AppTest], api_url: str) -> None:
