@@ -20,7 +20,10 @@ from facegate.ui.widgets import IMAGE_TYPES, api, call, change, collection, coun
 
 # The API's 409 says the name is taken, or names the person the face already belongs to; say what
 # to do about it.
-_DUPLICATE_HINT = {409: "Pick another name, or add the photo to that person below"}
+_DUPLICATE_HINT = {
+    409: "Pick another name, or add the photo to that person below; for a look-alike, tick "
+    "Register anyway and register again"
+}
 REGISTER = "register"
 ADD_PHOTO = "add-photo"
 # The refusals an override can lift: a photo that is not the person it is added to (422; also a
