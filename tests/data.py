@@ -1,7 +1,8 @@
-"""Where the shared, read-only test data lives (beside the repository root)."""
+"""Where the tests' files live: the repository, and the shared, read-only test data beside it."""
 
 from pathlib import Path
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
 FACES = SHARED / "data" / "faces"
 REFERENCE = SHARED / "data" / "reference"

@@ -25,10 +25,10 @@ from pathlib import Path
 import httpx
 
 from facegate.config import Settings
+from tests.data import REPO
 
 logger = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[1]
 NGINX_TEMPLATE = REPO / "deploy" / "nginx.conf"
 UI_SCRIPT = REPO / "src" / "facegate" / "ui" / "app.py"
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"

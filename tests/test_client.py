@@ -46,8 +46,8 @@ from facegate.schemas import (
     User,
     UserList,
 )
-from tests.data import FACES
-from tests.servers import REPO, api_server, clean_env, free_port
+from tests.data import FACES, REPO
+from tests.servers import api_server, clean_env, free_port
 
 TOKEN = "client-test-" + uuid.uuid4().hex
 DETECT_KEY = "client-detect-" + uuid.uuid4().hex

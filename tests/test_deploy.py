@@ -17,10 +17,10 @@ import httpx
 import pytest
 import yaml
 
+from tests.data import REPO
 from tests.servers import (
     NGINX,
     NGINX_TEMPLATE,
-    REPO,
     free_port,
     nginx_main_config,
     nginx_server,

@@ -24,8 +24,8 @@ from PIL import Image, ImageOps
 from playwright.sync_api import BrowserContext, Page, expect, sync_playwright
 from websockets.sync.client import connect
 
-from tests.data import FACES
-from tests.servers import NGINX, REPO, api_server, free_port, nginx_server, ui_server
+from tests.data import FACES, REPO
+from tests.servers import NGINX, api_server, free_port, nginx_server, ui_server
 
 logger = logging.getLogger(__name__)
 

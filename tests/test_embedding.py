@@ -15,8 +15,8 @@ from facegate.embedding.alignment import face_chips
 from facegate.embedding.dlib_resnet import unit_descriptors
 from facegate.faces import Face
 from facegate.imaging import load_image_file
+from tests.data import FACES
 
-FACES = Path(__file__).resolve().parents[2] / "shared" / "data" / "faces"
 PORTRAITS = FACES / "portraits"
 # Two photos each of four people (different photos, not resized copies).
 PEOPLE = {

@@ -18,8 +18,8 @@ from facegate.embedding.dlib_onnx import converted_model
 from facegate.embedding.dlib_resnet import DlibEmbedder, DlibOnnxEmbedder
 from facegate.embedding.models import RESNET_PATH
 from facegate.imaging import load_image_file
+from tests.data import FACES
 
-FACES = Path(__file__).resolve().parents[2] / "shared" / "data" / "faces"
 LFW = FACES / "lfw"
 LFW_IMAGES = 40
 

@@ -23,11 +23,11 @@ from facegate.api.ratelimit import RateLimiter, SharedRateLimiter, limiter_for, 
 from facegate.config import Settings
 from facegate.gallery import Gallery, GalleryUnavailable
 from tests.conftest import API_KEY, SCOPED_KEYS
-from tests.data import FACES
+from tests.data import FACES, REPO
 from tests.support import FakeClock
 from tests.test_api import BAD_UPLOADS, unique, upload
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = REPO / "README.md"
 OBAMA = FACES / "portraits" / "Barack_Obama"
 BIDEN = FACES / "portraits" / "Joe_Biden"
 

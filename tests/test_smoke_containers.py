@@ -22,8 +22,8 @@ import httpx
 import psutil
 import pytest
 
-from tests.data import FACES
-from tests.servers import REPO, free_port
+from tests.data import FACES, REPO
+from tests.servers import free_port
 
 SMOKE = REPO / "deploy" / "smoke.sh"
 # Cold: debootstrap (~3 min) + wheelhouse + five builds + start; a bound, not an expectation.
