@@ -1,9 +1,8 @@
-"""Shared pytest fixtures."""
+"""Shared pytest fixtures (the helpers and constants they use are in tests/support.py)."""
 
 from __future__ import annotations
 
 import tempfile
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,6 +15,7 @@ from psycopg import sql
 from facegate.config import Settings
 from facegate.gallery import EmbeddedServer, Gallery
 from tests.data import FACES, REFERENCE
+from tests.support import API_KEY, SCOPED_KEYS, app_settings, create_database, running_app
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -68,14 +68,6 @@ def pgdata_dir() -> Iterator[Path]:
         yield directory
 
 
-def create_database(server: EmbeddedServer) -> str:
-    """A new, empty database on `server`; returns its DSN."""
-    name = f"test_{uuid.uuid4().hex[:16]}"
-    with psycopg.connect(server.dsn("postgres"), autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    return server.dsn(name)
-
-
 @pytest.fixture
 def gallery_dsn(pg_server: EmbeddedServer) -> Iterator[str]:
     """The DSN of a new, empty database (no schema yet), dropped after the test."""
@@ -83,7 +75,7 @@ def gallery_dsn(pg_server: EmbeddedServer) -> Iterator[str]:
     yield dsn
     # A test may have stopped and restarted the server: reconnect rather than reuse a connection.
     with psycopg.connect(pg_server.dsn("postgres"), autocommit=True) as conn:
-        name = psycopg.conninfo.conninfo_to_dict(dsn)["dbname"]
+        name = str(psycopg.conninfo.conninfo_to_dict(dsn)["dbname"])
         conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
@@ -103,28 +95,6 @@ def gallery(gallery_dsn: str) -> Iterator[Gallery]:
 # ============================================================================================
 # API fixtures: one app (real models, real embedded PostgreSQL) for the whole session.
 # ============================================================================================
-
-API_KEY = "test-key-" + uuid.uuid4().hex
-
-
-def app_settings(server: EmbeddedServer, data_dir: Path, **overrides: object) -> Settings:
-    """Settings of an app under test: its own new database on `server`, no `.env`, `API_KEY` as admin,
-    and no rate limit unless `overrides` set one (see `tests.servers.UNLIMITED`)."""
-    values: dict[str, object] = {
-        "app_token": API_KEY,
-        "database_url": create_database(server),
-        "rate_limit_per_minute": 0,
-        **overrides,
-    }
-    return Settings(facegate_data_dir=data_dir, _env_file=None, **values)
-
-
-def running_app(settings: Settings) -> Iterator[TestClient]:
-    """A test client of the app built from `settings`, with its lifespan (models, pool) running."""
-    from facegate.api.app import create_app  # the models load only in the sessions that need them
-
-    with TestClient(create_app(settings)) as test_client:
-        yield test_client
 
 
 @pytest.fixture(scope="session")
@@ -151,8 +121,6 @@ def client(anonymous: TestClient) -> Iterator[TestClient]:
 # A second app with a key of each scope (security and fuzz tests): its own database, so that
 # generated requests cannot touch the first app's gallery.
 # ============================================================================================
-
-SCOPED_KEYS = {scope: f"{scope}-key-{uuid.uuid4().hex}" for scope in ("detect", "recognize", "admin")}
 
 
 @pytest.fixture(scope="session")

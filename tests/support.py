@@ -1,6 +1,34 @@
-"""Small helpers shared by several test modules."""
+"""Helpers shared by several test modules: the keys and apps under test, uploads, small measures.
+
+Fixtures live in conftest.py and use these; test modules import from here, never from conftest.
+Real servers in child processes are in servers.py, the shared data's paths in data.py.
+"""
 
 from __future__ import annotations
+
+import io
+import uuid
+from collections.abc import Callable, Iterator
+from functools import cache
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import psycopg
+from fastapi.testclient import TestClient
+from PIL import Image
+from psycopg import sql
+
+from facegate.config import Settings
+from facegate.gallery import EmbeddedServer
+from tests.data import FACES
+
+if TYPE_CHECKING:
+    from facegate.api.deps import Services
+
+# The admin key of the session's app (the `client` fixture sends it) and of `app_settings`.
+API_KEY = "test-key-" + uuid.uuid4().hex
+# A key of each scope of the `secured` app.
+SCOPED_KEYS = {scope: f"{scope}-key-{uuid.uuid4().hex}" for scope in ("detect", "recognize", "admin")}
 
 
 class FakeClock:
@@ -11,3 +39,101 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.now
+
+
+# --- databases and apps under test ---------------------------------------------------------------
+
+
+def create_database(server: EmbeddedServer) -> str:
+    """A new, empty database on `server`; returns its DSN."""
+    name = f"test_{uuid.uuid4().hex[:16]}"
+    with psycopg.connect(server.dsn("postgres"), autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    return server.dsn(name)
+
+
+def app_settings(server: EmbeddedServer, data_dir: Path, **overrides: object) -> Settings:
+    """Settings of an app under test: its own new database on `server`, no `.env`, `API_KEY` as admin,
+    and no rate limit unless `overrides` set one (see `tests.servers.UNLIMITED`)."""
+    values: dict[str, object] = {
+        "app_token": API_KEY,
+        "database_url": create_database(server),
+        "rate_limit_per_minute": 0,
+        **overrides,
+    }
+    return Settings(facegate_data_dir=data_dir, _env_file=None, **values)
+
+
+def running_app(settings: Settings) -> Iterator[TestClient]:
+    """A test client of the app built from `settings`, with its lifespan (models, pool) running."""
+    from facegate.api.app import create_app  # the models load only in the sessions that need them
+
+    with TestClient(create_app(settings)) as test_client:
+        yield test_client
+
+
+def services(client: TestClient) -> Services:
+    """The services of the app under `client` (to swap a limiter in for one test)."""
+    return client.app.state.services  # type: ignore[attr-defined,no-any-return]
+
+
+def scoped_headers(scope: str) -> dict[str, str]:
+    """The headers that send the `secured` app's key of `scope`."""
+    return {"X-API-Key": SCOPED_KEYS[scope]}
+
+
+def gallery_size(client: TestClient, scope: str | None = None) -> tuple[int, int]:
+    """(users, faces) in the gallery of `client`'s app, asked with the `secured` app's key of `scope`
+    (none: with the client's own headers)."""
+    stats = client.get("/stats", headers=None if scope is None else scoped_headers(scope)).json()
+    return stats["total_users"], stats["total_faces"]
+
+
+# --- uploads -------------------------------------------------------------------------------------
+
+
+def upload(path: Path, field: str = "file") -> dict:
+    """The `files` of a request that uploads the photo at `path` as form field `field`."""
+    return {field: (path.name, path.read_bytes(), "application/octet-stream")}
+
+
+def unique(name: str) -> str:
+    """`name` with a random suffix: tests on a shared gallery never collide on a name."""
+    return f"{name} {uuid.uuid4().hex[:8]}"
+
+
+def _png_bytes(width: int, height: int, mode: str = "RGB") -> bytes:
+    buffer = io.BytesIO()
+    Image.new(mode, (width, height)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+# Uploads the API must refuse, by case: how to make the bytes, and the status they get. Made on
+# first use (`bad_upload`), not at import: the PNG bomb takes seconds to encode.
+_BAD_UPLOADS: dict[str, tuple[Callable[[], bytes], int]] = {
+    "text named .jpg": (lambda: b"hello, I am not a photo\n", 415),
+    "zero bytes": (lambda: b"", 400),
+    "truncated jpeg": (lambda: (FACES / "portraits/Barack_Obama/fr_obama.jpg").read_bytes()[:4000], 400),
+    "png bomb 30000x30000": (lambda: _png_bytes(30_000, 30_000, "L"), 413),
+    "gif": (lambda: b"GIF89a" + b"\x00" * 64, 415),
+}
+BAD_UPLOAD_CASES = sorted(_BAD_UPLOADS)
+
+
+@cache
+def bad_upload(case: str) -> tuple[bytes, int]:
+    """The bytes of the bad upload `case` (one of `BAD_UPLOAD_CASES`) and the status they get."""
+    make, status = _BAD_UPLOADS[case]
+    return make(), status
+
+
+# --- measures ------------------------------------------------------------------------------------
+
+
+def iou(a: tuple | list, b: tuple | list) -> float:
+    """Intersection over union of two (x1, y1, x2, y2) boxes; 0 for empty ones."""
+    width = min(a[2], b[2]) - max(a[0], b[0])
+    height = min(a[3], b[3]) - max(a[1], b[1])
+    inter = max(width, 0) * max(height, 0)
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0

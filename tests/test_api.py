@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import socket
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -13,32 +12,13 @@ from fastapi.testclient import TestClient
 from PIL import Image, ImageFilter
 
 from facegate.config import Settings
-from tests.conftest import API_KEY
 from tests.data import FACES
+from tests.support import API_KEY, BAD_UPLOAD_CASES, bad_upload, gallery_size, unique, upload
 
 PORTRAITS = FACES / "portraits"
 GROUPS = FACES / "groups"
 OBAMA = PORTRAITS / "Barack_Obama"
 BIDEN = PORTRAITS / "Joe_Biden"
-
-
-def upload(path: Path, field: str = "file") -> dict:
-    return {field: (path.name, path.read_bytes(), "application/octet-stream")}
-
-
-def unique(name: str) -> str:
-    return f"{name} {uuid.uuid4().hex[:8]}"
-
-
-def png_bytes(width: int, height: int, mode: str = "RGB") -> bytes:
-    buffer = io.BytesIO()
-    Image.new(mode, (width, height)).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def gallery_size(client: TestClient) -> tuple[int, int]:
-    stats = client.get("/stats").json()
-    return stats["total_users"], stats["total_faces"]
 
 
 # --- open endpoints and auth ---------------------------------------------------------------------
@@ -193,21 +173,13 @@ def test_every_error_has_one_sentence_in_detail(
 
 # --- bad uploads: the documented 4xx, and the gallery unchanged ---------------------------------
 
-BAD_UPLOADS = {
-    "text named .jpg": (b"hello, I am not a photo\n", 415),
-    "zero bytes": (b"", 400),
-    "truncated jpeg": ((OBAMA / "fr_obama.jpg").read_bytes()[:4000], 400),
-    "png bomb 30000x30000": (png_bytes(30_000, 30_000, "L"), 413),
-    "gif": (b"GIF89a" + b"\x00" * 64, 415),
-}
 
-
-@pytest.mark.parametrize("case", sorted(BAD_UPLOADS))
+@pytest.mark.parametrize("case", BAD_UPLOAD_CASES)
 @pytest.mark.parametrize(
     ("path", "field"), [("/detect", "file"), ("/recognize", "image"), ("/register", "image")]
 )
 def test_bad_uploads_get_the_documented_status(client: TestClient, case: str, path: str, field: str) -> None:
-    data, expected = BAD_UPLOADS[case]
+    data, expected = bad_upload(case)
     before = gallery_size(client)
     form = {"name": unique("bad upload")} if path == "/register" else None
     response = client.post(path, data=form, files={field: ("photo.jpg", data, "image/jpeg")})

@@ -19,6 +19,7 @@ from facegate.faces import Face
 from facegate.imaging import decode_image, load_image_file
 from facegate.runtime import RuntimeOptions
 from tests.data import FACES
+from tests.support import iou
 
 PORTRAIT = FACES / "portraits/Barack_Obama/fr_obama_small.jpg"  # 320x240, one face
 GROUP = FACES / "groups/deepface_selfie-many-people.jpg"  # 600x604, five faces
@@ -39,13 +40,6 @@ def portrait() -> np.ndarray:
 def one_face(faces: list[Face]) -> Face:
     assert len(faces) == 1, faces
     return faces[0]
-
-
-def iou(a: tuple, b: tuple) -> float:
-    width = min(a[2], b[2]) - max(a[0], b[0])
-    height = min(a[3], b[3]) - max(a[1], b[1])
-    inter = max(width, 0) * max(height, 0)
-    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
 
 
 # --- results -------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from facegate.detection import MTCNN, DetectionParams
 from facegate.faces import KEYPOINT_NAMES, Face
 from facegate.imaging import load_image_file
 from tests.data import FACES, REFERENCE
+from tests.support import iou
 
 MATCH_IOU = 0.85
 
@@ -45,14 +46,6 @@ def detections(setting: str, min_face_size: int | None = None) -> dict[str, list
     if min_face_size is not None:
         params = replace(params, min_face_size=min_face_size)
     return {entry["path"]: detector().detect(image(entry["path"]), params) for entry in reference()["images"]}
-
-
-def iou(a: tuple | list, b: tuple | list) -> float:
-    width = min(a[2], b[2]) - max(a[0], b[0])
-    height = min(a[3], b[3]) - max(a[1], b[1])
-    inter = max(width, 0) * max(height, 0)
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 @dataclass

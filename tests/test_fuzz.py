@@ -22,7 +22,7 @@ from schemathesis.checks import (
 )
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from tests.conftest import SCOPED_KEYS
+from tests.support import SCOPED_KEYS
 
 # x 13 operations x 2 callers: about 400 requests in all.
 EXAMPLES_PER_OPERATION = 15

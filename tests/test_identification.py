@@ -14,8 +14,8 @@ from facegate.gallery import EmbeddedServer, Gallery
 from facegate.imaging import load_image_file
 from facegate.pipeline import NoFaceError, Pipeline
 from facegate.recognition import MatchPolicy
-from tests.conftest import create_database
 from tests.data import FACES
+from tests.support import create_database
 
 Enrolled = tuple[Gallery, dict[str, list[Path]]]
 

@@ -30,9 +30,8 @@ from facegate.detection import MTCNN
 from facegate.imaging import decode_image, load_image_file
 from facegate.liveness.session import Challenge, Observation, Reason, draw_challenges
 from tests.attacks import tilt_homography, warp_image
-from tests.conftest import API_KEY
 from tests.data import FACES
-from tests.support import FakeClock
+from tests.support import API_KEY, FakeClock
 
 PORTRAITS = FACES / "portraits"
 PERSON_A = PORTRAITS / "Jack_Dorsey" / "deepface_img62.jpg"

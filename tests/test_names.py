@@ -14,8 +14,8 @@ from facegate.config import Settings
 from facegate.enroll import enroll_folder
 from facegate.gallery import EmbeddedServer
 from facegate.names import InvalidNameError, clean_name, name_skeleton
-from tests.conftest import create_database
 from tests.data import FACES
+from tests.support import create_database
 
 OBAMA = FACES / "portraits" / "Barack_Obama" / "fr_obama_small.jpg"
 BIDEN = FACES / "portraits" / "Joe_Biden" / "fr_biden.jpg"

@@ -17,15 +17,23 @@ from fastapi.testclient import TestClient
 from starlette.types import Message, Receive, Scope, Send
 
 from facegate.api.auth import KeyRing
-from facegate.api.deps import Services
 from facegate.api.middleware import RequestDeadline, UploadSizeLimit
 from facegate.api.ratelimit import RateLimiter, SharedRateLimiter, limiter_for, retry_after
 from facegate.config import Settings
 from facegate.gallery import Gallery, GalleryUnavailable
-from tests.conftest import API_KEY, SCOPED_KEYS
 from tests.data import FACES, REPO
-from tests.support import FakeClock
-from tests.test_api import BAD_UPLOADS, unique, upload
+from tests.support import (
+    API_KEY,
+    BAD_UPLOAD_CASES,
+    SCOPED_KEYS,
+    FakeClock,
+    bad_upload,
+    gallery_size,
+    scoped_headers,
+    services,
+    unique,
+    upload,
+)
 
 README = REPO / "README.md"
 OBAMA = FACES / "portraits" / "Barack_Obama"
@@ -59,19 +67,6 @@ def readme_auth_table() -> dict[tuple[str, str], dict[str, str]]:
 AUTH_TABLE = readme_auth_table()
 
 
-def services(client: TestClient) -> Services:
-    return client.app.state.services  # type: ignore[attr-defined]
-
-
-def headers(scope: str) -> dict[str, str]:
-    return {"X-API-Key": SCOPED_KEYS[scope]}
-
-
-def gallery_size(client: TestClient) -> tuple[int, int]:
-    stats = client.get("/stats", headers=headers("admin")).json()
-    return stats["total_users"], stats["total_faces"]
-
-
 # --- keys and scopes -----------------------------------------------------------------------------
 
 
@@ -96,7 +91,7 @@ def test_auth_matrix_matches_the_readme(secured: TestClient, method: str, path: 
 
 
 def test_a_key_without_the_scope_is_told_which_scope_is_needed(secured: TestClient) -> None:
-    response = secured.post("/register", headers=headers("recognize"))
+    response = secured.post("/register", headers=scoped_headers("recognize"))
     assert response.status_code == 403
     assert "'recognize'" in response.json()["detail"] and "'admin'" in response.json()["detail"]
     unauthenticated = secured.post("/register", headers={"X-API-Key": "nope"})
@@ -200,12 +195,12 @@ def test_over_the_rate_a_key_gets_429_with_retry_after(
 ) -> None:
     limiter = RateLimiter(per_minute=6, burst=2, clock=FakeClock())
     monkeypatch.setattr(services(secured), "rate_limiter", limiter)
-    codes = [secured.get("/stats", headers=headers("recognize")).status_code for _ in range(2)]
-    limited = secured.get("/stats", headers=headers("recognize"))
+    codes = [secured.get("/stats", headers=scoped_headers("recognize")).status_code for _ in range(2)]
+    limited = secured.get("/stats", headers=scoped_headers("recognize"))
     assert codes == [200, 200] and limited.status_code == 429
     assert limited.headers["Retry-After"] == "10"  # 6 a minute: the next token in 10 s
     assert "recognize-client" in limited.json()["detail"]
-    assert secured.get("/stats", headers=headers("admin")).status_code == 200  # other keys unaffected
+    assert secured.get("/stats", headers=scoped_headers("admin")).status_code == 200  # other keys unaffected
     assert secured.get("/stats").status_code == 401  # no key: refused before the rate is counted
 
 
@@ -226,20 +221,22 @@ def inference_busy(secured: TestClient, monkeypatch: pytest.MonkeyPatch) -> Iter
 
 @pytest.mark.usefixtures("inference_busy")
 def test_a_request_beyond_the_inference_queue_is_503_with_retry_after(secured: TestClient) -> None:
-    before = gallery_size(secured)
+    before = gallery_size(secured, "admin")
     started = time.monotonic()
-    response = secured.post("/detect", headers=headers("detect"), files=upload(OBAMA / "fr_obama_small.jpg"))
+    response = secured.post(
+        "/detect", headers=scoped_headers("detect"), files=upload(OBAMA / "fr_obama_small.jpg")
+    )
     assert time.monotonic() - started < 2  # refused at once, not queued
     assert response.status_code == 503 and response.headers["Retry-After"] == "1"
     assert "waiting for inference" in response.json()["detail"]
     registered = secured.post(
         "/register",
-        headers=headers("admin"),
+        headers=scoped_headers("admin"),
         data={"name": unique("busy")},
         files=upload(OBAMA / "fr_obama_small.jpg", "image"),
     )
-    assert registered.status_code == 503 and gallery_size(secured) == before
-    metrics = secured.get("/metrics", headers=headers("detect")).text
+    assert registered.status_code == 503 and gallery_size(secured, "admin") == before
+    metrics = secured.get("/metrics", headers=scoped_headers("detect")).text
     assert 'facegate_inference_requests{state="running"} 1.0' in metrics
 
 
@@ -320,7 +317,7 @@ def test_a_chunked_upload_over_the_limit_is_413(secured: TestClient) -> None:
 
     response = secured.post(
         "/detect",
-        headers={**headers("detect"), "Content-Type": "multipart/form-data; boundary=b"},
+        headers={**scoped_headers("detect"), "Content-Type": "multipart/form-data; boundary=b"},
         content=body(),
     )
     assert response.status_code == 413 and "over" in response.json()["detail"]
@@ -346,12 +343,12 @@ def test_logs_carry_the_request_id_and_never_keys_or_names(
     with caplog.at_level(logging.DEBUG):
         registered = secured.post(
             "/register",
-            headers={**headers("admin"), "X-Request-ID": "trace-42"},
+            headers={**scoped_headers("admin"), "X-Request-ID": "trace-42"},
             data={"name": name},
             files=upload(BIDEN / "fr_biden.jpg", "image"),
         )
         secured.post(
-            "/recognize", headers=headers("recognize"), files=upload(BIDEN / "fr_biden2.jpg", "image")
+            "/recognize", headers=scoped_headers("recognize"), files=upload(BIDEN / "fr_biden2.jpg", "image")
         )
         secured.post("/register", headers={"X-API-Key": "guessed-" + API_KEY})
     assert registered.status_code == 201, registered.text
@@ -362,16 +359,16 @@ def test_logs_carry_the_request_id_and_never_keys_or_names(
     text = caplog.text + "".join(str(vars(record)) for record in caplog.records)
     for secret in [name, API_KEY, *SCOPED_KEYS.values()]:
         assert secret not in text
-    secured.delete(f"/users/{registered.json()['user_id']}", headers=headers("admin"))
+    secured.delete(f"/users/{registered.json()['user_id']}", headers=scoped_headers("admin"))
 
 
 def test_metrics_report_requests_stages_and_gallery_size(secured: TestClient) -> None:
     recognized = secured.post(
-        "/recognize", headers=headers("recognize"), files=upload(OBAMA / "fr_obama_small.jpg", "image")
+        "/recognize", headers=scoped_headers("recognize"), files=upload(OBAMA / "fr_obama_small.jpg", "image")
     )
     assert recognized.status_code == 200
     assert secured.get("/metrics").status_code == 401
-    response = secured.get("/metrics", headers=headers("detect"))
+    response = secured.get("/metrics", headers=scoped_headers("detect"))
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
     samples = dict(
         line.rsplit(" ", 1) for line in response.text.splitlines() if line and not line.startswith("#")
@@ -383,7 +380,7 @@ def test_metrics_report_requests_stages_and_gallery_size(secured: TestClient) ->
     )
     for stage in ("decode", "detect", "embed", "search"):
         assert float(samples[f'facegate_inference_stage_seconds_count{{stage="{stage}"}}']) >= 1
-    users, faces = gallery_size(secured)
+    users, faces = gallery_size(secured, "admin")
     assert (
         float(samples["facegate_gallery_users"]) == users
         and float(samples["facegate_gallery_faces"]) == faces
@@ -395,7 +392,7 @@ def test_metrics_report_requests_stages_and_gallery_size(secured: TestClient) ->
 def test_unmatched_paths_share_one_metrics_label(secured: TestClient) -> None:
     secured.get("/some/random/path-123")
     secured.request("BREW", "/coffee-456")
-    text = secured.get("/metrics", headers=headers("detect")).text
+    text = secured.get("/metrics", headers=scoped_headers("detect")).text
     assert 'method="GET",route="unmatched",status="404"' in text
     assert 'method="other",route="unmatched",status="404"' in text
     assert "path-123" not in text and "BREW" not in text
@@ -413,7 +410,9 @@ def test_bad_thresholds_are_422(secured: TestClient, path: str, value: str) -> N
         if path == "/recognize"
         else {**upload(photo, "image1"), **upload(photo, "image2")}
     )
-    response = secured.post(path, params={"threshold": value}, headers=headers("recognize"), files=files)
+    response = secured.post(
+        path, params={"threshold": value}, headers=scoped_headers("recognize"), files=files
+    )
     assert response.status_code == 422 and response.json()["detail"]
 
 
@@ -427,15 +426,15 @@ def test_bad_thresholds_are_422(secured: TestClient, path: str, value: str) -> N
 def test_unusable_names_are_refused_and_nothing_is_stored(
     secured: TestClient, name: str, expected: int
 ) -> None:
-    before = gallery_size(secured)
+    before = gallery_size(secured, "admin")
     response = secured.post(
         "/register",
-        headers=headers("admin"),
+        headers=scoped_headers("admin"),
         data={"name": name.encode("utf-8", "surrogatepass")},
         files=upload(OBAMA / "fr_obama_small.jpg", "image"),
     )
     assert response.status_code == expected, response.text
-    assert gallery_size(secured) == before
+    assert gallery_size(secured, "admin") == before
 
 
 @pytest.fixture(scope="module")
@@ -443,30 +442,30 @@ def enrolled(secured: TestClient) -> Iterator[int]:
     """A registered person of the secured app."""
     response = secured.post(
         "/register",
-        headers=headers("admin"),
+        headers=scoped_headers("admin"),
         data={"name": unique("Barack Obama")},
         files=upload(OBAMA / "fr_obama.jpg", "image"),
     )
     assert response.status_code == 201, response.text
     yield response.json()["user_id"]
-    secured.delete(f"/users/{response.json()['user_id']}", headers=headers("admin"))
+    secured.delete(f"/users/{response.json()['user_id']}", headers=scoped_headers("admin"))
 
 
-@pytest.mark.parametrize("case", sorted(BAD_UPLOADS))
+@pytest.mark.parametrize("case", BAD_UPLOAD_CASES)
 def test_bad_uploads_to_verify_and_add_face_get_the_documented_status(
     secured: TestClient, enrolled: int, case: str
 ) -> None:
-    data, expected = BAD_UPLOADS[case]
+    data, expected = bad_upload(case)
     bad = ("photo.jpg", data, "image/jpeg")
-    before = gallery_size(secured)
+    before = gallery_size(secured, "admin")
     verified = secured.post(
         "/verify",
-        headers=headers("recognize"),
+        headers=scoped_headers("recognize"),
         files={**upload(OBAMA / "fr_obama1.jpg", "image1"), "image2": bad},
     )
-    added = secured.post(f"/users/{enrolled}/faces", headers=headers("admin"), files={"image": bad})
+    added = secured.post(f"/users/{enrolled}/faces", headers=scoped_headers("admin"), files={"image": bad})
     assert (verified.status_code, added.status_code) == (expected, expected)
-    assert gallery_size(secured) == before
+    assert gallery_size(secured, "admin") == before
 
 
 def test_retry_after_is_whole_seconds() -> None:

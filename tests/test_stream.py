@@ -22,10 +22,9 @@ from websockets.sync.client import connect
 from facegate.api import streaming
 from facegate.api.ratelimit import RateLimiter
 from facegate.gallery import EmbeddedServer
-from tests.conftest import app_settings, running_app
 from tests.data import FACES
 from tests.servers import api_server, free_port, nginx_server
-from tests.support import FakeClock
+from tests.support import FakeClock, app_settings, running_app
 
 ADMIN_KEY = "stream-admin-" + uuid.uuid4().hex
 DETECT_KEY = "stream-detect-" + uuid.uuid4().hex

@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
 from facegate.api.tickets import LIVENESS_GRANT, TICKET_TTL_S, TicketError, TicketSigner
-from tests.conftest import API_KEY, SCOPED_KEYS
+from tests.support import API_KEY, SCOPED_KEYS
 
 POLICY_VIOLATION = 1008
 NOW = 1_700_000_000.0

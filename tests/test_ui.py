@@ -21,6 +21,7 @@ from facegate.config import Settings, get_settings
 from facegate.ui.client import ApiClient, ApiError, Upload, error_message
 from tests.data import FACES
 from tests.servers import UI_SCRIPT, api_server, free_port
+from tests.support import unique
 
 TOKEN = "ui-test-" + uuid.uuid4().hex
 TWO_PEOPLE = FACES / "groups" / "fr_two_people.jpg"  # Obama (left, smaller) and Biden (right)
@@ -78,10 +79,6 @@ def upload(app: AppTest, path: Path, key: str) -> AppTest:
 
 def texts(elements: object) -> list[str]:
     return [element.value for element in elements]  # type: ignore[attr-defined]
-
-
-def unique(name: str) -> str:
-    return f"{name} {uuid.uuid4().hex[:6]}"
 
 
 def photo_of(path: Path) -> Upload:
