@@ -69,6 +69,13 @@ def pgdata_dir() -> Iterator[Path]:
 
 
 @pytest.fixture
+def data_dir(pgdata_dir: Path) -> Path:
+    """A fresh FACEGATE_DATA_DIR for a test's own service: its embedded database goes in `<dir>/pg`,
+    outside pytest's folder like `pgdata_dir`."""
+    return pgdata_dir
+
+
+@pytest.fixture
 def gallery_dsn(pg_server: EmbeddedServer) -> Iterator[str]:
     """The DSN of a new, empty database (no schema yet), dropped after the test."""
     dsn = create_database(pg_server)

@@ -1,4 +1,5 @@
-"""Real servers for the end-to-end tests: the API (uvicorn), the UI (streamlit) and nginx.
+"""Real servers for the end-to-end tests: the API (uvicorn, or `facegate serve` as `LiveServer`),
+the UI (streamlit) and nginx.
 
 Each runs as a child process on a free loopback port, logs into the test's temporary folder and is
 stopped by its pid when the `with` block ends. A server that does not come up fails the test with
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import psutil
 
 from facegate.config import Settings
 from tests.data import REPO
@@ -32,6 +34,17 @@ logger = logging.getLogger(__name__)
 NGINX_TEMPLATE = REPO / "deploy" / "nginx.conf"
 UI_SCRIPT = REPO / "src" / "facegate" / "ui" / "app.py"
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+# The browser of the end-to-end tests (Debian's package), driven by Playwright.
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 # The API loads its models, starts its embedded PostgreSQL and may convert a model first.
 API_START_TIMEOUT = 300.0
@@ -70,15 +83,31 @@ class Child:
         return self.log.read_text(errors="replace")[-3000:] if self.log.exists() else "(no log)"
 
 
+def launch(
+    command: list[str], log: Path, env: Mapping[str, str], *, append: bool = False
+) -> subprocess.Popen[bytes]:
+    """Start `command` in its own session, its output into `log` (after what is there, with `append`).
+
+    Its cwd is the log's folder, so no stray `.env` is read: with `clean_env`, the server under test
+    sees only the settings the test gives it.
+    """
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab" if append else "wb") as sink:
+        return subprocess.Popen(
+            command,
+            cwd=log.parent,
+            env=dict(env),
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
 @contextmanager
 def child(name: str, command: list[str], log_dir: Path, env: Mapping[str, str]) -> Iterator[Child]:
-    """Run `command` in its own session (its cwd is `log_dir`, so no stray `.env` is read)."""
-    log_dir.mkdir(parents=True, exist_ok=True)
+    """Run `command` (see `launch`), logging into `log_dir`; stopped when the block ends."""
     log = log_dir / f"{name}.log"
-    with log.open("wb") as sink:
-        process = subprocess.Popen(
-            command, cwd=log_dir, env=dict(env), stdout=sink, stderr=subprocess.STDOUT, start_new_session=True
-        )
+    process = launch(command, log, env)
     try:
         yield Child(name, process, log)
     finally:
@@ -121,7 +150,7 @@ def wait_until_up(url: str, server: Child, timeout: float, *, any_status: bool =
 def api_server(work: Path, token: str, root_path: str = "", **settings: str) -> Iterator[str]:
     """The API with its own embedded PostgreSQL (plus `settings`, env var names as keywords); yields
     its base URL. Its log goes to `work`."""
-    with api_process(work, token, root_path, **settings) as (url, _):
+    with api_process(work, token, root_path, address_space=None, **settings) as (url, _):
         yield url
 
 
@@ -153,6 +182,50 @@ def api_process(
         shutil.rmtree(data, ignore_errors=True)
 
 
+class LiveServer:
+    """`facegate serve` in a child process (see `launch`), with `env` over `clean_env()`; a context
+    manager. Unlike `api_server` it can be stopped with any signal and started again on the same port
+    and data (its log continues), and runs the `serve` command's supervisor and workers."""
+
+    def __init__(
+        self, env: Mapping[str, str], log_path: Path, port: int | None = None, workers: int = 1
+    ) -> None:
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = clean_env(**env)
+        self.log_path = log_path
+        self.workers = workers
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def process(self) -> subprocess.Popen[bytes]:
+        """The process of the latest `start`."""
+        if self._process is None:
+            raise RuntimeError("the server was never started")
+        return self._process
+
+    def start(self, timeout: float = API_START_TIMEOUT) -> LiveServer:
+        command = [sys.executable, "-m", "facegate", "serve", "--port", str(self.port)]
+        command += ["--workers", str(self.workers)]
+        self._process = launch(command, self.log_path, self.env, append=True)  # a restart's log follows
+        try:
+            wait_until_up(f"{self.url}/health", Child("facegate serve", self.process, self.log_path), timeout)
+        except RuntimeError:
+            self.stop()
+            raise
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self._process is not None:
+            stop(self._process, "facegate serve", sig)
+
+    def __enter__(self) -> LiveServer:
+        return self.start()
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+
 @contextmanager
 def ui_server(work: Path, api_url: str, token: str, port: int, browser_api_url: str = "") -> Iterator[str]:
     """The Streamlit UI on `port`, talking to `api_url` (the browser to `browser_api_url`, empty: the
@@ -173,6 +246,17 @@ def ui_server(work: Path, api_url: str, token: str, port: int, browser_api_url: 
         url = f"http://127.0.0.1:{port}"
         wait_until_up(f"{url}/_stcore/health", server, START_TIMEOUT)
         yield url
+
+
+def postmasters(data_dir: Path) -> list[psutil.Process]:
+    """The PostgreSQL servers running on `data_dir`'s database (their command line names it)."""
+    pgdata = str(data_dir.resolve() / "pg")
+    found = []
+    for process in psutil.process_iter(["name", "cmdline"]):
+        command = process.info["cmdline"] or []
+        if process.info["name"] == "postgres" and "-D" in command and pgdata in command:
+            found.append(process)
+    return found
 
 
 def render_nginx_template(values: Mapping[str, str]) -> str:

@@ -15,8 +15,7 @@ import psutil
 import pytest
 
 from tests.data import FACES
-from tests.servers import API_START_TIMEOUT, child, clean_env, free_port, wait_until_up
-from tests.test_server import postmasters
+from tests.servers import API_START_TIMEOUT, child, clean_env, free_port, postmasters, wait_until_up
 
 KEY = "cli-test-key"
 PORTRAITS = FACES / "portraits"

@@ -4,10 +4,8 @@ a supervisor killed with SIGKILL."""
 from __future__ import annotations
 
 import selectors
-import shutil
 import signal
 import socket
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +14,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.live import LiveServer
+from tests.servers import LiveServer
 
 KEY = "connections-test-key"
 HEADER_TIMEOUT = 4.0
@@ -25,21 +23,8 @@ PARTIAL = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: "  # the headers 
 
 
 def environment(data: Path, **extra: str) -> dict[str, str]:
-    return {
-        "APP_TOKEN": KEY,
-        "FACEGATE_DATA_DIR": str(data),
-        "DATABASE_URL": "",
-        "DB_HOST": "",
-        **extra,
-    }
-
-
-@pytest.fixture
-def data_dir() -> Iterator[Path]:
-    """Outside pytest's folder, which a concurrent pytest session makes private (see servers.py)."""
-    directory = Path(tempfile.mkdtemp(prefix="facegate-test-connections-"))
-    yield directory / "data"
-    shutil.rmtree(directory, ignore_errors=True)
+    """The service's settings over `LiveServer`'s clean environment: its embedded database in `data`."""
+    return {"APP_TOKEN": KEY, "FACEGATE_DATA_DIR": str(data), **extra}
 
 
 @pytest.fixture
@@ -124,7 +109,6 @@ def serving(url: str) -> bool:
 def test_workers_exit_with_a_killed_supervisor_and_a_restart_succeeds(data_dir: Path, tmp_path: Path) -> None:
     log = tmp_path / "server.log"
     first = LiveServer(environment(data_dir), log, workers=2).start()
-    assert first.process is not None
     children = psutil.Process(first.process.pid).children()
     workers = [child for child in children if "spawn_main" in " ".join(child.cmdline())]
     try:

@@ -12,8 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 from playwright.sync_api import Route, expect, sync_playwright
 
-from tests.servers import api_server
-from tests.test_e2e_browser import CHROMIUM, CHROMIUM_ARGS
+from tests.servers import CHROMIUM, CHROMIUM_ARGS, api_server
 
 TOKEN = "docs-" + uuid.uuid4().hex
 LOOPBACK = {"127.0.0.1", "localhost"}

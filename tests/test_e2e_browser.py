@@ -25,20 +25,10 @@ from playwright.sync_api import BrowserContext, Page, expect, sync_playwright
 from websockets.sync.client import connect
 
 from tests.data import FACES, REPO
-from tests.servers import NGINX, api_server, free_port, nginx_server, ui_server
+from tests.servers import CHROMIUM, CHROMIUM_ARGS, NGINX, api_server, free_port, nginx_server, ui_server
 
 logger = logging.getLogger(__name__)
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 ARTIFACTS = REPO / "artifacts" / "e2e"
 TOKEN = "e2e-" + uuid.uuid4().hex
 KEY = {"X-API-Key": TOKEN}

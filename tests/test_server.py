@@ -12,28 +12,24 @@ import psutil
 import pytest
 
 from tests.data import FACES
-from tests.live import LiveServer
-from tests.servers import API_START_TIMEOUT, child, clean_env, free_port, wait_until_up
+from tests.servers import (
+    API_START_TIMEOUT,
+    LiveServer,
+    child,
+    clean_env,
+    free_port,
+    postmasters,
+    wait_until_up,
+)
 
 KEY = "live-test-key"
 OBAMA = FACES / "portraits" / "Barack_Obama"
 
 
-@pytest.fixture
-def data_dir(tmp_path: Path) -> Path:
-    return tmp_path / "data"
-
-
 def server(data_dir: Path, tmp_path: Path) -> LiveServer:
     # Room for all 20 parallel requests in the inference queue: these tests are about the
     # gallery, and the queue bound has its own tests (test_faults.py).
-    env = {
-        "APP_TOKEN": KEY,
-        "FACEGATE_DATA_DIR": str(data_dir),
-        "DATABASE_URL": "",
-        "DB_HOST": "",
-        "MAX_INFERENCE_QUEUE": "32",
-    }
+    env = {"APP_TOKEN": KEY, "FACEGATE_DATA_DIR": str(data_dir), "MAX_INFERENCE_QUEUE": "32"}
     return LiveServer(env, tmp_path / "server.log")
 
 
@@ -74,19 +70,8 @@ def test_registrations_survive_a_restart_on_the_embedded_database(data_dir: Path
     assert response.json()["matched_user"]["name"] == "Barack Obama"
 
 
-def postmasters(data_dir: Path) -> list[psutil.Process]:
-    """The PostgreSQL servers running on `data_dir`'s database (their command line names it)."""
-    pgdata = str(data_dir.resolve() / "pg")
-    found = []
-    for process in psutil.process_iter(["name", "cmdline"]):
-        command = process.info["cmdline"] or []
-        if process.info["name"] == "postgres" and "-D" in command and pgdata in command:
-            found.append(process)
-    return found
-
-
 def test_serve_generates_a_key_when_none_is_set(data_dir: Path, tmp_path: Path) -> None:
-    env = {"APP_TOKEN": "", "FACEGATE_DATA_DIR": str(data_dir), "DATABASE_URL": "", "DB_HOST": ""}
+    env = {"APP_TOKEN": "", "FACEGATE_DATA_DIR": str(data_dir)}  # no key set anywhere: it generates one
     with LiveServer(env, tmp_path / "server.log") as live:
         key = (data_dir / "api_key").read_text().strip()
         assert len(key) >= 32
@@ -114,7 +99,7 @@ def test_the_app_under_plain_uvicorn_stops_the_database_it_started(data_dir: Pat
 
 @pytest.mark.slow
 def test_two_workers_share_one_embedded_database(data_dir: Path, tmp_path: Path) -> None:
-    env = {"APP_TOKEN": KEY, "FACEGATE_DATA_DIR": str(data_dir), "DATABASE_URL": "", "DB_HOST": ""}
+    env = {"APP_TOKEN": KEY, "FACEGATE_DATA_DIR": str(data_dir)}
     with LiveServer(env, tmp_path / "server.log", workers=2) as live, ThreadPoolExecutor(4) as pool:
         assert register(live.url, "Barack Obama", OBAMA / "fr_obama.jpg").status_code == 201
         # Every worker sees the registration: there is one database, not one per worker.
