@@ -15,7 +15,15 @@ from psycopg import sql
 from facegate.config import Settings
 from facegate.gallery import EmbeddedServer, Gallery
 from tests.data import FACES, REFERENCE
-from tests.support import API_KEY, SCOPED_KEYS, app_settings, create_database, running_app
+from tests.support import (
+    API_KEY,
+    GALLERY_TEST_DIM,
+    GALLERY_TEST_MODEL,
+    SCOPED_KEYS,
+    app_settings,
+    create_database,
+    running_app,
+)
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -34,9 +42,6 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 # Database fixtures (gallery): one real embedded PostgreSQL for the whole session, and a fresh
 # empty database per test on it.
 # ============================================================================================
-
-GALLERY_TEST_MODEL = "test-model"
-GALLERY_TEST_DIM = 16
 
 
 @contextmanager

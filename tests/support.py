@@ -13,6 +13,7 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import psycopg
 from fastapi.testclient import TestClient
 from PIL import Image
@@ -42,6 +43,10 @@ class FakeClock:
 
 
 # --- databases and apps under test ---------------------------------------------------------------
+
+# The embeddings of the `gallery` fixture's gallery.
+GALLERY_TEST_MODEL = "test-model"
+GALLERY_TEST_DIM = 16
 
 
 def create_database(server: EmbeddedServer) -> str:
@@ -74,7 +79,7 @@ def running_app(settings: Settings) -> Iterator[TestClient]:
 
 def services(client: TestClient) -> Services:
     """The services of the app under `client` (to swap a limiter in for one test)."""
-    return client.app.state.services  # type: ignore[attr-defined,no-any-return]
+    return client.app.state.services  # type: ignore[attr-defined]
 
 
 def scoped_headers(scope: str) -> dict[str, str]:
@@ -127,7 +132,24 @@ def bad_upload(case: str) -> tuple[bytes, int]:
     return make(), status
 
 
-# --- measures ------------------------------------------------------------------------------------
+# --- embeddings and measures ---------------------------------------------------------------------
+
+BOX = (10.0, 20.0, 110.0, 140.0)  # a face's box, for galleries fed with made-up embeddings
+
+
+def unit(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
+    """`n` random unit vectors of `dim` dimensions (made-up embeddings)."""
+    vectors = rng.standard_normal((n, dim)).astype(np.float32)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def cosine_distances(queries: np.ndarray, vectors: np.ndarray) -> np.ndarray:
+    """Exact 1 - cos, in float64: the reference the database is compared with."""
+    q = queries.astype(np.float64)
+    v = vectors.astype(np.float64)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    return 1.0 - q @ v.T
 
 
 def iou(a: tuple | list, b: tuple | list) -> float:

@@ -27,7 +27,7 @@ from facegate.gallery import (
     schema,
 )
 from facegate.gallery.schema import MIGRATIONS, migrate
-from tests.test_gallery import BOX, cosine_distances, unit
+from tests.support import BOX, cosine_distances, unit
 
 DIM = 16
 

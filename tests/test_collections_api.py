@@ -14,9 +14,9 @@ from fastapi.testclient import TestClient
 
 from facegate.gallery import DEFAULT_COLLECTION
 from facegate.gallery.embedded import EmbeddedServer
-from tests.conftest import API_KEY, app_settings, running_app
 from tests.data import FACES
 from tests.servers import API_START_TIMEOUT, clean_env
+from tests.support import API_KEY, app_settings, running_app
 
 PORTRAITS = FACES / "portraits"
 OBAMA, BIDEN = PORTRAITS / "Barack_Obama", PORTRAITS / "Joe_Biden"

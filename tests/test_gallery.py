@@ -36,23 +36,7 @@ from facegate.gallery import (
 )
 from facegate.gallery.schema import HNSW_INDEX, MIGRATIONS, migrate
 from facegate.gallery.store import DISK_FULL, UNAVAILABLE, DatabaseHealth
-
-BOX = (10.0, 20.0, 110.0, 140.0)
-
-
-def unit(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
-    vectors = rng.standard_normal((n, dim)).astype(np.float32)
-    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
-
-
-def cosine_distances(queries: np.ndarray, vectors: np.ndarray) -> np.ndarray:
-    """Exact 1 - cos, in float64: the reference the database is compared with."""
-    q = queries.astype(np.float64)
-    v = vectors.astype(np.float64)
-    q /= np.linalg.norm(q, axis=1, keepdims=True)
-    v /= np.linalg.norm(v, axis=1, keepdims=True)
-    return 1.0 - q @ v.T
-
+from tests.support import BOX, cosine_distances, unit
 
 # --- schema --------------------------------------------------------------------------------------
 

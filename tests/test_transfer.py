@@ -25,8 +25,7 @@ from facegate.gallery import (
     UnknownCollectionError,
 )
 from facegate.gallery.transfer import export_bytes, export_file, import_bytes, import_file, read_export
-from tests.conftest import GALLERY_TEST_DIM, GALLERY_TEST_MODEL, create_database
-from tests.test_gallery import unit
+from tests.support import GALLERY_TEST_DIM, GALLERY_TEST_MODEL, create_database, unit
 
 DIM = GALLERY_TEST_DIM
 
