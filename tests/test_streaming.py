@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ast
 import logging
-from pathlib import Path
 from typing import Any, cast
 
 import anyio
@@ -23,9 +22,10 @@ from facegate.gallery.errors import DuplicateNameError, GalleryUnavailable, Unkn
 from facegate.imaging import ImageTooLarge, UnsupportedImageType
 from facegate.names import InvalidNameError
 from facegate.pipeline import NoFaceError
+from tests.data import REPO
 from tests.support import FakeClock
 
-ROUTES = Path(__file__).parents[1] / "src" / "facegate" / "api" / "routes"
+ROUTES = REPO / "src" / "facegate" / "api" / "routes"
 
 
 # --- one exception mapping -----------------------------------------------------------------------
