@@ -20,7 +20,12 @@ from PIL import Image
 from psycopg import sql
 
 from facegate.config import Settings
+from facegate.detection import MTCNN
 from facegate.gallery import EmbeddedServer
+from facegate.imaging import load_image_file
+from facegate.liveness.landmarks import landmarks68
+from facegate.liveness.session import Challenge
+from facegate.liveness.signals import yaw_index
 from tests.data import FACES
 
 if TYPE_CHECKING:
@@ -159,3 +164,53 @@ def iou(a: tuple | list, b: tuple | list) -> float:
     inter = max(width, 0) * max(height, 0)
     union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
     return inter / union if union > 0 else 0.0
+
+
+# --- liveness: real landmarks and landmark sequences (test_liveness, test_liveness_ws) ---------
+
+
+def shrunk(path: Path) -> np.ndarray:
+    image = load_image_file(path)
+    scale = 640 / max(image.shape[:2])
+    if scale >= 1:
+        return image
+    size = (round(image.shape[1] * scale), round(image.shape[0] * scale))
+    return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.LANCZOS))
+
+
+def points_of(detector: MTCNN, image: np.ndarray) -> np.ndarray:
+    faces = detector.detect(image)
+    assert faces, "no face found"
+    return landmarks68(image, max(faces, key=lambda face: face.area))
+
+
+def close_eyes(points: np.ndarray, amount: float = 0.8) -> np.ndarray:
+    """The lids of both eyes moved `amount` of the way to each other (a blink's closed frame)."""
+    moved = points.copy()
+    for upper, lower in (((37, 38), (41, 40)), ((43, 44), (47, 46))):
+        for top, bottom in zip(upper, lower, strict=True):
+            middle = (points[top] + points[bottom]) / 2
+            moved[top] += amount * (middle - points[top])
+            moved[bottom] += amount * (middle - points[bottom])
+    return moved
+
+
+def open_mouth(points: np.ndarray) -> np.ndarray:
+    """The lower lip and the chin dropped by 60% of the mouth's width."""
+    moved = points.copy()
+    drop = 0.6 * np.linalg.norm(points[54] - points[48])
+    moved[[*range(5, 12), *range(55, 60), 65, 66, 67], 1] += drop
+    return moved
+
+
+def placed_like(points: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """`points` moved and scaled onto `reference`'s place (another photo is another framing)."""
+    scale = np.ptp(reference[:, 0]) / np.ptp(points[:, 0])
+    return (points - points.mean(axis=0)) * scale + reference.mean(axis=0)
+
+
+def turned_for(challenge: Challenge, landmarks: dict[str, np.ndarray]) -> np.ndarray:
+    """The real turned photo (or its mirror) whose yaw goes the way `challenge` asks."""
+    wants = 1.0 if challenge is Challenge.TURN_LEFT else -1.0
+    turned = landmarks["turned"]
+    return turned if np.sign(yaw_index(turned)) == wants else landmarks["turned_mirrored"]

@@ -15,8 +15,6 @@ import pytest
 
 from facegate.detection import MTCNN
 from facegate.faces import Face
-from facegate.imaging import load_image_file
-from facegate.liveness.landmarks import landmarks68
 from facegate.liveness.planarity import apply_homography, fit_homography, planar_residual
 from facegate.liveness.session import (
     TURNS,
@@ -32,7 +30,15 @@ from facegate.liveness.session import (
 from facegate.liveness.signals import eye_aspect_ratio, mouth_aspect_ratio, yaw_index
 from tests.attacks import tilt_homography, warp_image
 from tests.data import FACES
-from tests.support import FakeClock
+from tests.support import (
+    FakeClock,
+    close_eyes,
+    open_mouth,
+    placed_like,
+    points_of,
+    shrunk,
+    turned_for,
+)
 
 PORTRAITS = FACES / "portraits"
 # Open-eyed portraits of five people (eyes checked by looking at them); small files, for speed.
@@ -66,23 +72,6 @@ LIMITS = LivenessLimits()
 @pytest.fixture(scope="module")
 def detector() -> MTCNN:
     return MTCNN()
-
-
-def shrunk(path: Path) -> np.ndarray:
-    from PIL import Image
-
-    image = load_image_file(path)
-    scale = 640 / max(image.shape[:2])
-    if scale >= 1:
-        return image
-    size = (round(image.shape[1] * scale), round(image.shape[0] * scale))
-    return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.LANCZOS))
-
-
-def points_of(detector: MTCNN, image: np.ndarray) -> np.ndarray:
-    faces = detector.detect(image)
-    assert faces, "no face found"
-    return landmarks68(image, max(faces, key=lambda face: face.area))
 
 
 @pytest.fixture(scope="module")
@@ -153,31 +142,6 @@ PERSON = np.eye(128, dtype=np.float32)[0]
 STRANGER = np.eye(128, dtype=np.float32)[1]
 
 
-def close_eyes(points: np.ndarray, amount: float = 0.8) -> np.ndarray:
-    """The lids of both eyes moved `amount` of the way to each other (a blink's closed frame)."""
-    moved = points.copy()
-    for upper, lower in (((37, 38), (41, 40)), ((43, 44), (47, 46))):
-        for top, bottom in zip(upper, lower, strict=True):
-            middle = (points[top] + points[bottom]) / 2
-            moved[top] += amount * (middle - points[top])
-            moved[bottom] += amount * (middle - points[bottom])
-    return moved
-
-
-def open_mouth(points: np.ndarray) -> np.ndarray:
-    """The lower lip and the chin dropped by 60% of the mouth's width."""
-    moved = points.copy()
-    drop = 0.6 * np.linalg.norm(points[54] - points[48])
-    moved[[*range(5, 12), *range(55, 60), 65, 66, 67], 1] += drop
-    return moved
-
-
-def placed_like(points: np.ndarray, reference: np.ndarray) -> np.ndarray:
-    """`points` moved and scaled onto `reference`'s place (another photo is another framing)."""
-    scale = np.ptp(reference[:, 0]) / np.ptp(points[:, 0])
-    return (points - points.mean(axis=0)) * scale + reference.mean(axis=0)
-
-
 def seen(points: np.ndarray, embedding: np.ndarray = PERSON) -> Observation:
     x1, y1 = points.min(axis=0)
     x2, y2 = points.max(axis=0)
@@ -204,13 +168,6 @@ def blink(frontal: np.ndarray) -> list[Observation]:
 
 def turn(frontal: np.ndarray, turned: np.ndarray) -> list[Observation]:
     return [seen(placed_like(turned, frontal)), seen(frontal)]
-
-
-def turned_for(challenge: Challenge, landmarks: dict[str, np.ndarray]) -> np.ndarray:
-    """The real turned photo (or its mirror) whose yaw goes the way `challenge` asks."""
-    wants = 1.0 if challenge is Challenge.TURN_LEFT else -1.0
-    turned = landmarks["turned"]
-    return turned if np.sign(yaw_index(turned)) == wants else landmarks["turned_mirrored"]
 
 
 @pytest.mark.parametrize("direction", TURNS)

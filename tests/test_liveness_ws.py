@@ -31,11 +31,21 @@ from facegate.imaging import decode_image, load_image_file
 from facegate.liveness.session import Challenge, Observation, Reason, draw_challenges
 from tests.attacks import tilt_homography, warp_image
 from tests.data import FACES
-from tests.support import API_KEY, FakeClock
+from tests.support import (
+    API_KEY,
+    FakeClock,
+    close_eyes,
+    open_mouth,
+    placed_like,
+    points_of,
+    shrunk,
+    turned_for,
+)
 
 PORTRAITS = FACES / "portraits"
 PERSON_A = PORTRAITS / "Jack_Dorsey" / "deepface_img62.jpg"
 PERSON_B = PORTRAITS / "Katy_Perry" / "deepface_img43.jpg"
+TURNED = PORTRAITS / "Jack_Dorsey" / "deepface_img59.jpg"  # PERSON_A turned
 TWO_PEOPLE = FACES / "groups" / "fr_two_people.jpg"
 NO_FACE = FACES / "noface" / "skimage_coffee.png"
 FRAME = 320  # pixels on a side; the face fills about half of it
@@ -273,8 +283,6 @@ def test_a_live_session_answers_with_the_recognition_of_its_best_frame(
 ) -> None:
     """The frames are real; what the models see in them is replaced by a landmark sequence of a
     person doing the challenges, so the verdict path and its recognition body are exercised."""
-    from tests.test_liveness import TURNED, close_eyes, open_mouth, placed_like, points_of, shrunk, turned_for
-
     image = framed(detector, PERSON_A)
     photo = jpeg(image)
     name = f"liveness-{random.Random().random()}"
