@@ -161,6 +161,14 @@ class Settings(BaseSettings):
     onnx_providers: str = Field(
         default="auto", description="Comma-separated ONNX Runtime providers, or 'auto' (CUDA when available)."
     )
+    gpu_batch_wait_ms: float = Field(
+        default=2.0,
+        ge=0,
+        description=(
+            "Milliseconds an embedder on CUDA gathers concurrent requests' faces for one run; "
+            "0 = no batching. Never used on CPU."
+        ),
+    )
     log_level: str = "INFO"
 
     # --- UI ---
@@ -197,10 +205,11 @@ class Settings(BaseSettings):
         return tuple(dict.fromkeys(names)) or None
 
     def runtime(self) -> RuntimeOptions:
-        """How every ONNX Runtime session of this worker runs: ONNX_PROVIDERS and its thread share."""
+        """How every ONNX Runtime session of this worker runs: ONNX_PROVIDERS, its thread share and
+        GPU_BATCH_WAIT_MS."""
         from facegate.runtime import RuntimeOptions  # config stays importable without onnxruntime
 
-        return RuntimeOptions(self.providers(), self.session_threads())
+        return RuntimeOptions(self.providers(), self.session_threads(), self.gpu_batch_wait_ms / 1000)
 
     def browser_api_url(self) -> str:
         """Where the browser's pages open their sockets: relative (`/api`) resolves against the page."""

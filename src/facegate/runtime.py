@@ -15,6 +15,8 @@ import onnxruntime as ort
 log = logging.getLogger(__name__)
 
 _PREFERRED = ("CUDAExecutionProvider", "CPUExecutionProvider")
+# Providers that only the onnxruntime-gpu wheel carries.
+_GPU_BUILD_ONLY = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 
 # glibc's malloc options (malloc.h).
 _M_TRIM_THRESHOLD = -1
@@ -63,11 +65,14 @@ _LIBC = _glibc()
 
 @dataclass(frozen=True, slots=True)
 class RuntimeOptions:
-    """How ONNX Runtime runs a model: its execution providers (None = `resolve_providers`'s choice)
-    and intra-op threads (0 = ONNX Runtime's default; for MTCNN, the lanes it spreads work over)."""
+    """How ONNX Runtime runs a model: its execution providers (None = `resolve_providers`'s choice),
+    intra-op threads (0 = ONNX Runtime's default; for MTCNN, the lanes it spreads work over) and
+    the seconds a model on CUDA gathers concurrent requests' rows for one run (0 = no batching;
+    `facegate.batching`)."""
 
     providers: tuple[str, ...] | None = None
     threads: int = 0
+    batch_wait: float = 0.0
 
 
 DEFAULT_RUNTIME = RuntimeOptions()
@@ -80,8 +85,19 @@ def resolve_providers(providers: Sequence[str] | None) -> list[str]:
         return [name for name in _PREFERRED if name in available]
     missing = [name for name in providers if name not in available]
     if missing:
-        raise ValueError(f"ONNX Runtime providers not available: {missing}; available: {available}")
+        raise ValueError(_missing_providers(missing, available))
     return list(providers)
+
+
+def _missing_providers(missing: list[str], available: list[str]) -> str:
+    build = f"onnxruntime {ort.__version__} ({ort.get_device()} build)"
+    message = f"ONNX_PROVIDERS names {missing}, which {build} lacks; it offers {available}"
+    if any(name in _GPU_BUILD_ONLY for name in missing):
+        message += (
+            f". Install the GPU build in place of the CPU one: pip uninstall -y onnxruntime && "
+            f"pip install onnxruntime-gpu=={ort.__version__} (README, Deployment: GPU)"
+        )
+    return message
 
 
 def create_session(model: Path | bytes, runtime: RuntimeOptions = DEFAULT_RUNTIME) -> ort.InferenceSession:

@@ -25,6 +25,12 @@ class Detector(ABC):
         """Faces in `image` (RGB uint8, H x W x 3), by decreasing score; `ValueError` for anything
         else, an `ImageError` for an image the detector will not take on."""
 
+    @property
+    def providers(self) -> tuple[str, ...]:
+        """The runtimes its model runs on, in order of preference: its ONNX Runtime sessions'
+        (`session.get_providers()`), or e.g. ("dlib",) for another runtime; () when it runs none."""
+        return ()
+
     def close(self) -> None:  # noqa: B027 (a detector without resources has nothing to release)
         """Release what the detector holds."""
 

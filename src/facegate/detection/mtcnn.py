@@ -84,6 +84,10 @@ class MTCNN(Detector):
         self._closed = False
         log.info("MTCNN on %s in %d lane(s)", self._pnet.get_providers(), lanes)
 
+    @property
+    def providers(self) -> tuple[str, ...]:
+        return tuple(self._pnet.get_providers())
+
     def close(self) -> None:
         """Stop the lane threads (after the detections under way); `detect` then refuses."""
         self._closed = True

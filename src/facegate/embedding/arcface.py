@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from facegate.batching import ModelRunner
 from facegate.embedding.base import Embedder
 from facegate.faces import Face
 from facegate.runtime import DEFAULT_RUNTIME, RuntimeOptions, create_session
@@ -85,31 +86,32 @@ class ArcFaceEmbedder(Embedder):
         model_path = Path(model_path)
         if not model_path.is_file():
             raise FileNotFoundError(f"ArcFace model not found: {model_path} (set ARCFACE_MODEL_PATH)")
-        self._session = create_session(model_path, runtime)
-        model_input = self._session.get_inputs()[0]
+        session = create_session(model_path, runtime)
+        model_input = session.get_inputs()[0]
         if len(model_input.shape) != 4 or list(model_input.shape[1:]) != [3, CHIP_SIZE, CHIP_SIZE]:
             raise ValueError(
                 f"{model_path.name}: expected an input of shape (N, 3, {CHIP_SIZE}, {CHIP_SIZE}), "
                 f"the model's input {model_input.name!r} has shape {model_input.shape}"
             )
-        self._input = model_input.name
-        # Models exported with a fixed batch of 1 are run one face at a time.
+        # Models exported with a fixed batch of 1 are run one face at a time (never batched).
         self._batched = model_input.shape[0] != 1
-        self.dim = self._output_dim()
+        wait = runtime.batch_wait if self._batched else 0.0
+        self._model = ModelRunner(session, model_input.name, wait, "arcface")
+        self.dim = self._output_dim(session.get_outputs()[0].shape)
         self.name = f"arcface:{model_path.stem}:{_short_sha256(model_path)}"
 
-    def _output_dim(self) -> int:
-        shape = self._session.get_outputs()[0].shape
+    @property
+    def providers(self) -> tuple[str, ...]:
+        return self._model.providers
+
+    def _output_dim(self, shape: list[int | str]) -> int:
         if len(shape) == 2 and isinstance(shape[1], int):
             return shape[1]
         # Symbolic output shape: ask the model.
-        probe = self._run(np.zeros((1, 3, CHIP_SIZE, CHIP_SIZE), np.float32))
+        probe = self._model(np.zeros((1, 3, CHIP_SIZE, CHIP_SIZE), np.float32))
         if probe.ndim != 2:
             raise ValueError(f"expected an output of shape (N, D), the model returned {probe.shape}")
         return probe.shape[1]
-
-    def _run(self, batch: np.ndarray) -> np.ndarray:
-        return self._session.run(None, {self._input: batch})[0]
 
     def embed(self, image: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
         if not faces:
@@ -117,8 +119,8 @@ class ArcFaceEmbedder(Embedder):
         chips = arcface_chips(image, faces)
         batch = ((chips.astype(np.float32) - 127.5) / 127.5).transpose(0, 3, 1, 2)
         if self._batched:
-            raw = self._run(np.ascontiguousarray(batch))
+            raw = self._model(batch)
         else:
-            raw = np.concatenate([self._run(np.ascontiguousarray(item[None])) for item in batch])
+            raw = np.concatenate([self._model(item[None]) for item in batch])
         raw = raw.reshape(len(faces), -1).astype(np.float32)
         return raw / np.linalg.norm(raw, axis=1, keepdims=True)

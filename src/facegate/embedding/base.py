@@ -24,6 +24,12 @@ class Embedder(ABC):
     def embed(self, image: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
         """Return a (len(faces), dim) float32 array of unit vectors for `faces` of the RGB uint8 `image`."""
 
+    @property
+    def providers(self) -> tuple[str, ...]:
+        """The runtimes its model runs on, in order of preference: its ONNX Runtime sessions'
+        (`session.get_providers()`), or e.g. ("dlib",) for another runtime; () when it runs none."""
+        return ()
+
 
 MIRROR_SUFFIX = "+mirror"
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from facegate.batching import ModelRunner
 from facegate.embedding.alignment import face_chips
 from facegate.embedding.base import MIRROR_SUFFIX, MirroredEmbedder, unit_descriptors
 from facegate.embedding.dlib_onnx import INPUT_NAME, converted_model
@@ -50,6 +51,10 @@ class DlibEmbedder(DlibResNetEmbedder):
         super().__init__(mirror)
         self._model = dlib_resnet()
 
+    @property
+    def providers(self) -> tuple[str, ...]:
+        return ("dlib",)
+
     def descriptors(self, chips: np.ndarray) -> np.ndarray:
         batch = [np.ascontiguousarray(chip) for chip in chips]
         with _DLIB_NET_LOCK:
@@ -67,11 +72,16 @@ class DlibOnnxEmbedder(DlibResNetEmbedder):
         source: Path = RESNET_PATH,
     ) -> None:
         super().__init__(mirror)
-        self._session = create_session(converted_model(source, cache_dir), runtime)
+        session = create_session(converted_model(source, cache_dir), runtime)
+        # InferenceSession.run is thread-safe; no lock needed.
+        self._model = ModelRunner(session, INPUT_NAME, runtime.batch_wait, MODEL_NAME)
+
+    @property
+    def providers(self) -> tuple[str, ...]:
+        return self._model.providers
 
     def descriptors(self, chips: np.ndarray) -> np.ndarray:
-        # InferenceSession.run is thread-safe; no lock needed.
-        return self._session.run(None, {INPUT_NAME: np.ascontiguousarray(chips)})[0]
+        return self._model(chips)
 
 
 __all__ = [

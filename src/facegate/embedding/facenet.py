@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from facegate.batching import ModelRunner
 from facegate.embedding.base import MirroredEmbedder
 from facegate.embedding.facenet_onnx import CROP_SIZE, DIM, INPUT_NAME, converted_model, facenet_graph_path
 from facegate.faces import Face
@@ -63,11 +64,15 @@ class FaceNetEmbedder(MirroredEmbedder):
     ) -> None:
         super().__init__(MODEL_NAME, mirror)
         model = converted_model(source or facenet_graph_path(), cache_dir)
-        self._session = create_session(model, runtime)
+        self._model = ModelRunner(create_session(model, runtime), INPUT_NAME, runtime.batch_wait, MODEL_NAME)
+
+    @property
+    def providers(self) -> tuple[str, ...]:
+        return self._model.providers
 
     def crops(self, image: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
         return facenet_crops(image, faces)
 
     def descriptors(self, crops: np.ndarray) -> np.ndarray:
         """Unit (n, 512) embeddings of (n, 160, 160, 3) uint8 crops, in one batch."""
-        return self._session.run(None, {INPUT_NAME: np.ascontiguousarray(crops)})[0]
+        return self._model(crops)

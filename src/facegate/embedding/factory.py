@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+
 from facegate.config import Settings
 from facegate.embedding.arcface import ArcFaceEmbedder
 from facegate.embedding.base import Embedder
 from facegate.embedding.dlib_resnet import DlibEmbedder, DlibOnnxEmbedder
 from facegate.embedding.facenet import FaceNetEmbedder
 from facegate.embedding.fusion import FusionEmbedder
+
+log = logging.getLogger(__name__)
 
 # Average each face with its mirror image (see benchmarks/calibrate.py for the measurement).
 MIRROR = True
@@ -20,6 +24,12 @@ FACENET_IMPOSTOR_STD = 0.1378
 
 def create_embedder(settings: Settings) -> Embedder:
     """The configured embedder; the dlib ResNet on ONNX Runtime unless `FACE_EMBEDDER` says otherwise."""
+    embedder = _configured_embedder(settings)
+    log.info("Embedder %s on %s", embedder.name, list(embedder.providers))
+    return embedder
+
+
+def _configured_embedder(settings: Settings) -> Embedder:
     if settings.face_embedder == "dlib":
         return DlibEmbedder(mirror=MIRROR)
     if settings.face_embedder == "arcface":

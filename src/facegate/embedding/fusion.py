@@ -29,6 +29,10 @@ class FusionEmbedder(Embedder):
         self.dim = sum(embedder.dim for embedder, _ in parts)
         self.name = "fusion(" + ",".join(f"{e.name}*{w / total:.3f}" for e, w in parts) + ")"
 
+    @property
+    def providers(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(name for embedder, _ in self._parts for name in embedder.providers))
+
     def embed(self, image: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
         if not faces:
             return np.zeros((0, self.dim), np.float32)
