@@ -48,6 +48,13 @@ def test_health_reports_the_database_and_model(anonymous: TestClient) -> None:
     assert body["instance"] == socket.gethostname()  # which replica answered (INSTANCE_NAME unset)
 
 
+def test_health_reports_which_runtime_each_model_runs_on(anonymous: TestClient) -> None:
+    providers = anonymous.get("/health").json()["providers"]
+    assert set(providers) == {"detector", "embedder"}
+    for names in providers.values():
+        assert names and names[-1] == "CPUExecutionProvider"  # this build and these tests: CPU
+
+
 def test_docs_and_openapi_are_open(anonymous: TestClient) -> None:
     assert anonymous.get("/docs").status_code == 200
     spec = anonymous.get("/openapi.json").json()

@@ -196,6 +196,14 @@ class Health(BaseModel):
     version: str
     instance: str = Field(description="Which replica answered: INSTANCE_NAME, else the hostname.")
     detail: str | None = None
+    providers: dict[str, list[str]] | None = Field(
+        default=None,
+        description=(
+            "The runtimes each model runs on, by model ('detector', 'embedder'), in order of "
+            'preference: ONNX Runtime providers (e.g. ["CUDAExecutionProvider", "CPUExecutionProvider"]) '
+            'or ["dlib"].'
+        ),
+    )
 
 
 class Stats(BaseModel):

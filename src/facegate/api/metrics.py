@@ -86,6 +86,10 @@ class MeteredEmbedder(Embedder):
         self._inner = inner
         self._metrics = metrics
 
+    @property
+    def providers(self) -> tuple[str, ...]:
+        return self._inner.providers
+
     def embed(self, image: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
         with self._metrics.stage("embed"):
             return self._inner.embed(image, faces)
@@ -98,6 +102,10 @@ class MeteredDetector(Detector):
         self.name = inner.name
         self._inner = inner
         self._metrics = metrics
+
+    @property
+    def providers(self) -> tuple[str, ...]:
+        return self._inner.providers
 
     def detect(self, image: np.ndarray, params: DetectionParams = DEFAULT_DETECTION) -> list[Face]:
         with self._metrics.stage("detect"):

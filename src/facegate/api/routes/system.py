@@ -26,7 +26,7 @@ async def root(request: Request) -> ServiceInfo:
 
 @router.get("/health", response_model=Health, responses={**error_responses(504), 503: {"model": Health}})
 async def health(services: ServicesDep) -> Health | JSONResponse:
-    """Liveness and database status (no key needed).
+    """Liveness, database status and the runtime each model runs on (no key needed).
 
     `degraded` with a `detail` when the database is unreachable (503: nothing that needs the gallery
     works) or refuses writes for a full disk (200: detection and recognition still work).
@@ -43,6 +43,10 @@ async def health(services: ServicesDep) -> Health | JSONResponse:
         version=__version__,
         detail=database.detail,
         instance=services.settings.instance_name,
+        providers={
+            "detector": list(services.pipeline.detector.providers),
+            "embedder": list(embedder.providers),
+        },
     )
     if database.state == "unavailable":
         return JSONResponse(status_code=503, content=body.model_dump())
