@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Prepares this checkout on a fresh Debian machine: system packages, a virtualenv in .venv and the
-# project installed into it. Usage: scripts/setup.sh run|test. Safe to run again: it only adds
-# what is missing.
+# project installed into it. Usage: scripts/setup.sh run|test|gpu (gpu: run, with ONNX Runtime's
+# GPU build in place of the CPU one). Safe to run again: it only adds what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 purpose="${1:-run}"
@@ -40,6 +40,22 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     .venv/bin/python -m pip install -q --upgrade pip
     .venv/bin/python -m pip install -q -e ".[$extras]"
     touch "$stamp"
+fi
+
+if [ "$purpose" = gpu ]; then
+    # onnxruntime-gpu and onnxruntime install the same `onnxruntime` module, and pip cannot let an
+    # extra replace a dependency: the CPU wheel goes, then the GPU wheel (re)installs its files.
+    # The same version when it is published, else the newest GPU build (README, GPU).
+    py=.venv/bin/python
+    cpu_version=$("$py" -c 'from importlib.metadata import version; print(version("onnxruntime"))' 2>/dev/null || true)
+    if [ -n "$cpu_version" ]; then
+        echo "Replacing onnxruntime $cpu_version with onnxruntime-gpu"
+        "$py" -m pip uninstall -q -y onnxruntime
+        "$py" -m pip install -q --force-reinstall --no-deps "onnxruntime-gpu==$cpu_version" \
+            || "$py" -m pip install -q --force-reinstall --no-deps "onnxruntime-gpu>=1.18"
+        "$py" -m pip install -q onnxruntime-gpu  # its dependencies, should any be missing
+    fi
+    "$py" -c 'import onnxruntime as ort; print("ONNX Runtime", ort.__version__, "providers:", ort.get_available_providers())'
 fi
 
 if [ "$purpose" = test ]; then
