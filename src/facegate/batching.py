@@ -2,8 +2,10 @@
 through the model in one run.
 
 On a GPU one small run is mostly launch overhead, so concurrent requests' crops are worth
-gathering; on a CPU a run's time grows with its rows and one request at a time is faster, so a
-CPU session never batches (`uses_batching`).
+gathering. On a CPU a run's time grows with its rows (6.3 ms a face at batch 8 against 7.4 ms at
+batch 1, BENCHMARKS.md, Embeddings): gathering would add the wait to every request for little, and
+concurrent requests already run side by side on the cores, so a CPU session never batches
+(`uses_batching`).
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 BATCHED_PROVIDER = "CUDAExecutionProvider"
-# A batch closes once it holds this many rows (a GPU's throughput flattens out well before).
+# A batch closes once it holds this many rows: 32 faces and their mirror images, the most the
+# benchmark's 32 clients submit at once (benchmarks/gpu_bench.py; not yet measured on a GPU).
 MAX_BATCH_ROWS = 64
 
 Run = Callable[[np.ndarray], np.ndarray]
