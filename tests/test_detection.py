@@ -267,7 +267,7 @@ def test_invalid_images_raise(detector: MTCNN, image: object) -> None:
 
 
 def test_unknown_provider_raises() -> None:
-    with pytest.raises(ValueError, match="NoSuchExecutionProvider.*lacks"):
+    with pytest.raises(ValueError, match=r"NoSuchExecutionProvider.*lacks"):
         MTCNN(RuntimeOptions(providers=("NoSuchExecutionProvider",)))
 
 
