@@ -137,6 +137,7 @@ def _calls(gallery: Gallery, vector: np.ndarray, collection: str) -> dict[str, C
         "search": lambda: gallery.search(vector, collection=collection),
         "stats": lambda: gallery.stats(collection=collection),
         "get_collection": lambda: gallery.get_collection(collection),
+        "require_collection": lambda: gallery.require_collection(collection),
         "export_people": lambda: gallery.export_people(collection),
         "merge_people": lambda: gallery.merge_people([], collection),
     }

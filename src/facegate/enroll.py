@@ -80,7 +80,7 @@ def enroll_folder(
     folders = person_folders(root)
     report = EnrollReport()
     with open_core(settings) as core, logging_redirect_tqdm():
-        core.gallery.get_collection(collection)  # UnknownCollectionError before any work
+        core.gallery.require_collection(collection)  # UnknownCollectionError before any work
         # Log lines go through the bar's writer, above the bar, instead of breaking it.
         for folder in tqdm(folders, desc="enrolling", unit="person", file=sys.stderr):
             _enroll_person(folder, core, collection, report)

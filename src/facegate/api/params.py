@@ -40,7 +40,7 @@ def admit_collection(services: Services, key: ApiKey, collection: str) -> str:
     """`collection`, when `key` is bound to it (403) and it exists (404): checked before any work is
     spent on the request. 403 comes first, so a bound key learns nothing of other collections."""
     admit(key, collection)
-    services.gallery.get_collection(collection)
+    services.gallery.require_collection(collection)
     return collection
 
 

@@ -401,6 +401,12 @@ class Gallery:
             cursor = conn.cursor(row_factory=class_row(CollectionRecord))
             return cursor.execute(_SELECT_COLLECTIONS + " ORDER BY c.name").fetchall()
 
+    def require_collection(self, name: str) -> None:
+        """UnknownCollectionError unless the collection exists: one lookup by its unique name, for
+        the check before a request's work (get_collection also counts its people and faces)."""
+        with self._transaction() as conn:
+            self._collection_id(conn, name)
+
     def get_collection(self, name: str) -> CollectionRecord:
         with self._transaction() as conn:
             cursor = conn.cursor(row_factory=class_row(CollectionRecord))
