@@ -206,14 +206,17 @@ class Verification:
 
 @dataclass(frozen=True, slots=True)
 class Identified:
-    """One face of a photo and who it is: `nearest` is None when the face was not searched (its
+    """One face of a photo and who it is: no candidates when the face was not searched (its
     `problem` says why) or the gallery is empty."""
 
     face: EmbeddedFace
-    nearest: Match | None
-    is_match: bool
+    candidates: tuple[Match, ...]  # the nearest distinct people asked for (top_k), nearest first
+    is_match: bool  # whether the nearest of them is the person
     similarity: float | None
-    candidates: tuple[Match, ...] = ()  # the nearest distinct people asked for (top_k), nearest first
+
+    @property
+    def nearest(self) -> Match | None:
+        return self.candidates[0] if self.candidates else None
 
     @property
     def distance(self) -> float | None:
@@ -257,6 +260,8 @@ class Recognizer:
         `top_k` nearest distinct people are kept as each face's candidates."""
         if not faces:
             raise NoFaceError("no face found in the image")
+        if top_k < 1:
+            raise ValueError(f"top_k must be at least 1, not {top_k}")
         searched = [face.embedding for face in faces if face.problem is None]
         # At least two people: the margin rule compares the nearest with the next one.
         k = max(2, top_k)
@@ -273,13 +278,12 @@ class Recognizer:
         self, face: EmbeddedFace, people: list[Match] | None, chosen: Threshold, top_k: int
     ) -> Identified:
         if not people:
-            return Identified(face, None, is_match=False, similarity=None)
+            return Identified(face, (), is_match=False, similarity=None)
         nearest = people[0]
         second = people[1].distance if len(people) > 1 else None
         return Identified(
             face,
-            nearest,
+            tuple(people[:top_k]),
             is_match=self.policy.is_match(nearest.distance, second, chosen),
             similarity=self.policy.similarity(nearest.distance),
-            candidates=tuple(people[:top_k]),
         )
