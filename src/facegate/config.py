@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 QUALITY_DEFAULTS = {"min_eye_distance": 12.0, "min_sharpness": 0.05, "max_yaw": 1.0}
 # Used when the embedder has no false-match calibration and FACE_MATCH_THRESHOLD is unset.
 UNCALIBRATED_MATCH_THRESHOLD = 0.06
+# FACE_VERIFY_THRESHOLD's default: the one-to-one comparison (/verify, a photo added to a person).
+VERIFY_THRESHOLD = 0.086
 
 # What one worker process keeps busy by default (see `Settings.workers`).
 CORES_PER_WORKER = 2
@@ -90,7 +92,7 @@ class Settings(BaseSettings):
         description="The nearest person must be within this share of the next one's distance (1 = off).",
     )
     # One-to-one verification: the best LFW fold-1 accuracy is at 0.086 (benchmarks/calibrate.py).
-    face_verify_threshold: float = Field(default=0.086, ge=0.0, le=2.0)
+    face_verify_threshold: float = Field(default=VERIFY_THRESHOLD, ge=0.0, le=2.0)
 
     # --- face quality (benchmarks/quality.py) ---
     quality_min_eye_distance: float = Field(

@@ -35,7 +35,7 @@ from typing import Literal
 
 import numpy as np
 
-from facegate.config import UNCALIBRATED_MATCH_THRESHOLD, Settings
+from facegate.config import UNCALIBRATED_MATCH_THRESHOLD, VERIFY_THRESHOLD, Settings
 from facegate.gallery import DEFAULT_COLLECTION, Gallery, Match
 from facegate.pipeline import EmbeddedFace, NoFaceError
 
@@ -126,7 +126,7 @@ class MatchPolicy:
         fixed: float | None,
         fallback: float,
         margin: float = 1.0,
-        verify_threshold: float = 0.086,
+        verify_threshold: float = VERIFY_THRESHOLD,
     ) -> None:
         """`fixed`: FACE_MATCH_THRESHOLD when set; `fallback`: the fixed threshold used when the
         embedder has no calibration (a user-supplied model); `margin`: see the module docstring
