@@ -14,9 +14,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from facegate.chips import TEMPLATE, similarity_transform
 from facegate.config import Settings
 from facegate.embedding import ArcFaceEmbedder, create_embedder
-from facegate.embedding.arcface import TEMPLATE, arcface_chips, similarity_transform
+from facegate.embedding.arcface import arcface_chips
 from facegate.faces import Face
 
 PROJECTION = np.random.default_rng(7).normal(size=(3, 512)).astype(np.float32)

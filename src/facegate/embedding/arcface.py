@@ -16,49 +16,12 @@ import numpy as np
 from PIL import Image
 
 from facegate.batching import ModelRunner
+from facegate.chips import TEMPLATE, TEMPLATE_SIZE, similarity_transform, warp_affine
 from facegate.embedding.base import Embedder
 from facegate.faces import Face
 from facegate.runtime import DEFAULT_RUNTIME, RuntimeOptions, create_session
 
-CHIP_SIZE = 112
-# insightface's reference landmarks for a 112 × 112 crop, in `Face.keypoints` order.
-TEMPLATE = np.array(
-    [
-        [38.2946, 51.6963],  # left eye (viewer's left)
-        [73.5318, 51.5014],  # right eye
-        [56.0252, 71.7366],  # nose
-        [41.5493, 92.3655],  # mouth left
-        [70.7299, 92.2041],  # mouth right
-    ],
-    dtype=np.float64,
-)
-
-
-def similarity_transform(source: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """The 2 × 3 matrix of the rotation + uniform scale + translation that maps `source` points onto
-    `target` points with the least squared error (no reflection)."""
-    source, target = np.asarray(source, np.float64), np.asarray(target, np.float64)
-    source_mean, target_mean = source.mean(axis=0), target.mean(axis=0)
-    source_centred, target_centred = source - source_mean, target - target_mean
-    covariance = target_centred.T @ source_centred / len(source)
-    u, singular, vt = np.linalg.svd(covariance)
-    signs = np.array([1.0, np.sign(np.linalg.det(u) * np.linalg.det(vt)) or 1.0])
-    rotation = u @ np.diag(signs) @ vt
-    scale = (singular * signs).sum() / source_centred.var(axis=0).sum()
-    translation = target_mean - scale * rotation @ source_mean
-    return np.hstack([scale * rotation, translation[:, None]])
-
-
-def warp_affine(image: Image.Image, matrix: np.ndarray, size: int) -> np.ndarray:
-    """`image` under the 2 × 3 `matrix` (input pixel → output pixel, pixel centres at integers),
-    bilinear, black outside, as a (size, size, 3) uint8 array."""
-    inverse = np.linalg.inv(np.vstack([matrix, [0.0, 0.0, 1.0]]))[:2]
-    # Pillow samples the input at inverse(out + 0.5) − 0.5; shift so pixel centres map exactly.
-    linear = inverse[:, :2]
-    offset = inverse[:, 2] - linear @ [0.5, 0.5] + 0.5
-    data = (linear[0, 0], linear[0, 1], offset[0], linear[1, 0], linear[1, 1], offset[1])
-    warped = image.transform((size, size), Image.Transform.AFFINE, data, resample=Image.Resampling.BILINEAR)
-    return np.asarray(warped)
+CHIP_SIZE = TEMPLATE_SIZE
 
 
 def arcface_chips(image: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
