@@ -1,9 +1,10 @@
-"""Calibrate the match threshold of the dlib ResNet embedder on the shared LFW pairs (folds 1–2).
+"""Calibrate the one-to-one threshold of the configured embedder (`FACE_EMBEDDER`) on the shared LFW
+pairs (folds 1–2).
 
 Pipeline per image: MTCNN (facegate.detection) → the detection nearest the image centre (LFW's
-labelled face) → dlib 5-point alignment → ResNet on ONNX Runtime, the chip and its mirror image in
-one batch. Both variants are evaluated: one descriptor, and the mean of the unit descriptors of
-the chip and its mirror (what `DlibOnnxEmbedder(mirror=True)` returns).
+labelled face) → the embedder's own alignment and network, the crop and its mirror image in one
+batch. Both variants are evaluated: one descriptor, and the mean of the unit descriptors of the
+crop and its mirror (what the embedder returns with its mirror pass on).
 
 1. One-to-one: the cosine-distance threshold with the best accuracy on fold 1 (first 600 pairs),
    applied to fold 2 (next 600): accuracy, FMR, FNMR; and the other way round.
@@ -16,6 +17,7 @@ Writes a ROC plot to --out (needs the `bench` extra: matplotlib). Descriptors ar
 --cache, so reruns take seconds. Prints tables; writes nothing into the repository.
 
     python benchmarks/calibrate.py --out /tmp/facegate-roc.png
+    FACE_EMBEDDER=onnx python benchmarks/calibrate.py      # dlib's ResNet
 """
 
 from __future__ import annotations
@@ -30,15 +32,17 @@ import numpy as np
 
 import facegate.detection
 import facegate.embedding
-from facegate.detection import MTCNN
-from facegate.embedding.alignment import face_chips
-from facegate.embedding.dlib_resnet import DlibOnnxEmbedder, unit_descriptors
+from facegate.config import Settings
+from facegate.embedding.base import MirroredEmbedder, unit_descriptors
 from facegate.faces import Face
 from facegate.imaging import load_image_file
+from facegate.pipeline import Pipeline
 
 LFW = Path(__file__).resolve().parents[2] / "shared" / "data" / "faces" / "lfw"
 PAIRS_PER_FOLD = 600
-THRESHOLDS = (0.04, 0.05, 0.06, 0.07, 0.08, 0.09)
+# The one-to-many table's thresholds, as shares of the chosen one-to-one threshold (every model has
+# its own scale of distances).
+THRESHOLD_SHARES = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 GALLERY_SIZES = (10, 30, 100, 300)
 DRAWS = 50  # random galleries per size
 
@@ -87,29 +91,34 @@ def pipeline_fingerprint() -> bytes:
     return b"".join(path.read_bytes() for package in packages for path in sorted(package.glob("*.py")))
 
 
-def describe_images(keys: list[str], cache_dir: Path) -> tuple[dict[str, np.ndarray], int]:
-    """Raw descriptors (2, 128) per image: chip and mirror. Cached by the list of images."""
-    digest = hashlib.sha256("\n".join(keys).encode() + pipeline_fingerprint()).hexdigest()[:16]
-    cache = cache_dir / f"lfw-mtcnn-dlib-{digest}.npz"
+def describe_images(keys: list[str], cache_dir: Path) -> tuple[str, dict[str, np.ndarray], int]:
+    """The embedder's name, and raw descriptors (2, dim) per image: crop and mirror. Cached by the
+    list of images and the embedder."""
+    pipeline = Pipeline.from_settings(Settings())
+    embedder = pipeline.embedder
+    if not isinstance(embedder, MirroredEmbedder):
+        raise SystemExit(f"{embedder.name}: only embedders with a mirror pass are calibrated here")
+    name = embedder.name
+    digest = hashlib.sha256("\n".join(keys).encode() + name.encode() + pipeline_fingerprint()).hexdigest()
+    cache = cache_dir / f"lfw-pairs-{digest[:16]}.npz"
     if cache.is_file():
         stored = np.load(cache)
-        return dict(zip(keys, stored["raw"], strict=True)), int(stored["misses"])
-    detector, embedder = MTCNN(), DlibOnnxEmbedder(cache_dir / "models", mirror=False)
+        return name, dict(zip(keys, stored["raw"], strict=True)), int(stored["misses"])
     raw, misses, started = [], 0, time.perf_counter()
     for index, key in enumerate(keys, 1):
         image = load_image_file(LFW / "lfw-deepfunneled" / key)
         height, width = image.shape[:2]
-        face = central_face(detector.detect(image), width, height)
+        face = central_face(pipeline.detect(image), width, height)
         if face is None:
             misses += 1
             face = fallback_face(width, height)
-        chips = face_chips(image, [face])
-        raw.append(embedder.descriptors(np.concatenate([chips, chips[:, :, ::-1]])))
+        crops = embedder.crops(image, [face])
+        raw.append(embedder.descriptors(np.concatenate([crops, crops[:, :, ::-1]])))
         if index % 200 == 0:
             print(f"  {index}/{len(keys)} images, {time.perf_counter() - started:.0f} s", flush=True)
     cache_dir.mkdir(parents=True, exist_ok=True)
     np.savez(cache, raw=np.stack(raw), misses=misses)
-    return dict(zip(keys, raw, strict=True)), misses
+    return name, dict(zip(keys, raw, strict=True)), misses
 
 
 def variants(raw: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
@@ -216,7 +225,7 @@ def one_to_many(vectors: dict[str, np.ndarray], thresholds: list[float]) -> None
         )
 
 
-def plot_roc(curves: dict[str, dict[str, object]], out: Path) -> None:
+def plot_roc(model: str, curves: dict[str, dict[str, object]], out: Path) -> None:
     import matplotlib  # the optional `bench` extra: imported only here
 
     matplotlib.use("Agg")
@@ -234,7 +243,7 @@ def plot_roc(curves: dict[str, dict[str, object]], out: Path) -> None:
     axes.set(
         xscale="log", xlim=(1e-3, 1), ylim=(0.9, 1.0), xlabel="false match rate", ylabel="true match rate"
     )
-    axes.set_title("dlib ResNet (ONNX) on LFW pairs folds 1–2, MTCNN alignment")
+    axes.set_title(f"{model} on LFW pairs folds 1–2, MTCNN keypoints")
     axes.legend(loc="lower right")
     axes.grid(True, which="both", alpha=0.3)
     figure.tight_layout()
@@ -253,8 +262,8 @@ def main() -> None:
     pairs = read_pairs(args.pairs)
     keys = sorted({key for pair in pairs for key in (pair.first, pair.second)})
     print(f"{len(pairs)} pairs, {len(keys)} images")
-    raw, misses = describe_images(keys, args.cache)
-    print(f"images without a detection (fixed centre box used): {misses}\n")
+    model, raw, misses = describe_images(keys, args.cache)
+    print(f"{model}; images without a detection (fixed centre box used): {misses}\n")
     print(
         "| variant (cosine) | fold-1 threshold | fold-2 accuracy | FMR | FNMR "
         "| fold-2 threshold → fold 1 | mean |"
@@ -262,8 +271,8 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     curves = {name: one_to_one(name, pairs, vectors) for name, vectors in variants(raw).items()}
     chosen = float(curves["chip + mirror"]["threshold"])
-    one_to_many(variants(raw)["chip + mirror"], sorted({*THRESHOLDS, round(chosen, 3)}))
-    plot_roc(curves, args.out)
+    one_to_many(variants(raw)["chip + mirror"], [round(share * chosen, 4) for share in THRESHOLD_SHARES])
+    plot_roc(model, curves, args.out)
 
 
 if __name__ == "__main__":

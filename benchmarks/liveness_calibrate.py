@@ -194,7 +194,7 @@ def identity_across_pose(
     Uses the recognition benchmark's descriptors (and its cache)."""
     pairs = read_pairs(LFW / "pairs_folds1-2.txt")
     keys = sorted({key for pair in pairs for key in (pair.first, pair.second)})
-    raw, _ = describe_images(keys, cache)
+    _, raw, _ = describe_images(keys, cache)
     lfw = [
         (s, unit_descriptors(raw[s.key.split("lfw-deepfunneled/")[1]], 1)[0])
         for s in samples

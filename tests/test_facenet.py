@@ -17,7 +17,6 @@ from facegate.detection import MTCNN
 from facegate.embedding import create_embedder, facenet_onnx
 from facegate.embedding.facenet import FaceNetEmbedder, facenet_crops
 from facegate.embedding.facenet_onnx import converted_model, facenet_graph_path
-from facegate.embedding.fusion import FusionEmbedder
 from facegate.embedding.tf_graph import parse_graph
 from facegate.faces import Face
 from facegate.imaging import load_image_file
@@ -169,23 +168,22 @@ def test_damaged_cache_is_converted_again(tmp_path: Path, models_dir: Path) -> N
 
 
 @needs_facenet
-def test_fusion_vectors_are_unit_and_tell_people_apart(
+def test_facenet_vectors_are_unit_and_tell_people_apart(
     tmp_path: Path, models_dir: Path, portrait_faces: dict[str, list[tuple[np.ndarray, list[Face]]]]
 ) -> None:
     (tmp_path / "models").mkdir()
     for name in ("graph_final.onnx", "graph_final.onnx.json"):  # reuse this module's conversion
         (tmp_path / "models" / name).write_bytes((models_dir / name).read_bytes())
-    settings = Settings(face_embedder="fusion", facegate_data_dir=tmp_path)
-    fusion = create_embedder(settings)
-    assert isinstance(fusion, FusionEmbedder)
-    assert (fusion.dim, fusion.name.startswith("fusion(dlib_resnet_v1+mirror*")) == (640, True)
-    assert "facenet_20180408-102900+mirror*" in fusion.name
+    settings = Settings(face_embedder="facenet", facegate_data_dir=tmp_path)
+    facenet = create_embedder(settings)
+    assert isinstance(facenet, FaceNetEmbedder)
+    assert (facenet.dim, facenet.name) == (512, "facenet_20180408-102900+mirror")
     vectors = {
-        person: np.concatenate([fusion.embed(image, faces) for image, faces in items])
+        person: np.concatenate([facenet.embed(image, faces) for image, faces in items])
         for person, items in portrait_faces.items()
     }
     everything = np.concatenate(list(vectors.values()))
-    assert everything.shape == (len(PEOPLE) * 2, 640)
+    assert everything.shape == (len(PEOPLE) * 2, 512)
     np.testing.assert_allclose(np.linalg.norm(everything, axis=1), 1.0, atol=1e-5)
     worst_same = max(1 - float(a @ b) for a, b in vectors.values())
     best_other = min(
@@ -199,10 +197,7 @@ def test_fusion_vectors_are_unit_and_tell_people_apart(
     assert worst_same < best_other
 
 
-@pytest.mark.parametrize("embedder", ["fusion", "facenet"])
-def test_missing_wheel_is_a_clear_error(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, embedder: str
-) -> None:
+def test_missing_wheel_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, facenet_onnx.PACKAGE, None)  # Python's mark of a blocked import
-    with pytest.raises(ModuleNotFoundError, match=r"pip install 'facegate\[fusion\]'"):
-        create_embedder(Settings(face_embedder=embedder, facegate_data_dir=tmp_path))
+    with pytest.raises(ModuleNotFoundError, match=r"pip install 'facegate\[facenet\]'"):
+        create_embedder(Settings(face_embedder="facenet", facegate_data_dir=tmp_path))

@@ -16,7 +16,6 @@ from facegate.batching import ModelRunner, uses_batching
 from facegate.config import Settings
 from facegate.detection import MTCNN
 from facegate.embedding.dlib_resnet import DlibEmbedder, DlibOnnxEmbedder
-from facegate.embedding.fusion import FusionEmbedder
 from facegate.runtime import RuntimeOptions, create_session, resolve_providers
 
 CPU = "CPUExecutionProvider"
@@ -125,10 +124,7 @@ def test_each_model_reports_its_runtime(onnx_embedder: DlibOnnxEmbedder) -> None
         assert detector.providers == (CPU,)
     assert onnx_embedder.providers == (CPU,)
     assert not onnx_embedder._model.batched  # a CPU session never batches, whatever the wait
-    dlib = DlibEmbedder()
-    assert dlib.providers == ("dlib",)
-    fusion = FusionEmbedder([(dlib, 1.0), (onnx_embedder, 1.0)])
-    assert fusion.providers == ("dlib", CPU)
+    assert DlibEmbedder().providers == ("dlib",)
 
 
 def test_the_start_up_log_names_the_embedders_runtime(

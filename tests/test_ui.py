@@ -503,18 +503,22 @@ def test_recognise_threshold_zero_matches_nobody(
 def test_recognise_slider_spans_the_useful_distances(
     start_ui: Callable[..., AppTest], api_url: str, api: ApiClient
 ) -> None:
-    """0–0.2 in steps of 0.001: the default 0.06 and /verify's 0.086 can both be chosen."""
+    """0 to twice the model's larger threshold in steps of 0.001: the service's search threshold and
+    /verify's can both be chosen, whatever the model's scale."""
     with registered(api, OBAMA / "fr_obama1.jpg", unique("Barack Obama")) as name:
+        stats = api.stats(DEFAULT)
+        verify = stats["verify_threshold"]
         app = start_ui(api_url, page="recognize")
         app.toggle(key="fixed-threshold").set_value(True).run()
         [slider] = app.slider
-        assert (slider.min, slider.max, slider.step) == (0.0, 0.2, pytest.approx(0.001))
-        slider.set_value(0.086)
+        assert (slider.min, slider.step) == (0.0, pytest.approx(0.001))
+        assert max(stats["threshold"], verify) < slider.max <= 2 * max(stats["threshold"], verify) + 0.01
+        slider.set_value(round(verify, 3))
         upload(app, OBAMA / "fr_obama3.jpg", "recognize-upload")
     assert not app.exception and not app.error
-    assert app.slider[0].value == pytest.approx(0.086)
+    assert app.slider[0].value == pytest.approx(round(verify, 3))
     [row] = app.dataframe[0].value.to_dict("records")
-    assert row["person"] == (name if row["distance"] <= 0.086 else "unknown")
+    assert row["person"] == (name if row["distance"] <= round(verify, 3) else "unknown")
 
 
 def test_recognise_shows_a_photo_without_a_face_with_the_message(

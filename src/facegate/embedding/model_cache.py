@@ -44,7 +44,7 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes) -> None:
     """Write via a temporary file in the same directory, so readers never see a half-written file."""
     descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
@@ -91,9 +91,9 @@ def converted_model(source: Path, cache_dir: Path, converter_version: int, conve
     log.info("converting %s to ONNX into %s", source, model_path)
     data = convert(source_bytes, str(expected["source_sha256"])).SerializeToString()
     cache_dir.mkdir(parents=True, exist_ok=True)
-    _atomic_write(model_path, data)
-    _atomic_write(stamp_path, json.dumps({**expected, "onnx_sha256": sha256(data)}).encode())
+    atomic_write(model_path, data)
+    atomic_write(stamp_path, json.dumps({**expected, "onnx_sha256": sha256(data)}).encode())
     return data
 
 
-__all__ = ["Converter", "converted_model", "image_model", "sha256"]
+__all__ = ["Converter", "atomic_write", "converted_model", "image_model", "sha256"]

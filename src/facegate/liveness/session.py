@@ -22,7 +22,7 @@ from facegate.config import Settings
 from facegate.faces import Face
 from facegate.liveness.planarity import planar_residual
 from facegate.liveness.signals import eye_aspect_ratio, mouth_aspect_ratio, yaw_index
-from facegate.recognition import cosine_distance
+from facegate.recognition import MatchPolicy, cosine_distance
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,14 @@ class SessionClosed(RuntimeError):
     """The session already has its verdict: sessions are single-use."""
 
 
+# dlib's one-to-one threshold, and the bound for a turned frame against the frontal one that
+# benchmarks/liveness_calibrate.py measured with dlib; as a false-match rate (dlib's curve at 0.12),
+# the turned bound carries over to every calibrated model: loose, as a turned face is far from a
+# frontal one, but still far from the distances between different people's faces.
+DLIB_VERIFY_THRESHOLD = 0.086
+DLIB_TURNED_THRESHOLD = 0.12
+TURNED_FMR = 0.116
+
 # The settings' defaults, so that a `LivenessLimits()` in a test or benchmark checks what the service does.
 _DEFAULT = {name: info.default for name, info in Settings.model_fields.items()}
 
@@ -69,17 +77,20 @@ class LivenessLimits:
     mouth_open: float = 0.5  # ... of an open one
     max_jump: float = 0.5  # box centre moving more than this many box widths between frames
     max_scale_change: float = 1.5  # box width changing by more than this factor between frames
-    match_threshold: float = _DEFAULT["face_verify_threshold"]  # distance from the first neutral frame
-    turned_match_threshold: float = 0.12  # ... from a turned frame (benchmarks/liveness_calibrate.py)
+    # Identity bounds in dlib's distances (what `from_settings` puts there for the configured model):
+    match_threshold: float = DLIB_VERIFY_THRESHOLD  # distance from the first neutral frame
+    turned_match_threshold: float = DLIB_TURNED_THRESHOLD  # ... from a turned frame
     timeout_s: float = _DEFAULT["liveness_timeout"]
     max_frames: int = _DEFAULT["liveness_max_frames"]
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> LivenessLimits:
+    def from_settings(cls, settings: Settings, policy: MatchPolicy) -> LivenessLimits:
+        """The settings' limits, and the identity bounds of the model `policy` decides for."""
         return cls(
             planar_residual=settings.liveness_planar_residual,
             turn_yaw=settings.liveness_turn_yaw,
-            match_threshold=settings.face_verify_threshold,  # one-to-one: the same face as at the start
+            match_threshold=policy.verify_threshold,  # one-to-one: the same face as at the start
+            turned_match_threshold=policy.distance_at_fmr(TURNED_FMR, DLIB_TURNED_THRESHOLD),
             timeout_s=settings.liveness_timeout,
             max_frames=settings.liveness_max_frames,
         )

@@ -75,7 +75,7 @@ async def liveness_stream(websocket: WebSocket) -> None:
         collection = await open_collection(websocket, services)
     except (StreamClosed, WebSocketDisconnect):
         return
-    limits = LivenessLimits.from_settings(services.settings)
+    limits = LivenessLimits.from_settings(services.settings, services.policy)
     session = Session.start(limits, rng=services.challenge_rng, clock=services.challenge_clock)
     async with receiving(websocket) as mailbox:  # cancelled when the client leaves
         await send(websocket, _opening(session))

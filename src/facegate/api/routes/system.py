@@ -69,6 +69,7 @@ async def stats(services: ServicesDep, collection: CollectionDep) -> Stats:
         threshold=threshold.distance,
         threshold_source=threshold.source,
         fpir_target=threshold.fpir_target,
+        verify_threshold=services.policy.verify_threshold,
         embedding_model=services.pipeline.embedder.name,
         embedding_dimension=services.pipeline.embedder.dim,
     )

@@ -9,27 +9,25 @@ import streamlit as st
 from facegate.ui.client import ApiError
 from facegate.ui.widgets import api, collection, image_input, recognise
 
-# Where the fixed-threshold slider starts when the API cannot say (it is down; the page shows that).
-FALLBACK_THRESHOLD = 0.06
-# dlib's useful distances lie between 0.02 and 0.1 (its automatic thresholds run from 0.09 for one
-# person to 0.036 for 10,000; /verify's best LFW threshold is 0.086), so the slider spans 0–0.2 in
-# steps of 0.001, or twice the current threshold for a model with another scale (ArcFace).
-SLIDER_TOP = 0.2
+# Every model has its own scale of distances, so the slider spans 0 to twice the larger of the
+# API's current search threshold and its one-to-one (/verify) threshold, in steps of 0.001; when the
+# API cannot say (it is down; the page shows that), 0 to 2, every possible cosine distance.
 SLIDER_STEP = 0.001
 MAX_DISTANCE = 2.0  # the API's largest threshold: a cosine distance
 MAX_CANDIDATES = 20  # the API's largest top_k
 
 
-def current_threshold() -> float:
-    """The threshold the API uses now for this collection, so a fixed one starts where the API is."""
+def api_thresholds() -> tuple[float, float] | None:
+    """The search threshold the API uses now for this collection and its one-to-one threshold."""
     try:
-        return float(api().stats(collection())["threshold"])
+        stats = api().stats(collection())
+        return float(stats["threshold"]), float(stats["verify_threshold"])
     except (ApiError, KeyError, TypeError, ValueError):
-        return FALLBACK_THRESHOLD
+        return None
 
 
-def slider_top(default: float) -> float:
-    return min(MAX_DISTANCE, max(SLIDER_TOP, math.ceil(2 * default * 100) / 100))
+def slider_top(search: float, verify: float) -> float:
+    return min(MAX_DISTANCE, math.ceil(2 * max(search, verify) * 100) / 100)
 
 
 st.title("Recognise faces")
@@ -41,17 +39,22 @@ if st.toggle(
     "FACE_MATCH_FPIR (1% by default) of strangers are named however many people are registered. "
     "On: match at the distance you choose.",
 ):
-    default = current_threshold()
+    known = api_thresholds()
+    default, verify = known or (MAX_DISTANCE / 2, MAX_DISTANCE / 2)
     threshold = st.slider(
         "Match threshold (cosine distance)",
         0.0,
-        slider_top(default),
+        slider_top(default, verify),
         default,
         SLIDER_STEP,
         format="%.3f",
-        help=f"A face matches a person whose photo is at most this far from it. Lower is stricter. "
-        f"The service uses {default:.3f} for this gallery now; with the default model, 0.086 suits "
-        "comparing two photos (/verify).",
+        help="A face matches a person whose photo is at most this far from it. Lower is stricter. "
+        + (
+            f"The service uses {default:.3f} for this gallery now; {verify:.3f} suits comparing two "
+            "photos (/verify)."
+            if known
+            else ""
+        ),
     )
 top_k = st.number_input(
     "Candidates per face",
