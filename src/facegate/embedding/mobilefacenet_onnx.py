@@ -9,8 +9,9 @@ a final reshape. What folds exactly is folded:
 - the normalisation (x − 127.5) / 128 the network was trained on goes into the first convolution's
   weights and bias; the padding that convolution adds becomes padding with 127.5 before it (what
   a zero pixel after normalising is), so the border stays exact;
-- each written-out PReLU, relu(x) + c·(x − |x|) with the file's constant c, becomes one PRelu of
-  slope 2c, as x − |x| = 2·min(x, 0) (bit for bit: doubling is exact);
+- each written-out PReLU, relu(x) + c·(x − |x|) with the file's constant c, is a PReLU of slope
+  a = 2c, as x − |x| = 2·min(x, 0) (bit for bit: doubling is exact); it is emitted in the form
+  ONNX Runtime runs fastest (`_Builder.prelu`);
 - a linear convolution feeding only a 1 × 1 convolution is merged with it into one, where that
   saves work (the 512 → 512 → 192 head, the first separable block).
 
@@ -263,6 +264,32 @@ class _Builder:
         if layer.relu:
             self.node("Relu", [out], y)
 
+    def prelu(self, x: str, y: str, slope: np.ndarray) -> None:
+        """PReLU as relu(x) + (−a)·relu(−x), each product by a per-channel 1 × 1 depthwise Conv:
+        ONNX Runtime's PRelu kernel (1.32, CPU) takes 16× the time of a Mul and a Max on the same
+        tensor, and it and a broadcast Mul make the CPU provider reorder the tensor out of and back
+        into its blocked (NCHWc) layout; these Convs, Relus and the Add stay in it, fused: the whole
+        network runs in half the time. Bit for bit a PRelu: for x < 0 it adds (−a)·(−x) = a·x
+        to 0, for x ≥ 0 it adds ±0 to x."""
+        channels = len(slope)
+        negated = self.node(
+            "Conv",
+            [x, self.constant(f"{y}_minus_one", -np.ones((channels, 1, 1, 1), np.float32))],
+            f"{y}_negated",
+            kernel_shape=[1, 1],
+            group=channels,
+        )
+        negative_part = self.node("Relu", [negated], f"{y}_negative_part")
+        negative_slope = (-slope).reshape(channels, 1, 1, 1).astype(np.float32)
+        scaled = self.node(
+            "Conv",
+            [negative_part, self.constant(f"{y}_negative_slope", negative_slope)],
+            f"{y}_scaled",
+            kernel_shape=[1, 1],
+            group=channels,
+        )
+        self.node("Add", [scaled, self.node("Relu", [x], f"{y}_positive_part")], y)
+
 
 def _normalising_input(b: _Builder, first: _Conv) -> tuple[_Conv, str]:
     """The first convolution with (x − m) / s folded in, W∗((x − m)/s) = (W/s)∗x − (m/s)·ΣW, and its
@@ -316,8 +343,7 @@ def build_onnx(model: TFLiteModel, source_sha256: str = "") -> onnx.ModelProto:
         if isinstance(layer, _Conv):
             b.conv(layer, name(layer.x), name(layer.y))
         elif isinstance(layer, _PRelu):
-            slope = b.constant(f"{name(layer.y)}_slope", layer.slope.reshape(-1, 1, 1))
-            b.node("PRelu", [name(layer.x), slope], name(layer.y))
+            b.prelu(name(layer.x), name(layer.y), layer.slope)
         elif isinstance(layer, _Add):
             added = b.node(
                 "Add", [name(layer.a), name(layer.b)], f"{name(layer.y)}_add" if layer.relu else name(layer.y)
