@@ -2,11 +2,12 @@
 tensors, their constant data and the operators of the one subgraph, for float models built from
 the operators listed in `OPERATORS` (what the MobileFaceNet file uses).
 
-It reads the flatbuffer with the `flatbuffers` runtime and the field numbers of `schema.fbs`
-(which only ever appends fields, so the numbers are stable) instead of a generated-schema package:
-the only generated package on PyPI kept up to date is inside the TFLite runtime itself, far too
-large a dependency for reading a dozen fields. tests/test_mobilefacenet.py checks this reader
-against that generated code.
+It reads the flatbuffer with the `flatbuffers` runtime (already an onnxruntime dependency) and
+the field numbers of `schema.fbs`, which only ever appends fields, so the numbers are stable. A
+generated-schema package would do the same: PyPI's `tflite` (one maintainer, untyped generated code
+for the whole schema) or the copy inside the TFLite runtime (`ai-edge-litert`, a large native
+package); for the twenty-odd fields read here, a new runtime dependency is not worth it.
+tests/test_mobilefacenet.py checks this reader against the runtime's generated code.
 """
 
 from __future__ import annotations
