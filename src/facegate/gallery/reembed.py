@@ -24,6 +24,7 @@ import psycopg
 from pgvector.psycopg import register_vector
 from psycopg import sql
 
+from facegate.chips import FaceChip
 from facegate.embedding import Embedder
 from facegate.gallery.errors import GalleryError, MissingChipsError, PersonRef, ReembedError
 from facegate.gallery.schema import HNSW_INDEX, hnsw_index, migrate
@@ -88,6 +89,8 @@ class Reembedding:
         self.pending = 0
         if self.needed:
             self._prepare()
+        elif conn.execute("DELETE FROM reembed_vectors").rowcount:
+            logger.info("dropped the vectors of an earlier, unfinished run for another model")
 
     @classmethod
     @contextmanager
@@ -135,8 +138,8 @@ class Reembedding:
         """Embed the next batch of faces after id `after`; return how many, and the last id."""
         rows = self._conn.execute(_NEXT_BATCH, (after, self._batch_size)).fetchall()
         staged = [
-            (face_id, self._embedder.name, self._embed(face_id, user_id, chip))
-            for face_id, user_id, *chip in rows
+            (face_id, self._embedder.name, self._embed(face_id, user_id, chip_from_row(*columns)))
+            for face_id, user_id, *columns in rows
         ]
         if staged:
             with self._conn.cursor() as cursor:
@@ -145,8 +148,7 @@ class Reembedding:
                 )
         return len(staged), (rows[-1][0] if rows else after)
 
-    def _embed(self, face_id: int, user_id: int, columns: list[object]) -> np.ndarray:
-        chip = chip_from_row(*columns)  # type: ignore[arg-type]  # face_chips' four columns
+    def _embed(self, face_id: int, user_id: int, chip: FaceChip | None) -> np.ndarray:
         assert chip is not None  # the batch query joins face_chips
         try:
             pixels = chip.pixels()
