@@ -4,7 +4,7 @@ Runs the real app in-process (FastAPI's test client: routing, multipart parsing,
 models and the embedded PostgreSQL; no network) once per embedder, so the table shows the same
 requests with dlib's own runtime and with our ONNX conversion:
 
-    python benchmarks/api_bench.py                    # both embedders, 5 000 people
+    python benchmarks/api_bench.py                    # dlib (onnx) and the default, 5 000 people
     python benchmarks/api_bench.py --embedders onnx --people 1000 --requests 20
 
 The gallery is filled with synthetic unit vectors (the search cost depends on the count, not on
@@ -97,7 +97,12 @@ def run(embedder: str, people: int, requests: int) -> dict[str, list[float]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--embedders", nargs="+", default=["dlib", "onnx"], choices=["dlib", "onnx"])
+    parser.add_argument(
+        "--embedders",
+        nargs="+",
+        default=["onnx", "mobilefacenet512"],
+        choices=["dlib", "onnx", "mobilefacenet512", "mobilefacenet192"],
+    )
     parser.add_argument("--people", type=int, default=5000)
     parser.add_argument("--requests", type=int, default=30)
     args = parser.parse_args()

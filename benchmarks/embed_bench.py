@@ -1,9 +1,14 @@
-"""dlib ResNet per-face cost: dlib-bin vs our ONNX conversion on ONNX Runtime, on real face chips.
+"""Per-face cost of every shipped embedder on real faces, against dlib's own descriptor call.
 
-Chips: the central MTCNN face of LFW images (pairs order), aligned as both embedders do it.
-Prints one table (ms per face at batch 1 and in batches of 8); writes nothing into the repository.
+Faces: the central MTCNN face of LFW images (pairs order). For each `FACE_EMBEDDER` (one ONNX
+Runtime thread, as each of a worker's two lanes has), the milliseconds per face of `embed` (the
+embedder's own alignment, the network, the mirror pass when on: what /recognize pays after
+detection), at batch 1 and in batches of 8 faces, and of the network alone without the mirror pass.
+The first row is the seed's embedding step: dlib-bin's `compute_face_descriptor` on one chip, no
+mirror. Wall and CPU milliseconds (CPU time is far steadier on a shared machine; for one thread it is
+what the wall time would be on an idle one). Writes nothing into the repository.
 
-    python benchmarks/embed_bench.py [--faces 32] [--repeats 3]
+    python benchmarks/embed_bench.py [--faces 32] [--repeats 3] [--embedders onnx mobilefacenet512]
 """
 
 from __future__ import annotations
@@ -20,18 +25,22 @@ from pathlib import Path
 import numpy as np
 import onnxruntime
 
+from facegate.config import Settings
 from facegate.detection import MTCNN
+from facegate.embedding import create_embedder
 from facegate.embedding.alignment import face_chips
-from facegate.embedding.dlib_resnet import DlibEmbedder, DlibOnnxEmbedder, DlibResNetEmbedder
+from facegate.embedding.base import MirroredEmbedder
+from facegate.embedding.models import dlib_resnet
+from facegate.faces import Face
 from facegate.imaging import load_image_file
-from facegate.runtime import RuntimeOptions
 
 LFW = Path(__file__).resolve().parents[2] / "shared" / "data" / "faces" / "lfw"
+EMBEDDERS = ("dlib", "onnx", "mobilefacenet512", "mobilefacenet192")
 
 
-def lfw_chips(count: int) -> np.ndarray:
-    """Chips of the first `count` images (in pairs order) that have a detection."""
-    detector, chips, seen = MTCNN(), [], set()
+def lfw_faces(count: int) -> list[tuple[np.ndarray, Face]]:
+    """The first `count` images (in pairs order) that have a detection, with their central face."""
+    detector, found, seen = MTCNN(), [], set()
     for line in (LFW / "pairs_folds1-2.txt").read_text().splitlines()[1:]:
         name, number = line.split()[:2]
         key = f"{name}/{name}_{int(number):04d}.jpg"
@@ -41,71 +50,92 @@ def lfw_chips(count: int) -> np.ndarray:
         image = load_image_file(LFW / "lfw-deepfunneled" / key)
         faces = detector.detect(image)
         if faces:
-            chips.append(face_chips(image, faces[:1])[0])
-        if len(chips) == count:
+            found.append((image, faces[0]))
+        if len(found) == count:
             break
-    return np.stack(chips)
+    return found
 
 
 def ms_per_face(
-    embedder: DlibResNetEmbedder, chips: np.ndarray, batch: int, repeats: int
+    run: Callable[[int, int], object], faces: int, batch: int, repeats: int
 ) -> tuple[float, float]:
-    """Median wall and CPU milliseconds per face over `repeats` runs, `chips` fed in batches of `batch`.
-
-    CPU time is reported too because on a shared machine it is far steadier than wall time; for
-    single-threaded engines it is what the wall time would be on an idle machine.
-    """
-    embedder.descriptors(chips[:batch])  # warm-up (ONNX Runtime allocates on the first run)
+    """Median wall and CPU milliseconds per face over `repeats` passes of `run(start, stop)` over
+    `faces` faces in batches of `batch`."""
+    run(0, batch)  # warm-up (ONNX Runtime allocates on the first run)
     wall, cpu = [], []
     for _ in range(repeats):
         started, started_cpu = time.perf_counter(), time.process_time()
-        for start in range(0, len(chips), batch):
-            embedder.descriptors(chips[start : start + batch])
-        wall.append((time.perf_counter() - started) / len(chips) * 1000)
-        cpu.append((time.process_time() - started_cpu) / len(chips) * 1000)
+        for start in range(0, faces, batch):
+            run(start, min(start + batch, faces))
+        wall.append((time.perf_counter() - started) / faces * 1000)
+        cpu.append((time.process_time() - started_cpu) / faces * 1000)
     return statistics.median(wall), statistics.median(cpu)
+
+
+def measure(
+    embedder: MirroredEmbedder, faces: list[tuple[np.ndarray, Face]], repeats: int
+) -> tuple[tuple[float, float], ...]:
+    """`embed` one face at a time; the network on 8 faces with their mirror images; the network
+    alone on one face without its mirror image."""
+    crops = np.concatenate([embedder.crops(image, [face]) for image, face in faces])
+    n = len(faces)
+
+    def embed(a: int, b: int) -> object:
+        return [embedder.embed(image, [face]) for image, face in faces[a:b]]
+
+    def mirrored(a: int, b: int) -> object:
+        return embedder.descriptors(np.concatenate([crops[a:b], crops[a:b, :, ::-1]]))
+
+    def plain(a: int, b: int) -> object:
+        return embedder.descriptors(crops[a:b])
+
+    return (
+        ms_per_face(embed, n, 1, repeats),
+        ms_per_face(mirrored, n, 8, repeats),
+        ms_per_face(plain, n, 1, repeats),
+    )
+
+
+def cell(timing: tuple[float, float]) -> str:
+    return f"{timing[0]:.1f} ({timing[1]:.1f})"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--faces", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--embedders", nargs="+", default=list(EMBEDDERS), choices=EMBEDDERS)
     args = parser.parse_args()
 
-    chips = lfw_chips(args.faces)
-    cache = Path(tempfile.gettempdir()) / "facegate-bench-models"
-    engines: dict[str, Callable[[], DlibResNetEmbedder]] = {
-        "dlib-bin (dlib's runtime)": DlibEmbedder,
-        "ONNX Runtime, default threads": lambda: DlibOnnxEmbedder(
-            cache, runtime=RuntimeOptions(("CPUExecutionProvider",))
-        ),
-        "ONNX Runtime, 1 thread": lambda: DlibOnnxEmbedder(
-            cache, runtime=RuntimeOptions(("CPUExecutionProvider",), threads=1)
-        ),
-    }
+    faces = lfw_faces(args.faces)
+    n = len(faces)
     print(
-        f"{len(chips)} LFW chips 150×150; {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} CPUs, onnxruntime {onnxruntime.__version__}, load average before: "
+        f"{n} LFW faces; {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"onnxruntime {onnxruntime.__version__}, load average before: "
         + " ".join(f"{value:.2f}" for value in os.getloadavg())
     )
     print(
-        "\n| engine | batch 1: wall ms/face (CPU ms) | batch 8: wall ms/face (CPU ms) "
-        "| wall speed-up vs dlib, 1 / 8 |"
+        "\n| embedder | embed, 1 face: wall ms/face (CPU) | network + mirror, 8 faces | network alone, "
+        "no mirror, 1 face | embed CPU / the seed's step |"
     )
-    print("|---|---|---|---|")
-    reference: tuple[float, float] | None = None
-    for label, make in engines.items():
-        embedder = make()
-        (single, single_cpu), (eight, eight_cpu) = (
-            ms_per_face(embedder, chips, b, args.repeats) for b in (1, 8)
-        )
-        reference = reference or (single, eight)
-        print(
-            f"| {label} | {single:.1f} ({single_cpu:.1f}) | {eight:.1f} ({eight_cpu:.1f}) "
-            f"| {reference[0] / single:.1f}× / {reference[1] / eight:.1f}× |"
-        )
+    print("|---|---|---|---|---|")
+    dlib_chips = np.stack([face_chips(image, [face])[0] for image, face in faces])
+    net = dlib_resnet()
+    seed = ms_per_face(lambda a, b: net.compute_face_descriptor([dlib_chips[a]]), n, 1, args.repeats)
+    print(f"| seed: dlib-bin compute_face_descriptor, 1 chip | {cell(seed)} | | | 1.00 |")
+    with tempfile.TemporaryDirectory() as cache:
+        for name in args.embedders:
+            settings = Settings(
+                _env_file=None, face_embedder=name, onnx_threads=1, facegate_data_dir=Path(cache)
+            )
+            embedder = create_embedder(settings)
+            assert isinstance(embedder, MirroredEmbedder)
+            single, eight, plain = measure(embedder, faces, args.repeats)
+            print(
+                f"| {embedder.name} ({name}) | {cell(single)} | {cell(eight)} | {cell(plain)} "
+                f"| {single[1] / seed[1]:.2f} |"
+            )
     print("\nload average after: " + " ".join(f"{value:.2f}" for value in os.getloadavg()))
-    print("With mirror averaging (the default) each face costs two chips, run in the same batch.")
 
 
 if __name__ == "__main__":

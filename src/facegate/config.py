@@ -53,6 +53,13 @@ class Settings(BaseSettings):
     database_url: str | None = Field(
         default=None, description="postgresql://... of an external server; unset = embedded PostgreSQL."
     )
+    facegate_keep_faces: bool = Field(
+        default=True,
+        description=(
+            "Store each enrolled face's aligned chip (a small JPEG) beside its vector, so that "
+            "`facegate reembed` can move the gallery to another model; false stores vectors only."
+        ),
+    )
     db_host: str | None = None
     db_port: int = 5432
     db_name: str = "facegate"

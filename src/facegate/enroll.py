@@ -1,5 +1,5 @@
-"""The gallery from the command line: enrolling a folder of people, recognising image files, and
-exporting or importing a collection."""
+"""The gallery from the command line: enrolling a folder of people, recognising image files,
+exporting or importing a collection, and moving the gallery to another model."""
 
 from __future__ import annotations
 
@@ -14,8 +14,16 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from facegate.config import Settings
+from facegate.embedding import create_embedder
 from facegate.enrolment import AlreadyEnrolledError, NotSamePersonError
-from facegate.gallery import DEFAULT_COLLECTION, ConfusableNameError, DuplicateNameError, transfer
+from facegate.gallery import (
+    DEFAULT_COLLECTION,
+    ConfusableNameError,
+    DuplicateNameError,
+    database_dsn,
+    transfer,
+)
+from facegate.gallery.reembed import Reembedding
 from facegate.imaging import ImageError, load_image_file
 from facegate.names import InvalidNameError, clean_name
 from facegate.pipeline import EmbeddedFace, NoFaceError
@@ -180,5 +188,38 @@ def import_collection(settings: Settings, path: Path, collection: str | None) ->
         f"imported into '{summary.collection}': {summary.people_added} people added, "
         f"{summary.people_merged} already there (merged by name), {summary.faces_added} faces added, "
         f"{summary.faces_skipped} already stored"
+    )
+    return 0
+
+
+def reembed_gallery(settings: Settings, batch_size: int) -> int:
+    """Move the gallery to the configured model (FACE_EMBEDDER) by embedding every stored face's
+    chip again (facegate.gallery.reembed); an interrupted run leaves it as it was, and resumes."""
+    embedder = create_embedder(settings)
+    with database_dsn(settings) as dsn, Reembedding.open(dsn, embedder, batch_size) as job:
+        if not job.needed:
+            print(f"the gallery is already on {embedder.name} ({embedder.dim}-D): nothing to do")
+            return 0
+        try:
+            with (
+                logging_redirect_tqdm(),
+                tqdm(
+                    total=job.resumed + job.pending,
+                    initial=job.resumed,
+                    desc="re-embedding",
+                    unit="face",
+                    file=sys.stderr,
+                ) as bar,
+            ):
+                for done in job.batches():
+                    bar.update(done)
+        except KeyboardInterrupt:
+            logger.error("interrupted: the gallery is unchanged; run `facegate reembed` again to resume")
+            return 130
+        summary = job.switch()
+    print(
+        f"the gallery moved from {summary.previous_model} ({summary.previous_dim}-D) to {summary.model} "
+        f"({summary.dim}-D): {summary.faces} faces"
+        + (f", {summary.resumed} of them embedded by an earlier run" if summary.resumed else "")
     )
     return 0

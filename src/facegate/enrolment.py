@@ -65,7 +65,7 @@ class Enrolment:
             known = self.recognizer.identify([face], collection=collection).largest.person
             if known is not None:
                 raise AlreadyEnrolledError(known.user_id, known.name, collection)
-        return self.gallery.add_user(person, face.embedding, face.face.box, collection)
+        return self.gallery.add_user(person, face.embedding, face.face.box, collection, chip=face.chip)
 
     def add_face(
         self, user_id: int, face: EmbeddedFace, collection: str = DEFAULT_COLLECTION, *, force: bool = False
@@ -83,7 +83,7 @@ class Enrolment:
                 user_id,
                 collection,
             )
-        return self.gallery.add_face(user_id, face.embedding, face.face.box, collection)
+        return self.gallery.add_face(user_id, face.embedding, face.face.box, collection, chip=face.chip)
 
     def rename(self, user_id: int, name: str, collection: str = DEFAULT_COLLECTION) -> UserRecord:
         return self.gallery.rename_user(user_id, clean_name(name), collection)

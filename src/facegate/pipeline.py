@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from facegate.chips import FaceChip, make_chip
 from facegate.config import Settings
 from facegate.detection import MTCNN, DetectionParams, Detector
 from facegate.embedding import Embedder, create_embedder
@@ -26,6 +27,9 @@ class EmbeddedFace:
     embedding: np.ndarray
     # Why the face is too poor to be searched or enrolled (facegate.quality); None when it is fine.
     problem: str | None = None
+    # The aligned face as the gallery keeps it (facegate.chips): made for faces to enrol only, so
+    # that a search does not pay for the JPEG encoding.
+    chip: FaceChip | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,8 +92,8 @@ class Pipeline:
         return FaceSelection(faces[0], comparable)
 
     def single_face(self, image: np.ndarray) -> EmbeddedFace:
-        """The one face of a registration photo; `NoFaceError` when there is none or several
-        (background faces aside: `select_face`), or when it is too poor to enrol."""
+        """The one face of a registration photo, with its chip; `NoFaceError` when there is none or
+        several (background faces aside: `select_face`), or when it is too poor to enrol."""
         selection = self.select_face(image)
         if selection.face is None:
             raise NoFaceError("exactly one face is needed, found no face")
@@ -99,7 +103,7 @@ class Pipeline:
             )
         if problem := self._problem(image, selection.face):
             raise NoFaceError(f"the face cannot be enrolled: {problem}")
-        return self.embed_face(image, selection.face)
+        return self.embed_face(image, selection.face, chip=True)
 
     def largest_face(self, image: np.ndarray) -> EmbeddedFace:
         """The largest face only (verification compares one face per photo)."""
@@ -108,9 +112,11 @@ class Pipeline:
             raise NoFaceError("no face found in the image")
         return self.embed_face(image, face)
 
-    def embed_face(self, image: np.ndarray, face: Face) -> EmbeddedFace:
-        """`face` of `image` with its embedding (not checked against the quality bounds)."""
-        return EmbeddedFace(face, self.embedder.embed(image, [face])[0])
+    def embed_face(self, image: np.ndarray, face: Face, *, chip: bool = False) -> EmbeddedFace:
+        """`face` of `image` with its embedding (not checked against the quality bounds), and with
+        its chip if `chip` (for a face to store)."""
+        embedding = self.embedder.embed(image, [face])[0]
+        return EmbeddedFace(face, embedding, chip=make_chip(image, face) if chip else None)
 
     def close(self) -> None:
         """Release the detector's threads; the pipeline cannot be used afterwards. The embedders

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 
 class GalleryError(Exception):
     """Base class of every error the gallery raises on purpose."""
@@ -111,14 +113,45 @@ class ModelMismatchError(GalleryError):
     def __init__(self, stored_model: str, stored_dim: int, model: str, dim: int) -> None:
         super().__init__(
             f"this gallery holds embeddings of model {stored_model!r} ({stored_dim}-D); the configured model "
-            f"is {model!r} ({dim}-D); configure {stored_model!r} again (FACE_EMBEDDER), or re-embed: enrol "
-            f"the people again with {model!r} into a new gallery by pointing FACEGATE_DATA_DIR or "
-            "DATABASE_URL elsewhere"
+            f"is {model!r} ({dim}-D): run `facegate reembed` to move the gallery to {model!r} (it embeds "
+            f"every stored face chip again), or set FACE_EMBEDDER back to the value that gives "
+            f"{stored_model!r}; a gallery without face chips has to be enrolled again, into a new one "
+            "(FACEGATE_DATA_DIR or DATABASE_URL pointed elsewhere)"
         )
         self.stored_model = stored_model
         self.stored_dim = stored_dim
         self.model = model
         self.dim = dim
+
+
+@dataclass(frozen=True, slots=True)
+class PersonRef:
+    """A person named in a message: where, which id, which name."""
+
+    collection: str
+    user_id: int
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.collection}: {self.user_id} {self.name}"
+
+
+class MissingChipsError(GalleryError):
+    """`facegate reembed` cannot move these people: some of their faces have no stored chip (stored
+    before chips were kept, or with FACEGATE_KEEP_FACES=false). Nothing was written."""
+
+    def __init__(self, people: list[PersonRef]) -> None:
+        listed = "\n".join(f"  {person}" for person in people)
+        super().__init__(
+            f"{len(people)} people have faces without a stored chip, so they cannot be embedded again; "
+            "nothing was changed. Enrol them again (or delete those faces) and rerun. Collection: id name\n"
+            + listed
+        )
+        self.people = people
+
+
+class ReembedError(GalleryError):
+    """A face could not be embedded again (an unreadable chip); the gallery was left as it was."""
 
 
 class GalleryUnavailable(GalleryError):

@@ -69,12 +69,7 @@ def _initial_schema(dim: int) -> list[Statement]:
         ).format(dim=sql.Literal(dim)),
         sql.SQL("CREATE INDEX faces_user_id_idx ON faces (user_id)"),
         # HNSW, unlike IVFFlat, needs no data to build a good index, so it can exist from the start.
-        sql.SQL(
-            "CREATE INDEX {index} ON faces USING hnsw (embedding vector_cosine_ops) "
-            "WITH (m = {m}, ef_construction = {ef})"
-        ).format(
-            index=sql.Identifier(HNSW_INDEX), m=sql.Literal(HNSW_M), ef=sql.Literal(HNSW_EF_CONSTRUCTION)
-        ),
+        hnsw_index(),
         sql.SQL(
             """CREATE TABLE gallery_meta (
                 singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
@@ -84,6 +79,14 @@ def _initial_schema(dim: int) -> list[Statement]:
             )"""
         ),
     ]
+
+
+def hnsw_index() -> Statement:
+    """The search index on faces.embedding (built again by `facegate reembed` for a new model)."""
+    return sql.SQL(
+        "CREATE INDEX {index} ON faces USING hnsw (embedding vector_cosine_ops) "
+        "WITH (m = {m}, ef_construction = {ef})"
+    ).format(index=sql.Identifier(HNSW_INDEX), m=sql.Literal(HNSW_M), ef=sql.Literal(HNSW_EF_CONSTRUCTION))
 
 
 def _skeleton_column(_: int) -> list[Statement]:
@@ -176,18 +179,49 @@ def _collections(_: int) -> list[Statement]:
     ]
 
 
+def _face_chips(_: int) -> list[Statement]:
+    """Each face's aligned chip (facegate.chips), from which `facegate reembed` embeds it again
+    under another model. Deleting a face, and so a person or a collection, deletes its chip.
+
+    `reembed_vectors` holds the new vectors while `facegate reembed` computes them, beside the
+    faces' own, which stay in use until it swaps them in (facegate.gallery.reembed); it is empty
+    otherwise. Its vectors have no fixed dimension: each run's model decides it.
+    """
+    return [
+        sql.SQL(
+            """CREATE TABLE face_chips (
+                face_id bigint PRIMARY KEY REFERENCES faces (id) ON DELETE CASCADE,
+                jpeg bytea NOT NULL,
+                box real[] NOT NULL,
+                keypoints real[] NOT NULL,
+                score real NOT NULL,
+                created_at timestamptz NOT NULL DEFAULT now()
+            )"""
+        ),
+        sql.SQL(
+            """CREATE TABLE reembed_vectors (
+                face_id bigint PRIMARY KEY REFERENCES faces (id) ON DELETE CASCADE,
+                model text NOT NULL,
+                embedding vector NOT NULL
+            )"""
+        ),
+    ]
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "users, faces with an HNSW index, gallery_meta", _initial_schema),
     Migration(2, "users.name_skeleton: look-alike names are one name", _skeleton_column, _fill_skeletons),
     Migration(3, "rate_buckets: the API's rate limits shared by its replicas", _rate_buckets),
     Migration(4, "collections; the people so far in 'default'; names unique per collection", _collections),
+    Migration(5, "face_chips, reembed_vectors: embedding the faces again under another model", _face_chips),
 )
 
 
-def migrate(conn: psycopg.Connection, model: str, dim: int) -> list[int]:
+def migrate(conn: psycopg.Connection, model: str, dim: int, *, check_model: bool = True) -> list[int]:
     """Bring the schema up to date and check the recorded model; return the versions applied now.
 
-    Raises ModelMismatchError when the gallery was created for another model or dimension.
+    Raises ModelMismatchError when the gallery was created for another model or dimension, unless
+    `check_model` is False (`facegate reembed`, which moves the gallery to the configured model).
     """
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
@@ -211,16 +245,16 @@ def migrate(conn: psycopg.Connection, model: str, dim: int) -> list[int]:
                 "INSERT INTO schema_migrations (version, description) VALUES (%s, %s)",
                 (migration.version, migration.description),
             )
-        _check_model(conn, model, dim)
+        _check_model(conn, model, dim, refuse_other=check_model)
     return [m.version for m in pending]
 
 
-def _check_model(conn: psycopg.Connection, model: str, dim: int) -> None:
-    """Record the model of a new gallery; refuse another model on an existing one."""
+def _check_model(conn: psycopg.Connection, model: str, dim: int, *, refuse_other: bool) -> None:
+    """Record the model of a new gallery; refuse another model on an existing one if `refuse_other`."""
     row = conn.execute("SELECT model, dim FROM gallery_meta").fetchone()
     if row is None:
         conn.execute("INSERT INTO gallery_meta (model, dim) VALUES (%s, %s)", (model, dim))
         return
     stored_model, stored_dim = row
-    if (stored_model, stored_dim) != (model, dim):
+    if refuse_other and (stored_model, stored_dim) != (model, dim):
         raise ModelMismatchError(stored_model, stored_dim, model, dim)

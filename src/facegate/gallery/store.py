@@ -26,6 +26,8 @@ from psycopg import errors as pg_errors
 from psycopg.rows import class_row
 from psycopg_pool import ConnectionPool
 
+from facegate.chips import FaceChip
+from facegate.faces import Face
 from facegate.gallery.errors import (
     ConfusableNameError,
     DuplicateCollectionError,
@@ -172,6 +174,7 @@ class PortableFace:
     embedding: np.ndarray  # float32, the gallery's dimension
     box: tuple[float, ...]
     created_at: datetime
+    chip: FaceChip | None = None  # None when none was kept (FACEGATE_KEEP_FACES=false, older files)
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,11 +241,16 @@ def _pgvector_version(conn: psycopg.Connection) -> tuple[int, ...]:
 class Gallery:
     """People and their face embeddings of one model; thread-safe."""
 
-    def __init__(self, pool: ConnectionPool, model: str, dim: int, dsn: str) -> None:
+    def __init__(
+        self, pool: ConnectionPool, model: str, dim: int, dsn: str, *, keep_chips: bool = True
+    ) -> None:
         """Use `Gallery.open`, which migrates the schema and checks the model first."""
         self._pool = pool
         self.model = model
         self.dim = dim
+        # FACEGATE_KEEP_FACES: whether the faces' chips given to add_user, add_face and merge_people
+        # are stored (the one place of that rule) or dropped.
+        self.keep_chips = keep_chips
         self._dsn = dsn
         # Set when a write failed for a full disk, cleared by the next write that succeeds.
         self._refusing_writes = False
@@ -262,6 +270,7 @@ class Gallery:
             pool_max=settings.db_pool_max,
             timeout=settings.db_timeout,
             ef_search=settings.hnsw_ef_search,
+            keep_chips=settings.facegate_keep_faces,
         )
 
     @classmethod
@@ -275,6 +284,7 @@ class Gallery:
         pool_max: int = 8,
         timeout: float = 5.0,
         ef_search: int = 200,
+        keep_chips: bool = True,
     ) -> Gallery:
         """Migrate the schema, check the recorded model and open the pool.
 
@@ -316,7 +326,7 @@ class Gallery:
         )
         with _database_errors():
             pool.open(wait=True, timeout=timeout)
-        return cls(pool, model_name, dim, dsn)
+        return cls(pool, model_name, dim, dsn, keep_chips=keep_chips)
 
     def close(self) -> None:
         self._pool.close()
@@ -439,9 +449,15 @@ class Gallery:
     # --- people and faces ---------------------------------------------------------------------------
 
     def add_user(
-        self, name: str, embedding: np.ndarray, box: Sequence[float], collection: str = DEFAULT_COLLECTION
+        self,
+        name: str,
+        embedding: np.ndarray,
+        box: Sequence[float],
+        collection: str = DEFAULT_COLLECTION,
+        *,
+        chip: FaceChip | None = None,
     ) -> UserRecord:
-        """Register a person with their first face, atomically.
+        """Register a person with their first face (and its chip, if kept), atomically.
 
         `name` as names.clean_name returns it. DuplicateNameError if the name is taken in the
         collection, ConfusableNameError if a name registered there looks like it (the unique indexes
@@ -459,7 +475,7 @@ class Gallery:
                     (collection_id, name, skeleton),
                 ).fetchone()
                 assert user is not None
-                self._insert_face(conn, user.id, collection_id, vector, box)
+                self._insert_face(conn, user.id, collection_id, vector, box, chip)
         except pg_errors.UniqueViolation as exc:
             raise self._name_conflict(name, skeleton, collection) from exc
         self._sizes.clear()
@@ -501,15 +517,21 @@ class Gallery:
         return ConfusableNameError(name, existing_name=row[1], existing_id=row[0])
 
     def add_face(
-        self, user_id: int, embedding: np.ndarray, box: Sequence[float], collection: str = DEFAULT_COLLECTION
+        self,
+        user_id: int,
+        embedding: np.ndarray,
+        box: Sequence[float],
+        collection: str = DEFAULT_COLLECTION,
+        *,
+        chip: FaceChip | None = None,
     ) -> FaceRecord:
-        """Store another face of a registered person. UnknownUserError if there is no such person in
-        the collection."""
+        """Store another face (and its chip, if kept) of a registered person. UnknownUserError if
+        there is no such person in the collection."""
         vector = self._vector(embedding)
         with self._transaction(write=True) as conn:
             collection_id = self._collection_id(conn, collection)
             self._lock_user(conn, user_id, collection_id, touch=True)
-            return self._insert_face(conn, user_id, collection_id, vector, box)
+            return self._insert_face(conn, user_id, collection_id, vector, box, chip)
 
     def _lock_user(self, conn: psycopg.Connection, user_id: int, collection_id: int, *, touch: bool) -> None:
         """Lock the person's row till the transaction ends, so that a concurrent delete (of them or
@@ -529,6 +551,7 @@ class Gallery:
         collection_id: int,
         vector: np.ndarray,
         box: Sequence[float],
+        chip: FaceChip | None,
     ) -> FaceRecord:
         row = conn.execute(
             "INSERT INTO faces AS f (user_id, collection_id, embedding, model, box) "
@@ -537,7 +560,20 @@ class Gallery:
             (user_id, collection_id, vector, self.model, [float(v) for v in box]),
         ).fetchone()
         assert row is not None
-        return _face_record(row)
+        face = _face_record(row)
+        self._insert_chips(conn, [(face.id, chip)])
+        return face
+
+    def _insert_chips(self, conn: psycopg.Connection, chips: Sequence[tuple[int, FaceChip | None]]) -> None:
+        """Store the faces' chips beside them, unless FACEGATE_KEEP_FACES=false."""
+        rows = [(face_id, *_chip_values(chip)) for face_id, chip in chips if chip is not None]
+        if self.keep_chips and rows:
+            with conn.cursor() as cursor:
+                cursor.executemany(
+                    "INSERT INTO face_chips (face_id, jpeg, box, keypoints, score) "
+                    "VALUES (%s, %s, %s, %s, %s)",
+                    rows,
+                )
 
     def list_faces(self, user_id: int, collection: str = DEFAULT_COLLECTION) -> list[FaceRecord]:
         """A person's faces in the order they were added. UnknownUserError."""
@@ -680,8 +716,9 @@ class Gallery:
         with self._transaction() as conn:
             collection_id = self._collection_id(conn, collection)
             rows = conn.execute(
-                "SELECT u.id, u.name, u.created_at, f.embedding, f.box, f.created_at "
-                "FROM users u JOIN faces f ON f.user_id = u.id "
+                "SELECT u.id, u.name, u.created_at, f.embedding, f.box, f.created_at, "
+                "c.jpeg, c.box, c.keypoints, c.score "
+                "FROM users u JOIN faces f ON f.user_id = u.id LEFT JOIN face_chips c ON c.face_id = f.id "
                 "WHERE u.collection_id = %s ORDER BY u.id, f.id",
                 (collection_id,),
                 binary=True,  # the vectors as stored, bit for bit, not printed and parsed again
@@ -691,7 +728,7 @@ class Gallery:
             faces = list(group)
             _, name, created_at = faces[0][:3]
             portable = tuple(
-                PortableFace(_array(vector), tuple(box), added) for *_, vector, box, added in faces
+                PortableFace(_array(row[3]), tuple(row[4]), row[5], chip_from_row(*row[6:])) for row in faces
             )
             people.append(PortablePerson(name, created_at, portable))
         return people
@@ -764,7 +801,7 @@ class Gallery:
             faces = conn.execute("SELECT embedding FROM faces WHERE user_id = %s", (user_id,), binary=True)
             stored = {_array(vector).tobytes() for (vector,) in faces}
             counts["people_merged"] += 1
-        new = []
+        new, chips = [], []
         for vector, face in zip(vectors, person.faces, strict=True):
             if vector.tobytes() not in stored:
                 stored.add(vector.tobytes())
@@ -778,15 +815,23 @@ class Gallery:
                         face.created_at,
                     )
                 )
+                chips.append(face.chip)
         counts["faces_added"] += len(new)
         counts["faces_skipped"] += len(vectors) - len(new)
         if new:
             with conn.cursor() as cursor:
                 cursor.executemany(
                     "INSERT INTO faces (user_id, collection_id, embedding, model, box, created_at) "
-                    "VALUES (%s, %s, %s, %s, %s, %s)",
+                    "VALUES (%s, %s, %s, %s, %s, %s) RETURNING id",
                     new,
+                    returning=True,
                 )
+                face_ids = []
+                while True:
+                    face_ids.append(_one(cursor.fetchone()))
+                    if not cursor.nextset():
+                        break
+            self._insert_chips(conn, list(zip(face_ids, chips, strict=True)))
             if row is not None:
                 conn.execute("UPDATE users SET updated_at = now() WHERE id = %s", (user_id,))
 
@@ -815,6 +860,29 @@ class Gallery:
         if not np.isfinite(array).all() or not np.linalg.norm(array, axis=1).all():
             raise ValueError("embeddings must be finite and non-zero")
         return array
+
+
+def _one(row: tuple[Any, ...] | None) -> Any:
+    assert row is not None
+    return row[0]
+
+
+def _chip_values(chip: FaceChip) -> tuple[bytes, list[float], list[float], float]:
+    """A chip as face_chips' jpeg, box, keypoints (x1, y1, ..., x5, y5) and score columns."""
+    face = chip.face
+    keypoints = [float(v) for v in np.asarray(face.keypoints).ravel()]
+    return chip.jpeg, [float(v) for v in face.box], keypoints, float(face.score)
+
+
+def chip_from_row(
+    jpeg: bytes | None, box: Sequence[float] | None, keypoints: Sequence[float] | None, score: float | None
+) -> FaceChip | None:
+    """The chip of face_chips' columns; None for a face without one (the columns of an outer join)."""
+    if jpeg is None or box is None or keypoints is None or score is None:
+        return None
+    x1, y1, x2, y2 = (float(v) for v in box)
+    points = np.asarray(keypoints, dtype=np.float32).reshape(5, 2)
+    return FaceChip(bytes(jpeg), Face((x1, y1, x2, y2), float(score), points))
 
 
 def _array(vector: Vector) -> np.ndarray:

@@ -1,21 +1,26 @@
 """Export and import of a collection: its people, their embeddings and metadata, in a documented file.
 
-The format ("facegate-gallery", version 1) is JSON Lines in UTF-8, one JSON object per line:
+The format ("facegate-gallery", version 2) is JSON Lines in UTF-8, one JSON object per line:
 
-1. a header: `{"format": "facegate-gallery", "version": 1, "model": ..., "dim": ..., "collection":
+1. a header: `{"format": "facegate-gallery", "version": 2, "model": ..., "dim": ..., "collection":
    ..., "people": N, "faces": M, "exported_at": ..., "embedding_encoding": ..., "notice": ...}`;
 2. one line per person: `{"name": ..., "created_at": ..., "faces": [{"embedding": ..., "box":
-   [x1, y1, x2, y2], "created_at": ...}, ...]}`, the embedding as base64 of its `dim` float32
-   values, little-endian; times in ISO 8601 with their UTC offset;
+   [x1, y1, x2, y2], "created_at": ..., "chip": ...}, ...]}`, the embedding as base64 of its `dim`
+   float32 values, little-endian; times in ISO 8601 with their UTC offset; `chip` the face's aligned
+   chip (facegate.chips) as `{"jpeg": base64, "box": [x1, y1, x2, y2], "keypoints": [[x, y] × 5],
+   "score": ...}` in the chip's pixels, or null for a face stored without one;
 3. a trailer: `{"sha256": ...}`, the hex SHA-256 of every byte before the trailer line.
+
+Version 1, the same without chips, is still read: its faces are imported without chips (so
+`facegate reembed` cannot move them to another model).
 
 Reading it runs no code (no pickle): JSON and base64 only, every value checked. The checksum
 catches a damaged, truncated or hand-edited file; it is no signature (whoever can edit the file can
 recompute it), so keep export files where only administrators can write them. An import refuses a
 file of another model or dimension, and merges by name: see Gallery.merge_people.
 
-Embeddings are biometric data: an export file deserves the protection the database has. It is
-written readable by its owner only (mode 0600).
+Embeddings and chips are biometric data, chips pictures of faces: an export file deserves the
+protection the database has. It is written readable by its owner only (mode 0600).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import io
 import json
 import math
 import os
@@ -33,7 +39,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
+from facegate.chips import CHIP_SIZE, FaceChip
+from facegate.faces import Face
 from facegate.gallery.errors import TransferFileError, TransferModelError
 from facegate.gallery.schema import DEFAULT_COLLECTION
 from facegate.gallery.store import (
@@ -46,9 +55,13 @@ from facegate.gallery.store import (
 from facegate.names import InvalidNameError, clean_name
 
 FORMAT = "facegate-gallery"
-VERSION = 1
+VERSION = 2
+READABLE_VERSIONS = (1, 2)  # 1: without chips
 _ENCODING = "base64 of float32 little-endian"
-_NOTICE = "biometric data: face embeddings of identifiable people; protect this file like the database"
+_NOTICE = (
+    "biometric data: face embeddings and face pictures of identifiable people; "
+    "protect this file like the database"
+)
 _LITTLE_ENDIAN_F32 = np.dtype("<f4")
 
 T = TypeVar("T")
@@ -121,9 +134,19 @@ def _person_object(person: PortablePerson) -> dict[str, Any]:
                 "embedding": base64.b64encode(face.embedding.astype(_LITTLE_ENDIAN_F32).tobytes()).decode(),
                 "box": list(face.box),
                 "created_at": face.created_at.isoformat(),
+                "chip": None if face.chip is None else _chip_object(face.chip),
             }
             for face in person.faces
         ],
+    }
+
+
+def _chip_object(chip: FaceChip) -> dict[str, Any]:
+    return {
+        "jpeg": base64.b64encode(chip.jpeg).decode(),
+        "box": list(chip.face.box),
+        "keypoints": np.asarray(chip.face.keypoints, dtype=np.float64).tolist(),
+        "score": float(chip.face.score),
     }
 
 
@@ -151,10 +174,10 @@ def read_export(data: bytes, model: str, dim: int) -> ExportFile:
     header = _object(lines[0], 1)
     if header.get("format") != FORMAT:
         raise TransferFileError(_not_an_export(f'its first line has no "format": "{FORMAT}"'))
-    if header.get("version") != VERSION:
+    if header.get("version") not in READABLE_VERSIONS:
         raise TransferFileError(
             f"the file is in version {header.get('version')!r} of the {FORMAT} format; "
-            f"this FaceGate reads version {VERSION}"
+            f"this FaceGate reads versions {', '.join(map(str, READABLE_VERSIONS))}"
         )
     _check_sum(data, lines[-2], len(lines) - 1)
     file_model, file_dim = _field(header, "model", str, 1), _field(header, "dim", int, 1)
@@ -242,9 +265,49 @@ def _face(value: object, number: int, dim: int) -> PortableFace:
     if not np.isfinite(embedding).all() or not embedding.any():
         raise TransferFileError(f"line {number}: an embedding is not finite and non-zero")
     box = _field(value, "box", list, number)
-    if len(box) != 4 or not all(_is_number(v) and math.isfinite(v) for v in box):
-        raise TransferFileError(f"line {number}: a box must be 4 finite numbers")
-    return PortableFace(embedding, tuple(float(v) for v in box), _time(value, number))
+    chip = value.get("chip")
+    return PortableFace(
+        embedding,
+        _box(box, number),
+        _time(value, number),
+        None if chip is None else _chip(chip, number),
+    )
+
+
+def _box(value: list[Any], number: int) -> tuple[float, float, float, float]:
+    x1, y1, x2, y2 = _finite(value, 4, number, "a box must be 4 finite numbers")
+    return x1, y1, x2, y2
+
+
+def _finite(values: list[Any], count: int, number: int, rule: str) -> list[float]:
+    """`values` as floats if they are `count` finite numbers; TransferFileError saying `rule` if not."""
+    if len(values) != count or not all(_is_number(v) and math.isfinite(v) for v in values):
+        raise TransferFileError(f"line {number}: {rule}")
+    return [float(v) for v in values]
+
+
+def _chip(value: object, number: int) -> FaceChip:
+    if not isinstance(value, dict):
+        raise TransferFileError(f"line {number}: a chip must be a JSON object or null")
+    try:
+        jpeg = base64.b64decode(_field(value, "jpeg", str, number), validate=True)
+    except binascii.Error as exc:
+        raise TransferFileError(f"line {number}: a chip's jpeg is not base64 ({exc})") from exc
+    try:
+        with Image.open(io.BytesIO(jpeg)) as picture:  # reads the header only: cheap
+            kind, size = picture.format, picture.size
+    except (UnidentifiedImageError, OSError) as exc:
+        raise TransferFileError(f"line {number}: a chip's jpeg is not an image ({exc})") from exc
+    if kind != "JPEG" or size != (CHIP_SIZE, CHIP_SIZE):
+        raise TransferFileError(f"line {number}: a chip must be a {CHIP_SIZE} × {CHIP_SIZE} JPEG")
+    pairs = _field(value, "keypoints", list, number)
+    rule = "a chip's keypoints must be 5 pairs of finite numbers"
+    if len(pairs) != 5 or not all(isinstance(pair, list) and len(pair) == 2 for pair in pairs):
+        raise TransferFileError(f"line {number}: {rule}")
+    keypoints = _finite([v for pair in pairs for v in pair], 10, number, rule)
+    (score,) = _finite([value.get("score")], 1, number, "a chip's score must be a finite number")
+    box = _box(_field(value, "box", list, number), number)
+    return FaceChip(jpeg, Face(box, score, np.array(keypoints, np.float32).reshape(5, 2)))
 
 
 def _is_number(value: object) -> bool:
