@@ -46,6 +46,7 @@ from calibrate import (
     read_pairs,
 )
 from facegate.config import Settings
+from facegate.embedding.base import MirroredEmbedder
 from facegate.imaging import load_image_file
 from facegate.pipeline import Pipeline
 from facegate.recognition import CALIBRATION_DIR, Calibration, calibration_file
@@ -71,10 +72,16 @@ class Corpus:
     vectors: np.ndarray  # unit embeddings, one row per image
 
 
-def embed_corpus(cache_dir: Path) -> tuple[str, Corpus]:
+def embed_corpus(cache_dir: Path, mirror: bool = True) -> tuple[str, Corpus]:
+    """Every LFW image embedded once; `mirror=False` turns the embedder's mirror pass off (a
+    measurement only: the service's embedders keep theirs)."""
     settings = Settings()
     pipeline = Pipeline.from_settings(settings)
-    name = pipeline.embedder.name
+    if not mirror:
+        if not isinstance(pipeline.embedder, MirroredEmbedder):
+            raise SystemExit(f"{pipeline.embedder.name} has no mirror pass to turn off")
+        pipeline.embedder.mirror = False
+    name = pipeline.embedder.name + ("" if mirror else " (mirror pass off)")
     keys = sorted(str(path.relative_to(LFW)) for path in LFW.glob("*/*.jpg"))
     digest = hashlib.sha256("\n".join(keys).encode() + name.encode() + pipeline_fingerprint()).hexdigest()
     cache = cache_dir / f"openset-{digest[:16]}.npz"
@@ -320,9 +327,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cache", type=Path, default=Path("/tmp/facegate-calibration"))
     parser.add_argument("--write", action="store_true", help="store the calibration file of the embedder")
+    parser.add_argument(
+        "--no-mirror", action="store_true", help="measure with the mirror pass off (no --write)"
+    )
     args = parser.parse_args()
+    if args.write and args.no_mirror:
+        parser.error("--no-mirror measures only: the service's embedders run their mirror pass")
 
-    name, corpus = embed_corpus(args.cache)
+    name, corpus = embed_corpus(args.cache, mirror=not args.no_mirror)
     impostor, genuine = pair_distances(corpus)
     levels, distances = fmr_curve(impostor)
     midpoint, scale = fit_similarity(impostor, genuine)

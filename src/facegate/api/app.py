@@ -74,7 +74,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="FaceGate",
         version=__version__,
         description=(
-            "Face detection (MTCNN) and recognition (dlib ResNet) on a PostgreSQL + pgvector gallery."
+            "Face detection (MTCNN) and recognition (a 512-D MobileFaceNet by default) on a PostgreSQL + "
+            "pgvector gallery."
         ),
         lifespan=lifespan,
         root_path=settings.api_root_path,
