@@ -144,3 +144,12 @@ def test_the_configuration_page_lists_every_setting(
     for row, field in zip(rows.all(), Settings.model_fields.values(), strict=True):
         # Each setting's row carries its description (markdown rendered: compare the plain words).
         assert re.sub(r"[`*]", "", field.description or "")[:40] in row.inner_text()
+
+
+def test_readme_is_short_and_its_links_lead_somewhere() -> None:
+    text = (REPO / "README.md").read_text()
+    assert len(text.splitlines()) <= 250
+    assert "\n./test.sh" in text  # the test command, exactly
+    targets = [t for t in re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", text) if not urlsplit(t).scheme]
+    assert "docs/configuration.md" in targets
+    assert [t for t in targets if not (REPO / t).exists()] == []
