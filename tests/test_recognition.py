@@ -12,6 +12,8 @@ from PIL import Image, ImageFilter
 from facegate.config import Settings
 from facegate.detection import MTCNN
 from facegate.embedding.dlib_resnet import MIRROR_SUFFIX, MODEL_NAME
+from facegate.embedding.mobilefacenet import MODEL_NAME as MOBILEFACENET192
+from facegate.embedding.mobilefacenet512 import MODEL_NAME as MOBILEFACENET512
 from facegate.faces import Face
 from facegate.gallery import Gallery
 from facegate.imaging import load_image_file
@@ -21,30 +23,49 @@ from facegate.recognition import Calibration, MatchPolicy, Recognizer
 from tests.data import FACES
 
 PORTRAIT = FACES / "portraits" / "Barack_Obama" / "fr_obama.jpg"
-DLIB = f"{MODEL_NAME}{MIRROR_SUFFIX}"  # the default embedder
+DLIB = f"{MODEL_NAME}{MIRROR_SUFFIX}"
+# Every shipped embedder's model name, the default first.
+SHIPPED = [f"{name}{MIRROR_SUFFIX}" for name in (MOBILEFACENET512, MOBILEFACENET192, MODEL_NAME)]
 SIZES = (1, 10, 100, 300, 500, 1_000, 10_000, 100_000, 1_000_000)
 
 
-def policy(**settings: object) -> MatchPolicy:
-    return MatchPolicy.from_settings(Settings(_env_file=None, **settings), DLIB)  # type: ignore[arg-type]
+def policy(model: str = DLIB, **settings: object) -> MatchPolicy:
+    return MatchPolicy.from_settings(Settings(_env_file=None, **settings), model)  # type: ignore[arg-type]
 
 
-def test_the_default_embedder_ships_its_calibration() -> None:
-    calibration = Calibration.load(DLIB)
+@pytest.mark.parametrize("model", SHIPPED)
+def test_every_shipped_embedder_ships_its_calibration(model: str) -> None:
+    calibration = Calibration.load(model)
     assert calibration is not None and calibration.impostor_pairs > 1_000_000
+    # The one-to-one threshold lies on the model's own scale: between its 0.01% and 50% false matches.
+    assert calibration.distance_at(1e-4) < calibration.verify_threshold < calibration.distance[-1]
+    assert 0 < calibration.margin <= 1
+    # The service uses the calibration's one-to-one threshold and margin unless they are set.
+    assert (policy(model).verify_threshold, policy(model).margin) == (
+        calibration.verify_threshold,
+        calibration.margin,
+    )
+    assert policy(model, face_verify_threshold=0.3, face_match_margin=0.9).verify_threshold == 0.3
 
 
-def test_the_threshold_tightens_as_the_gallery_grows() -> None:
-    thresholds = [policy().threshold(size) for size in SIZES]
+def test_the_default_embedder_is_the_first_shipped_one() -> None:
+    assert Settings(_env_file=None).face_embedder == "mobilefacenet512"
+    assert SHIPPED[0].startswith("mobilefacenet512")
+
+
+@pytest.mark.parametrize("model", SHIPPED)
+def test_the_threshold_tightens_as_the_gallery_grows(model: str) -> None:
+    thresholds = [policy(model).threshold(size) for size in SIZES]
     assert all(t.source == "fpir" and t.fpir_target == 0.01 for t in thresholds)
     distances = [t.distance for t in thresholds]
     assert all(a > b for a, b in itertools.pairwise(distances)), distances
-    assert policy(face_match_fpir=0.001).threshold(300).distance < distances[SIZES.index(300)]
+    assert policy(model, face_match_fpir=0.001).threshold(300).distance < distances[SIZES.index(300)]
 
 
-def test_the_threshold_keeps_the_predicted_false_accept_rate_at_the_target() -> None:
+@pytest.mark.parametrize("model", SHIPPED)
+def test_the_threshold_keeps_the_predicted_false_accept_rate_at_the_target(model: str) -> None:
     """FPIR(N, t) = 1 − (1 − FMR(t))^N at the chosen t, where the curve was measured."""
-    calibration = Calibration.load(DLIB)
+    calibration = Calibration.load(model)
     assert calibration is not None
     levels, distances = np.log(calibration.fmr), np.array(calibration.distance)
     for size in (1, 10, 100, 1_000):  # per comparison 1% ... 1e-5: within the measured curve
@@ -71,8 +92,9 @@ def test_a_match_needs_the_threshold_and_the_margin() -> None:
     assert not rule.is_match(0.061, None, threshold) and not rule.is_match(None, None, threshold)
 
 
-def test_similarity_is_a_probability_that_falls_with_the_distance() -> None:
-    rule = policy()
+@pytest.mark.parametrize("model", SHIPPED)
+def test_similarity_is_a_probability_that_falls_with_the_distance(model: str) -> None:
+    rule = policy(model)
     values = [rule.similarity(d) for d in np.linspace(0, 2, 41)]
     assert all(0.0 <= v <= 1.0 for v in values)
     assert all(a >= b for a, b in itertools.pairwise(values))
