@@ -4,8 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 scripts/setup.sh test
-.venv/bin/ruff check src tests benchmarks
-.venv/bin/ruff format --check src tests benchmarks
+.venv/bin/ruff check src tests benchmarks scripts
+.venv/bin/ruff format --check src tests benchmarks scripts
 .venv/bin/mypy  # src, with the settings in pyproject.toml
 NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --quiet  # the site in docs/: no broken link or page
 exec .venv/bin/python -m pytest "$@"
