@@ -195,6 +195,13 @@ def test_a_bound_key_cannot_stream_another_collection(bound: TestClient) -> None
         assert socket.receive_json()["status"] == 403
 
 
+def test_metrics_are_only_for_keys_of_every_collection(bound: TestClient) -> None:
+    """/metrics counts every tenant's people and requests: a bound key would see the others move."""
+    refused = bound.get("/metrics", headers=_key(BOUND["door-a"]))
+    assert refused.status_code == 403 and "'door-a'" in refused.json()["detail"]
+    assert bound.get("/metrics", headers=_key(BOUND["everywhere"])).status_code == 200
+
+
 @pytest.mark.parametrize("name", ["\x00", "site-a\x00", "site a", "-x", "a" * 5000])
 def test_a_bad_collection_name_is_refused_wherever_it_enters(bound: TestClient, name: str) -> None:
     for key in (API_KEY, BOUND["admin-b"]):  # a key of every collection, and one bound to some

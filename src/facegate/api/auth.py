@@ -137,6 +137,17 @@ def admit(key: ApiKey, collection: str) -> None:
         )
 
 
+def admit_everywhere(key: ApiKey, what: str) -> None:
+    """403 unless `key` opens every collection: `what` covers them all (and the metrics of requests
+    cannot be told apart by collection), so a bound key would learn of the others."""
+    if key.collections is not None:
+        raise Refused(
+            status.HTTP_403_FORBIDDEN,
+            f"the key '{key.name}' is bound to some collections; {what} covers every collection",
+            holder=key.name,
+        )
+
+
 class Refused(Exception):
     """A caller that may not go on: the answer's `status` and `detail`, `retry_after` (an HTTP
     `Retry-After` value) with a 429, and `holder`, the name of the key when it was recognised."""
