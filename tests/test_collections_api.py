@@ -167,7 +167,7 @@ def test_a_key_opens_only_its_collections(
         "/recognize",
         params={"collection": collection},
         files=photo(OBAMA / "fr_obama.jpg"),
-        headers=_key(key),
+        headers=_key(BOUND[key]),
     )
     assert response.status_code == expected, response.text
     if expected == 403:
