@@ -59,7 +59,7 @@ async def health(services: ServicesDep) -> Health | JSONResponse:
     "/stats",
     response_model=Stats,
     dependencies=[require(Scope.RECOGNIZE)],
-    responses=error_responses(*KEYED_ERRORS, 404, 503),
+    responses=error_responses(*KEYED_ERRORS, 404, 422, 503),
 )
 async def stats(services: ServicesDep, collection: CollectionDep) -> Stats:
     """How many people and faces the collection holds, and the threshold a search of it uses now."""
