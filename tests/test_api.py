@@ -55,6 +55,11 @@ def test_health_reports_which_runtime_each_model_runs_on(anonymous: TestClient) 
         assert names and names[-1] == "CPUExecutionProvider"  # this build and these tests: CPU
 
 
+def test_a_trailing_slash_redirect_is_relative_and_echoes_no_host(client: TestClient) -> None:
+    response = client.get("/users/?limit=5", headers={"Host": "attacker.example"}, follow_redirects=False)
+    assert response.status_code == 307 and response.headers["Location"] == "/users?limit=5"
+
+
 def test_docs_and_openapi_are_open(anonymous: TestClient) -> None:
     assert anonymous.get("/docs").status_code == 200
     spec = anonymous.get("/openapi.json").json()

@@ -8,9 +8,11 @@ import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote, urlencode
 
 import pytest
 from fastapi.testclient import TestClient
+from starlette.websockets import WebSocketDisconnect
 
 from facegate.gallery import DEFAULT_COLLECTION
 from facegate.gallery.embedded import EmbeddedServer
@@ -191,6 +193,32 @@ def test_a_bound_key_cannot_stream_another_collection(bound: TestClient) -> None
     assert refusal["status"] == 403 and "site-b" in refusal["error"]
     with bound.websocket_connect("/ws/liveness?collection=site-b", headers=_key(BOUND["door-a"])) as socket:
         assert socket.receive_json()["status"] == 403
+
+
+def test_metrics_are_only_for_keys_of_every_collection(bound: TestClient) -> None:
+    """/metrics counts every tenant's people and requests: a bound key would see the others move."""
+    refused = bound.get("/metrics", headers=_key(BOUND["door-a"]))
+    assert refused.status_code == 403 and "'door-a'" in refused.json()["detail"]
+    assert bound.get("/metrics", headers=_key(BOUND["everywhere"])).status_code == 200
+
+
+@pytest.mark.parametrize("name", ["\x00", "site-a\x00", "site a", "-x", "a" * 5000])
+def test_a_bad_collection_name_is_refused_wherever_it_enters(bound: TestClient, name: str) -> None:
+    for key in (API_KEY, BOUND["admin-b"]):  # a key of every collection, and one bound to some
+        for response in (
+            bound.get("/stats", params={"collection": name}, headers=_key(key)),
+            bound.delete(f"/collections/{quote(name, safe='')}", headers=_key(key)),
+            bound.post("/collections", json={"name": name}, headers=_key(key)),
+        ):
+            assert response.status_code == 422, response.text
+        for path in ("/ws/recognize", "/ws/liveness"):
+            query = urlencode({"collection": name})
+            with bound.websocket_connect(f"{path}?{query}", headers=_key(key)) as socket:
+                error = socket.receive_json()
+                with pytest.raises(WebSocketDisconnect) as closed:
+                    socket.receive_json()
+            assert (error["status"], closed.value.code) == (422, 1008), error
+            assert "invalid collection name" in error["error"] and len(error["error"]) < 300
 
 
 # --- top-K candidates --------------------------------------------------------------------------

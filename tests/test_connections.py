@@ -3,9 +3,11 @@ a supervisor killed with SIGKILL."""
 
 from __future__ import annotations
 
+import contextlib
 import selectors
 import signal
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +16,7 @@ import httpx
 import psutil
 import pytest
 
+from facegate.api.connections import MAX_HEADER_BYTES, MAX_HEADERS
 from tests.servers import LiveServer
 
 KEY = "connections-test-key"
@@ -95,6 +98,73 @@ def test_connections_past_the_cap_are_closed_at_once(guarded: LiveServer) -> Non
     finally:
         close_all(held)
     assert httpx.get(f"{guarded.url}/health", timeout=10).status_code == 200
+
+
+def answer_to(port: int, payload: bytes) -> bytes:
+    """What the server sends back to `payload` on a fresh connection before it closes it."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        # Refused before the whole payload was read: the answer is already waiting.
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            sock.sendall(payload)
+        received = b""
+        with contextlib.suppress(ConnectionResetError):  # the reset for the unread rest
+            while chunk := sock.recv(4096):
+                received += chunk
+        return received
+
+
+def test_oversized_header_blocks_are_answered_431_and_closed(guarded: LiveServer) -> None:
+    many = b"".join(b"X-H%d: v\r\n" % n for n in range(MAX_HEADERS + 1))
+    large = b"X-Big: " + b"A" * MAX_HEADER_BYTES + b"\r\n"
+    for headers in (many, large):
+        answer = answer_to(guarded.port, b"GET /health HTTP/1.1\r\nHost: x\r\n" + headers + b"\r\n")
+        assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+    ordinary = b"".join(b"X-H%d: %s\r\n" % (n, b"v" * 500) for n in range(MAX_HEADERS - 5))
+    answer = answer_to(
+        guarded.port, b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" + ordinary + b"\r\n"
+    )
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
+
+
+def stream_endless_headers(
+    port: int, stop: threading.Event, started: threading.Event, answers: list[bytes]
+) -> None:
+    """Open connections that send one header line without end in 64 KiB chunks, one after another
+    (reconnecting when cut off), until `stop`; what the server answered each goes into `answers`."""
+    while not stop.is_set():
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            try:
+                sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nX-Junk: ")
+                while not stop.is_set():
+                    sock.sendall(b"A" * 65536)
+                    started.set()
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            try:
+                answers.append(sock.recv(4096))
+            except (ConnectionResetError, TimeoutError):
+                answers.append(b"")
+
+
+def test_health_stays_fast_while_a_client_streams_an_endless_header(guarded: LiveServer) -> None:
+    stop, started, answers = threading.Event(), threading.Event(), []
+    attacker = threading.Thread(target=stream_endless_headers, args=(guarded.port, stop, started, answers))
+    attacker.start()
+    try:
+        assert started.wait(10)
+        slowest = 0.0
+        with httpx.Client(timeout=HEADER_TIMEOUT * 3) as client:
+            # Past HEADER_TIMEOUT: the deadline alone would have let each attack stall the worker that long.
+            for _ in range(12):
+                began = time.monotonic()
+                assert client.get(f"{guarded.url}/health").status_code == 200
+                slowest = max(slowest, time.monotonic() - began)
+                time.sleep(0.4)
+    finally:
+        stop.set()
+        attacker.join(30)
+    assert slowest < 1.0, f"/health took {slowest:.1f} s during the attack"
+    assert any(answer.startswith(b"HTTP/1.1 431 ") for answer in answers), answers[:3]
 
 
 def serving(url: str) -> bool:

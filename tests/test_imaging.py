@@ -95,6 +95,14 @@ def test_garbage_after_a_valid_signature_is_400() -> None:
         decode_image(b"\x89PNG\r\n\x1a\n" + b"\x00" * 200, **LIMITS)
 
 
+@pytest.mark.parametrize("signature", [b"\xff\xd8\xff", b"RIFF\x00\x00\x00\x00WEBP", b"II*\x00"])
+def test_an_unreadable_image_is_400_without_an_object_repr(signature: bytes) -> None:
+    with pytest.raises(CorruptImage) as refused:
+        decode_image(signature + b"x" * 100, **LIMITS)
+    assert "cannot identify image file" in str(refused.value)
+    assert " at 0x" not in str(refused.value) and "<" not in str(refused.value)  # no heap address
+
+
 def test_too_many_bytes_is_413() -> None:
     data = encode(gradient(), "PNG")
     with pytest.raises(ImageTooLarge) as info:

@@ -36,6 +36,13 @@ def test_a_bound_key_opens_only_its_collections() -> None:
         ("a:detect:k:|", "empty collection name"),
         ("a:detect:k1,a:recognize:k2", "its own name"),
         ("admin:detect:k1", "its own name"),
+        ("door:admin:k1:", "empty binding"),  # an unset template variable must not open everything
+        ("door:admin:k1: ", "empty binding"),
+        ("door:recognize:k1:site-a,ops:admin:k1", "same key value twice"),
+        ("door:detect:admin-key", "equal to APP_TOKEN"),
+        ("door:detect:k 1", "whitespace"),
+        ("door:detect: k1", "whitespace"),
+        ("door:detect:k1:site a", "invalid collection name"),
     ],
 )
 def test_malformed_bindings_are_refused_at_start_up(extra: str, message: str) -> None:

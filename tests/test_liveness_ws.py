@@ -278,18 +278,23 @@ def test_the_key_may_come_in_the_first_message(anonymous: TestClient) -> None:
 # --- a live session (scripted observations: there is no camera here) ------------------------------
 
 
+@pytest.mark.parametrize("credential", ["key", "ticket"])
 def test_a_live_session_answers_with_the_recognition_of_its_best_frame(
-    app: TestClient, detector: MTCNN, monkeypatch: pytest.MonkeyPatch
+    app: TestClient,
+    detector: MTCNN,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
+    credential: str,
 ) -> None:
     """The frames are real; what the models see in them is replaced by a landmark sequence of a
-    person doing the challenges, so the verdict path and its recognition body are exercised."""
+    person doing the challenges, so the verdict path and its recognition body are exercised. A
+    ticket's holder (a browser page) is told who matched, but no candidates."""
     image = framed(detector, PERSON_A)
     photo = jpeg(image)
     name = f"liveness-{random.Random().random()}"
-    assert app.post("/register", data={"name": name}, files={"image": ("a.jpg", photo)}).status_code in (
-        200,
-        201,
-    )
+    registered = app.post("/register", data={"name": name}, files={"image": ("a.jpg", photo)})
+    assert registered.status_code == 201, registered.text
+    request.addfinalizer(lambda: app.delete(f"/users/{registered.json()['user_id']}"))  # the face, once
     expected = app.post("/recognize", files={"image": ("a.jpg", photo)}).json()
 
     decoded = load_image_file_bytes(photo)
@@ -313,7 +318,12 @@ def test_a_live_session_answers_with_the_recognition_of_its_best_frame(
         return script.pop(0)
 
     monkeypatch.setattr(liveness, "observe_frame", scripted)
-    with app.websocket_connect("/ws/liveness") as socket:
+    ticket = app.post("/liveness/tickets").json()["ticket"]
+    with app.websocket_connect(
+        "/ws/liveness", headers={"X-API-Key": ""} if credential == "ticket" else {}
+    ) as socket:
+        if credential == "ticket":
+            socket.send_json({"ticket": ticket})
         opening = socket.receive_json()
         sequence = [frontal] + [points for c in opening["challenges"] for points in steps[Challenge(c)]]
         script.extend(replace(real, landmarks=points) for points in sequence)
@@ -324,6 +334,10 @@ def test_a_live_session_answers_with_the_recognition_of_its_best_frame(
     assert message["type"] == "progress" and message["hint"] == "done"
     assert verdict["live"] is True and verdict["reasons"] == [] and verdict["score"] == 1.0
     assert verdict["completed"] == opening["challenges"]
+    if credential == "ticket":
+        assert expected["faces"][0]["candidates"]  # what a key holder gets
+        for face in expected["faces"]:
+            face["candidates"] = []
     assert verdict["recognition"] == expected
     assert verdict["recognition"]["matched_user"]["name"] == name
 

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import uuid
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from websockets.sync.client import connect
 
 from tests.data import FACES
+from tests.servers import LiveServer
 from tests.support import API_KEY, SCOPED_KEYS, scoped_headers, unique, upload
 
 BIDEN = FACES / "portraits" / "Joe_Biden"
@@ -37,3 +42,24 @@ def test_logs_carry_the_request_id_and_never_keys_or_names(
     for secret in [name, API_KEY, *SCOPED_KEYS.values()]:
         assert secret not in text
     secured.delete(f"/users/{registered.json()['user_id']}", headers=scoped_headers("admin"))
+
+
+def test_the_server_log_shows_no_query_string_and_no_refused_stream_as_opened(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    """Over `facegate serve` (its own logging): uvicorn's WebSocket handshake line shows the path
+    without the query, where a client may have put a key; a stream refused for its collection was
+    never opened."""
+    key, leaked = "log-test-" + uuid.uuid4().hex, "leaked-" + uuid.uuid4().hex
+    log = tmp_path / "server.log"
+    with LiveServer({"APP_TOKEN": key, "FACEGATE_DATA_DIR": str(data_dir)}, log) as live:
+        ws = live.url.replace("http", "ws", 1)
+        with connect(f"{ws}/ws/detect?api_key={leaked}") as socket:
+            socket.send(json.dumps({"api_key": key}))
+        with connect(
+            f"{ws}/ws/recognize?collection=nowhere", additional_headers={"X-API-Key": key}
+        ) as socket:
+            assert json.loads(socket.recv(timeout=10))["status"] == 404
+    text = log.read_text()
+    assert '"WebSocket /ws/detect?…" [accepted]' in text and "/ws/detect stream opened by key 'admin'" in text
+    assert leaked not in text and "/ws/recognize stream opened" not in text

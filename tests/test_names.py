@@ -51,6 +51,8 @@ def test_joiners_and_other_invisibles_are_refused_elsewhere(name: str) -> None:
 def test_look_alikes_share_a_skeleton_and_different_names_do_not() -> None:
     assert name_skeleton("Alice") == name_skeleton("\u0410lice")  # Cyrillic А
     assert name_skeleton("John Smith") == name_skeleton("John\u00a0Smith")  # a non-breaking space
+    for look_alike in ("Amy  Adams", "Amy\u3000Adams", "\uff21\uff4d\uff59 \uff21\uff44\uff41\uff4d\uff53"):
+        assert name_skeleton("Amy Adams") == name_skeleton(look_alike), look_alike  # spaces, full width
     assert name_skeleton("Alice") != name_skeleton("Alicia")
 
 
@@ -82,7 +84,17 @@ def test_a_utf8_name_with_accents_is_stored_as_sent(client: TestClient) -> None:
     client.delete(f"/users/{response.json()['user_id']}")
 
 
-@pytest.mark.parametrize("disguise", ["\u0410lice {}", "Alice\u00a0{}", "Alice {}\u00a0"])
+@pytest.mark.parametrize(
+    "disguise",
+    [
+        "\u0410lice {}",
+        "Alice\u00a0{}",
+        "Alice {}\u00a0",
+        "Alice  {}",
+        "Alice\u3000{}",
+        "\uff21\uff4c\uff49\uff43\uff45 {}",
+    ],
+)
 def test_a_look_alike_of_a_registered_name_is_409_naming_them(client: TestClient, disguise: str) -> None:
     suffix = tag()
     first = register(client, f"Alice {suffix}")

@@ -167,6 +167,9 @@ def test_bad_frames_get_an_error_and_the_stream_goes_on(app_client: TestClient) 
         (None, json.dumps({"api_key": "wrong"})),
         (None, "not json"),
         (None, json.dumps({"key": DETECT_KEY})),
+        (None, json.dumps({"api_key": "\ud800"})),  # a lone surrogate: no key can be it
+        (None, "[" * 3000),  # nested past the JSON parser's depth
+        (None, "[" * 200_000),
         ("wrong", None),
     ],
 )

@@ -142,8 +142,9 @@ def test_a_ticket_opens_no_other_stream(secured: TestClient, path: str) -> None:
         TicketSigner("another-admin-key").issue(LIVENESS_GRANT, "admin").token,
         TicketSigner(API_KEY).issue("/ws/recognize", "admin").token,
         "not-a-ticket",
+        "\ud800.abc",  # JSON lets a lone surrogate through; it cannot be encoded
     ],
-    ids=["expired", "another-service", "another-grant", "garbage"],
+    ids=["expired", "another-service", "another-grant", "garbage", "lone-surrogate"],
 )
 def test_a_bad_ticket_is_refused_like_a_wrong_key(secured: TestClient, ticket: str) -> None:
     error, code = refusal(secured, "/ws/liveness", {"ticket": ticket})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 
 import numpy as np
@@ -66,7 +67,7 @@ def decode_image(data: bytes, *, max_bytes: int, max_pixels: int) -> np.ndarray:
         try:
             return _to_rgb_array(image)
         except (OSError, SyntaxError, ValueError, EOFError) as exc:
-            raise CorruptImage(f"the image data is corrupt or truncated ({exc})") from exc
+            raise _corrupt(exc) from exc
 
 
 def load_image_file(path: str | Path, *, max_pixels: int = 400_000_000) -> np.ndarray:
@@ -80,8 +81,18 @@ def _open(data: bytes) -> Image.Image:
         # Opening reads only the header, so the pixel check that follows runs before any decoding.
         image = Image.open(io.BytesIO(data), formats=sorted(ACCEPTED_FORMATS))
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise CorruptImage(f"the image data is corrupt or truncated ({exc})") from exc
+        raise _corrupt(exc) from exc
     return image
+
+
+# Pillow names the file it could not read by its repr, `<_io.BytesIO object at 0x7f...>`: a heap
+# address is no business of the client's.
+_OBJECT_REPR = re.compile(r"\s*<[^<>]* at 0x[0-9A-Fa-f]+>")
+
+
+def _corrupt(exc: Exception) -> CorruptImage:
+    reason = _OBJECT_REPR.sub("", str(exc))
+    return CorruptImage(f"the image data is corrupt or truncated ({reason})")
 
 
 def _check_pixels(image: Image.Image, max_pixels: int) -> None:

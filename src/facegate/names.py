@@ -3,8 +3,9 @@
 A name is NFC-normalised and trimmed, so that the same name typed twice is the same name. Invisible
 and control characters are refused, except the zero-width non-joiner and joiner where Unicode gives
 them a meaning (Persian `علی‌رضا`, Indic conjuncts). Two names that look alike, by Unicode's
-confusable skeletons (UTS #39, computed by ICU), are one person to a gallery: `Alice` with a
-Cyrillic `А`, or `John Smith` with a non-breaking space, cannot be registered beside `Alice`.
+confusable skeletons (UTS #39, computed by ICU, of the NFKC form with whitespace runs folded), are
+one person to a gallery: `Alice` with a Cyrillic `А`, `John Smith` with a non-breaking space, two
+spaces or an ideographic one, or in full-width letters, cannot be registered beside `Alice`.
 """
 
 from __future__ import annotations
@@ -59,5 +60,8 @@ def _joiner_allowed(name: str, position: int) -> bool:
 
 
 def name_skeleton(name: str) -> str:
-    """The UTS #39 confusable skeleton: names that look alike have the same one."""
-    return _SPOOF_CHECKER.getSkeleton(0, name)
+    """The UTS #39 confusable skeleton of the name's NFKC form with each run of whitespace made one
+    space: names that look alike have the same one. ICU's skeleton alone keeps full-width letters
+    (`Ａｍｙ`) and a run of spaces as they are, which NFKC and the folding bring to `Amy` and one space."""
+    folded = " ".join(unicodedata.normalize("NFKC", name).split())
+    return _SPOOF_CHECKER.getSkeleton(0, folded)

@@ -16,7 +16,7 @@ from facegate.api.connections import exit_with_supervisor
 from facegate.api.deps import Services
 from facegate.api.errors import install_error_handlers
 from facegate.api.metrics import MeteredPipeline, Metrics
-from facegate.api.middleware import RequestContext, RequestDeadline, UploadSizeLimit
+from facegate.api.middleware import RelativeRedirects, RequestContext, RequestDeadline, UploadSizeLimit
 from facegate.api.ratelimit import limiter_for
 from facegate.api.routes import collections, detect, liveness, recognize, stream, system, users
 from facegate.api.tickets import TicketSigner
@@ -86,5 +86,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     max_body = _MAX_UPLOADS_PER_REQUEST * settings.max_upload_bytes + _MULTIPART_OVERHEAD
     app.add_middleware(UploadSizeLimit, max_body=max_body)
     app.add_middleware(RequestDeadline, seconds=settings.request_timeout)
+    app.add_middleware(RelativeRedirects)
     app.add_middleware(RequestContext, metrics=metrics)  # outermost: sees every answer, 413 and 504 too
     return app

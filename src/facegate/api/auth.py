@@ -1,9 +1,14 @@
 """API keys and their scopes.
 
 `APP_TOKEN` is the admin key. `FACEGATE_API_KEYS` adds keys of narrower scope as
-`name:scope:key[:collections],...`, optionally bound to some collections (`a|b`; `*` or nothing =
-every collection). Keys are kept only as SHA-256 digests in memory and compared in constant
+`name:scope:key[:collections],...`, optionally bound to some collections (`a|b`; `*` or no fourth
+field = every collection). Keys are kept only as SHA-256 digests in memory and compared in constant
 time; a key's name, never the key, identifies it in logs and metrics.
+
+A configuration that could open more than its author meant is refused at start-up rather than read
+in its widest sense: an empty fourth field (an unset template variable, say), the same key value
+twice (or equal to APP_TOKEN: which entry would win?), whitespace in a key, a binding to a name that
+cannot be a collection.
 
 `authorize` is the one rule for a presented key (401, 403, then 429 for its rate), for HTTP
 (`require`, with the `WWW-Authenticate` and `Retry-After` headers) and the streams alike
@@ -22,6 +27,7 @@ from fastapi import Depends, HTTPException, Request, params, status
 from fastapi.security import APIKeyHeader
 
 from facegate.api.ratelimit import Limiter, retry_after
+from facegate.gallery import InvalidCollectionNameError, check_collection_name
 
 
 class Scope(StrEnum):
@@ -72,6 +78,8 @@ class KeyRing:
         names = [key.name for key in keys]
         if len(set(names)) != len(names):
             raise ValueError("FACEGATE_API_KEYS: each key needs its own name ('admin' is APP_TOKEN's)")
+        if len({key.digest for key in keys}) != len(keys):
+            raise ValueError("FACEGATE_API_KEYS: the same key value twice, or a key equal to APP_TOKEN")
         return cls(keys)
 
     def named(self, name: str) -> ApiKey | None:
@@ -97,24 +105,45 @@ def _parse_entry(entry: str) -> ApiKey:
     name, scope, key = parts[:3]
     if scope not in set(Scope):
         raise ValueError(f"unknown scope {scope!r} for key {name!r}; use detect, recognize or admin")
+    if any(char.isspace() for char in key):
+        raise ValueError(f"key {name!r}: whitespace in the key (a client could not send it as is)")
     return ApiKey(name, Scope(scope), _digest(key), _collections(name, parts[3] if len(parts) > 3 else "*"))
 
 
 def _collections(name: str, field: str) -> frozenset[str] | None:
-    if field.strip() in ("", "*"):
+    if field.strip() == "*":
         return None
+    if not field.strip():
+        raise ValueError(f"key {name!r}: an empty binding after the key (write * for every collection)")
     collections = [part.strip() for part in field.split("|")]
     if not all(collections):
         raise ValueError(f"key {name!r}: an empty collection name in {field!r} (separate them with |)")
-    return frozenset(collections)
+    try:
+        return frozenset(check_collection_name(collection) for collection in collections)
+    except InvalidCollectionNameError as exc:
+        raise ValueError(f"key {name!r}: {exc}") from None
 
 
 def admit(key: ApiKey, collection: str) -> None:
-    """403 unless `key` is bound to `collection` (or to every collection)."""
+    """403 unless `key` is bound to `collection` (or to every collection). Every collection name a
+    client sends (query, path, body, stream) passes here first, so here it is checked against the
+    naming rule: InvalidCollectionNameError (422), which says nothing of other collections."""
+    check_collection_name(collection)
     if not key.opens(collection):
         raise Refused(
             status.HTTP_403_FORBIDDEN,
             f"the key '{key.name}' is not bound to the collection '{collection}'",
+            holder=key.name,
+        )
+
+
+def admit_everywhere(key: ApiKey, what: str) -> None:
+    """403 unless `key` opens every collection: `what` covers them all (and the metrics of requests
+    cannot be told apart by collection), so a bound key would learn of the others."""
+    if key.collections is not None:
+        raise Refused(
+            status.HTTP_403_FORBIDDEN,
+            f"the key '{key.name}' is bound to some collections; {what} covers every collection",
             holder=key.name,
         )
 

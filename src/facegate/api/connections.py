@@ -1,5 +1,5 @@
-"""Connection hygiene for uvicorn: a deadline for each request's headers, a cap on connections, and
-workers that exit with their supervisor.
+"""Connection hygiene for uvicorn: a deadline and a size limit for each request's headers, a cap on
+connections, and workers that exit with their supervisor.
 
 uvicorn's `timeout_keep_alive` only starts once a response is complete: a connection that opens and
 never finishes its first request line and headers (slowloris) is held for ever, and enough of them
@@ -7,6 +7,12 @@ use up the process's file descriptors. `GuardedHttpProtocol` arms a timer when a
 and whenever a request's first byte arrives, and disarms it when the headers are complete; when it
 fires the connection is closed. Past `max_connections`, a new connection is closed at once, so that
 descriptors stay bounded whatever clients do; the header deadline frees the slots again.
+
+Nothing in uvicorn or httptools bounds the headers' size: httptools builds a header value by repeated
+concatenation on the event loop, so a client that streams one endless header stalls every request of
+the worker until the deadline. A request line and headers over MAX_HEADER_BYTES, or more than
+MAX_HEADERS headers, are answered 431 and the connection closed: counted exactly as the parser
+completes each header, and by the bytes received while a header block is still unfinished.
 """
 
 from __future__ import annotations
@@ -27,6 +33,18 @@ logger = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 _WARN_EVERY_S = 10.0  # a flood of refused connections logs one line per interval, not one each
+# A request line and headers of at most 64 KiB, at most 100 headers: nginx's defaults are 32 KiB
+# (4 buffers of 8 KiB), Python's http.client takes 100 headers.
+MAX_HEADER_BYTES = 64 * 1024
+MAX_HEADERS = 100
+_TOO_LARGE = (
+    b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+    b"content-type: text/plain; charset=utf-8\r\nconnection: close\r\ncontent-length: %d\r\n\r\n%s"
+)
+
+
+class _HeadersTooLarge(Exception):
+    """Raised in a parser callback to stop parsing; the parser's error is then answered 431."""
 
 
 class GuardedHttpProtocol(HttpToolsProtocol):
@@ -39,6 +57,10 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._header_timeout = header_timeout
         self._max_connections = max_connections
         self._header_deadline: asyncio.TimerHandle | None = None
+        self._header_bytes = 0  # of the request line and the headers completed so far
+        self._header_count = 0
+        self._unfinished_bytes = 0  # received while a header block is unfinished
+        self._too_large = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -52,13 +74,57 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._disarm()
         super().connection_lost(exc)
 
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self._header_deadline is None or self._too_large:
+            return  # between requests, or in a body: the headers are complete
+        self._unfinished_bytes += len(data)
+        if self._unfinished_bytes > MAX_HEADER_BYTES:
+            self._refuse_headers()
+
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self._header_bytes = self._header_count = 0
         self._arm()
+
+    def on_url(self, url: bytes) -> None:
+        super().on_url(url)
+        self._count_header_bytes(len(url))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_count += 1
+        self._count_header_bytes(len(name) + len(value))
+        super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
         self._disarm()
+        self._unfinished_bytes = 0
         super().on_headers_complete()
+
+    def _count_header_bytes(self, size: int) -> None:
+        self._header_bytes += size
+        if self._header_bytes > MAX_HEADER_BYTES or self._header_count > MAX_HEADERS:
+            self._too_large = True
+            raise _HeadersTooLarge  # httptools raises its parser error, answered by send_400_response
+
+    def send_400_response(self, msg: str) -> None:
+        if self._too_large:
+            self._refuse_headers()
+        else:
+            super().send_400_response(msg)
+
+    def _refuse_headers(self) -> None:
+        """Answer 431 and close: the headers are over MAX_HEADER_BYTES or MAX_HEADERS."""
+        self._too_large = True
+        self._disarm()
+        if self.transport.is_closing():
+            return
+        self._warn(
+            f"closing connections whose headers pass {MAX_HEADER_BYTES} bytes or {MAX_HEADERS} headers"
+        )
+        detail = f"request headers over {MAX_HEADER_BYTES} bytes or {MAX_HEADERS} headers".encode()
+        self.transport.write(_TOO_LARGE % (len(detail), detail))
+        self.transport.close()
 
     def _arm(self) -> None:
         if self._header_deadline is None:

@@ -31,18 +31,35 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
+class NoQueryStrings(logging.Filter):
+    """Cuts the query string off the paths in uvicorn's records. Its WebSocket handshake line shows
+    the raw path: a key that a client put in `?api_key=` (refused, but sent) would land in the log.
+    The app's own lines name route templates, never raw paths."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.startswith("uvicorn") and isinstance(record.args, tuple):
+            record.args = tuple(_without_query(arg) for arg in record.args)
+        return True
+
+
+def _without_query(arg: object) -> object:
+    if isinstance(arg, str) and arg.startswith("/") and "?" in arg:
+        return arg.split("?", 1)[0] + "?…"
+    return arg
+
+
 def server_logging_config(level: str) -> dict[str, Any]:
     """A `logging.config.dictConfig` for `facegate serve`; uvicorn applies it in every worker process."""
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "filters": {"request_id": {"()": RequestIdFilter}},
+        "filters": {"request_id": {"()": RequestIdFilter}, "no_query": {"()": NoQueryStrings}},
         "formatters": {"default": {"format": LOG_FORMAT}},
         "handlers": {
             "default": {
                 "class": "logging.StreamHandler",
                 "formatter": "default",
-                "filters": ["request_id"],
+                "filters": ["request_id", "no_query"],
                 "stream": "ext://sys.stderr",
             }
         },

@@ -1,4 +1,5 @@
-"""ASGI middleware: request ids, access log and metrics; the request time budget; the body size limit.
+"""ASGI middleware: request ids, access log and metrics; the request time budget; the body size limit;
+relative redirects.
 
 Plain ASGI classes rather than Starlette's BaseHTTPMiddleware: they see the raw `receive` stream
 (to count body bytes) and the start of every response (to add a header and record the status),
@@ -12,6 +13,7 @@ import math
 import re
 import time
 import uuid
+from urllib.parse import urlsplit
 
 import anyio
 from fastapi import HTTPException, status
@@ -162,3 +164,37 @@ class UploadSizeLimit:
             return message
 
         return counted
+
+
+class RelativeRedirects:
+    """Make the `Location` of a redirect relative (`/users`, not `http://<Host>/users`).
+
+    Starlette's trailing-slash redirect builds an absolute URL from the request's `Host` header, a
+    value the client chose; a relative one points at the same host through any proxy, and echoes
+    nothing.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_relative(message: Message) -> None:
+            if message["type"] == "http.response.start" and 300 <= message["status"] < 400:
+                headers = [
+                    (name, _relative(value) if name.lower() == b"location" else value)
+                    for name, value in message.get("headers", [])
+                ]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_relative)
+
+
+def _relative(location: bytes) -> bytes:
+    url = urlsplit(location.decode("latin-1"))
+    relative = (url.path or "/") + (f"?{url.query}" if url.query else "")
+    return relative.encode("latin-1")

@@ -44,6 +44,8 @@ logger = logging.getLogger(__name__)
 
 # How long a client without the X-API-Key header has to send its `{"api_key": ...}` message.
 AUTH_TIMEOUT = 10.0
+# Longer than any message holding a key or a ticket (at most 1 KiB): a longer one is not parsed.
+_MAX_CREDENTIALS_CHARS = 4096
 
 Message = bytes | str  # a text message where a frame was expected is answered with an error
 Handler = Callable[[bytes], Awaitable[dict[str, Any]]]
@@ -107,8 +109,7 @@ async def open_stream(websocket: WebSocket, scope: Scope, ticket_grant: str | No
         await _refuse(websocket, refused.status, refused.detail)
     # The same record HTTP requests keep (auth.require): logs name the key, never show it.
     websocket.state.key_name = holder
-    how = "a ticket of key" if by_ticket else "key"
-    logger.info("%s stream opened by %s '%s'", websocket.url.path, how, holder)
+    websocket.state.by_ticket = by_ticket
     return services
 
 
@@ -164,14 +165,28 @@ async def _credentials(websocket: WebSocket) -> _Credentials:
 
 
 def _credentials_in(text: str | None) -> _Credentials:
+    """The key or ticket a first message holds; none for anything malformed (refused as a wrong key)."""
+    if not text or len(text) > _MAX_CREDENTIALS_CHARS:
+        return _Credentials()
     try:
-        body = json.loads(text or "")
-    except ValueError:
+        body = json.loads(text)
+    except (ValueError, RecursionError):  # RecursionError: `[[[[...` nested past the parser's depth
         return _Credentials()
     if not isinstance(body, dict):
         return _Credentials()
-    key, ticket = body.get("api_key"), body.get("ticket")
-    return _Credentials(key if isinstance(key, str) else None, ticket if isinstance(ticket, str) else None)
+    return _Credentials(_credential(body.get("api_key")), _credential(body.get("ticket")))
+
+
+def _credential(value: object) -> str | None:
+    """`value` if it can be a key or a ticket: text that encodes (JSON lets a lone surrogate through,
+    which no key and no ticket holds and which would fail their hashing)."""
+    if not isinstance(value, str):
+        return None
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return None
+    return value
 
 
 def _ticket_holder(services: Services, ticket: str | None, grant: str | None) -> str | None:
@@ -246,6 +261,9 @@ async def receiving(websocket: WebSocket) -> AsyncIterator[LatestFrame]:
     """A `LatestFrame` that a receiver task fills while the block runs. When the client goes away
     the block is cancelled (the pending frame dropped rather than worked on for nobody), and a send
     that finds it gone ends the block quietly too; the block's end stops the receiver."""
+    # Every check has passed once the frames begin: a refused stream is never logged as opened.
+    how = "a ticket of key" if websocket.state.by_ticket else "key"
+    logger.info("%s stream opened by %s '%s'", websocket.url.path, how, websocket.state.key_name)
     mailbox = LatestFrame()
     try:
         async with anyio.create_task_group() as tasks:

@@ -120,12 +120,14 @@ COLLECTION_NAME_RULE = (
     "1 to 64 characters of A-Z, a-z, 0-9, '_', '-' and '.', starting with a letter or digit"
 )
 _COLLECTION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_SHOWN_CHARS = 80  # of an invalid name, in the error
 
 
 def check_collection_name(name: str) -> str:
     """`name` if it is a valid collection name; InvalidCollectionNameError saying the rule otherwise."""
     if not _COLLECTION_NAME.fullmatch(name):
-        raise InvalidCollectionNameError(f"invalid collection name {name!r}: {COLLECTION_NAME_RULE}")
+        shown = name if len(name) <= _SHOWN_CHARS else name[:_SHOWN_CHARS] + "…"  # not 5,000 echoed
+        raise InvalidCollectionNameError(f"invalid collection name {shown!r}: {COLLECTION_NAME_RULE}")
     return name
 
 

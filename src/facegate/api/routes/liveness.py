@@ -16,6 +16,8 @@ Protocol (JSON text messages from the server, binary frames from the client):
 4. At the end, `{"type": "verdict", "session_id", "live", "score", "reasons", "messages",
    "challenges", "completed", "recognition"}` — `recognition` is the body of `POST /recognize`
    for the most frontal frame when live, else null — then the server closes the socket (1000).
+   A session opened with a ticket gets no `candidates` in it: the page in a browser learns who
+   matched, never who was nearest when nobody did.
 
 A session lives only as long as its socket: it is single-use by construction, and it ends with
 a verdict at its deadline even when the client sends nothing more. A client that leaves early
@@ -125,7 +127,8 @@ async def _run(
     )
     if session.verdict is None:
         session.expire()
-    await send(websocket, await _verdict(services, session, collection))
+    verdict = await _verdict(services, session, collection, candidates=not websocket.state.by_ticket)
+    await send(websocket, verdict)
 
 
 def _progress(progress: Progress) -> dict[str, Any]:
@@ -147,13 +150,19 @@ def _progress(progress: Progress) -> dict[str, Any]:
     }
 
 
-async def _verdict(services: Services, session: Session, collection: str) -> dict[str, Any]:
+async def _verdict(
+    services: Services, session: Session, collection: str, *, candidates: bool
+) -> dict[str, Any]:
+    """The verdict message; its recognition without the faces' `candidates` unless `candidates`."""
     verdict = session.verdict
     assert verdict is not None
     recognition = None
     if verdict.live and verdict.best is not None and verdict.best.image is not None:
         try:
             answer = await recognize_image(services, verdict.best.image, None, collection)
+            if not candidates:
+                faces = [face.model_copy(update={"candidates": []}) for face in answer.faces]
+                answer = answer.model_copy(update={"faces": faces})
             recognition = answer.model_dump(mode="json")
         except GalleryError as exc:
             logger.warning("liveness session %s: gallery unavailable for recognition: %s", session.id, exc)

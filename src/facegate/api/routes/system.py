@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from facegate import __version__
-from facegate.api.auth import Scope, require
+from facegate.api.auth import ApiKey, Refused, Scope, admit_everywhere, http_error, require
 from facegate.api.deps import ServicesDep, query
 from facegate.api.params import CollectionDep
 from facegate.api.schemas import KEYED_ERRORS, error_responses
@@ -57,7 +59,7 @@ async def health(services: ServicesDep) -> Health | JSONResponse:
     "/stats",
     response_model=Stats,
     dependencies=[require(Scope.RECOGNIZE)],
-    responses=error_responses(*KEYED_ERRORS, 404, 503),
+    responses=error_responses(*KEYED_ERRORS, 404, 422, 503),
 )
 async def stats(services: ServicesDep, collection: CollectionDep) -> Stats:
     """How many people and faces the collection holds, and the threshold a search of it uses now."""
@@ -77,15 +79,19 @@ async def stats(services: ServicesDep, collection: CollectionDep) -> Stats:
 
 @router.get(
     "/metrics",
-    dependencies=[require(Scope.DETECT)],
     # Not `response_class=PlainTextResponse`: that would document the JSON errors as text too.
     responses={
         **error_responses(*KEYED_ERRORS),
         200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus text"},
     },
 )
-async def metrics(services: ServicesDep) -> PlainTextResponse:
-    """Prometheus metrics (any valid key: give the scraper a `detect` key, the narrowest scope)."""
+async def metrics(services: ServicesDep, key: Annotated[ApiKey, require(Scope.DETECT)]) -> PlainTextResponse:
+    """Prometheus metrics (any key that is bound to no collection: give the scraper a `detect` key,
+    the narrowest scope). A key bound to some collections gets 403: the numbers are every tenant's."""
+    try:
+        admit_everywhere(key, "/metrics")
+    except Refused as refused:
+        raise http_error(refused) from None
     try:
         collections = await query(services.gallery.list_collections)
     except GalleryError:
