@@ -39,6 +39,7 @@ from psycopg import sql
 
 from facegate.gallery import EmbeddedServer, Gallery
 from facegate.gallery.schema import HNSW_INDEX
+from facegate.recognition import Calibration
 
 if TYPE_CHECKING:
     from facegate.pipeline import EmbeddedFace
@@ -313,9 +314,21 @@ def measure_exact(dsn: str, work: Workload, count: int) -> tuple[list[float], np
     return latencies, np.array(found)
 
 
+def match_threshold(model: str, size: int, fixed: float | None) -> float:
+    """`--threshold`, else the service's own for `size` people at FPIR 1% (the model's calibration)."""
+    if fixed is not None:
+        return fixed
+    calibration = Calibration.load(model)
+    if calibration is None:
+        raise SystemExit(f"no calibration for {model}: give --threshold")
+    return calibration.threshold(size, 0.01)
+
+
 def bench_size(server: EmbeddedServer, corpus: Corpus, size: int, args: argparse.Namespace) -> None:
     rng = np.random.default_rng(args.seed)
-    work = build_workload(corpus, size, args.queries, args.threshold, rng)
+    work = build_workload(
+        corpus, size, args.queries, match_threshold(corpus.model, size, args.threshold), rng
+    )
     dsn = fresh_database(server, f"bench_{size}")
     Gallery.open(dsn, corpus.model, work.gallery.shape[1]).close()  # the real schema, via the migrations
     logger.info("size %d: loaded in %.1f s", size, bulk_load(dsn, work.gallery, corpus.model))
@@ -393,7 +406,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--shared-buffers", default="1536MB")
     parser.add_argument("--data-dir", type=Path, help="keep the database here instead of a deleted temp dir")
     parser.add_argument(
-        "--threshold", type=float, default=0.06, help="match threshold for 'rec@1 ≤t' (FACE_MATCH_THRESHOLD)"
+        "--threshold",
+        type=float,
+        default=None,
+        help="match threshold for 'rec@1 ≤t' (default: the model's own at each size, FACE_MATCH_FPIR 1%%)",
     )
     parser.add_argument("--seed", type=int, default=0)
     return parser
