@@ -55,8 +55,11 @@ def pnet_tiles(extent: int, tile: int) -> list[tuple[int, int, int | None]]:
     Output cell j sees input [2j, 2j + 12). A tile starting at an even offset computes the same
     cells as the whole level wherever their window lies inside the tile, and the last tile, which
     ends with the level, its edge cells too (with the same "same" padding). Tiles overlap by the
-    window minus the stride.
+    window minus the stride. An extent that fits in `tile` is one tile, even when its length is odd
+    (rounding the tile down to even would split off a strip of one window, run on its own).
     """
+    if extent <= tile:
+        return [(0, extent, None)]
     tile = max(PNET_WINDOW, tile - tile % PNET_STRIDE)
     cells = (tile - PNET_WINDOW) // PNET_STRIDE + 1
     tiles: list[tuple[int, int, int | None]] = []
