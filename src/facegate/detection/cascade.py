@@ -122,7 +122,10 @@ _SUM_BLOCK_ROWS = 256
 
 def _running_sum(image: np.ndarray) -> np.ndarray:
     """Float32 cumulative sums over rows with a leading zero row: entry i sums the first i rows."""
-    result = np.zeros((image.shape[0] + 1, *image.shape[1:]), np.float32)
+    # Every row is written below: only the leading zero row needs clearing (not the whole array,
+    # which is 12 bytes a pixel).
+    result = np.empty((image.shape[0] + 1, *image.shape[1:]), np.float32)
+    result[0] = 0
     # numpy's cumsum over the first axis of a C-ordered array is several times slower than
     # adding whole rows in a loop (the same additions in the same order); converting the pixels
     # to float once, not in every addition, takes another third off (2.6 -> 1.7 ms at 640x480).
