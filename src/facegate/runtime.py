@@ -112,11 +112,6 @@ def create_session(model: Path | bytes, runtime: RuntimeOptions = DEFAULT_RUNTIM
     # fragments (one abusive request left a worker at 9 GB). Without it, runs allocate from
     # malloc, tuned below to reuse buffers as fast as the arena did (BENCHMARKS.md).
     options.enable_cpu_mem_arena = False
-    # Nor one block for all of a run's buffers (ONNX Runtime's memory pattern): PNet's on a 0.25 MP
-    # tile is about 50 MiB, over the mmap threshold, so every run mapped it afresh and faulted its
-    # pages in (13 000 page faults and 2x the time of a run). Buffer by buffer, each stays under
-    # the threshold and is reused from the heap (BENCHMARKS.md).
-    options.enable_mem_pattern = False
     _tune_allocator()
     source = str(model) if isinstance(model, Path) else model
     session = ort.InferenceSession(
