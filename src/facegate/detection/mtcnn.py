@@ -35,11 +35,9 @@ NMS_ONET = 0.7  # over the smaller box
 # image): PNet's time grows with them, and a tiny `min_face_size` upsamples (1 = 12x per side).
 MAX_PYRAMID_PIXELS = 32_000_000
 # Level pixels per PNet run: larger levels run in overlapping tiles (exact, cascade.pnet_tiles),
-# so PNet's activations (about 200 bytes a level pixel in ONNX Runtime) stay bounded. ONNX
-# Runtime takes a run's buffers as one block (its memory pattern), which must stay under
-# runtime's mmap threshold (32 MiB) to be reused from the heap: at 0.25 MP (53 MiB) every run
-# mapped it afresh and faulted it in, 23,000 page faults per 1280x886 detection (BENCHMARKS.md).
-TILE_PIXELS = 1 << 17
+# so PNet's activations (about 200 bytes a level pixel in ONNX Runtime) stay bounded, each
+# buffer under runtime's mmap threshold.
+TILE_PIXELS = 1 << 18
 # Tiles are full rows up to this many rows' worth of width; wider levels are tiled across too.
 MIN_TILE_ROWS = 128
 # Best PNet proposals kept per level, and over all levels: only reached with thresholds near 0,
@@ -47,10 +45,10 @@ MIN_TILE_ROWS = 128
 # the image size (the RNet and ONet crops with it).
 MAX_PROPOSALS_PER_LEVEL = 10_000
 MAX_CANDIDATES = 5_000
-# Crop pixels per RNet/ONet run (128 crops of RNet's 24 x 24, 32 of ONet's 48 x 48), to bound
-# the batch's activations (about 350 bytes a crop pixel), their block under runtime's mmap
-# threshold as PNet's tiles.
-MAX_BATCH_PIXELS = 32 * 48 * 48
+# Crop pixels per RNet/ONet run (256 crops of RNet's 24 x 24, 64 of ONet's 48 x 48), to bound
+# the batch's activations (about 350 bytes a crop pixel), each buffer under runtime's mmap
+# threshold.
+MAX_BATCH_PIXELS = 64 * 48 * 48
 # What a pyramid level costs besides its pixels (NumPy and ONNX Runtime calls), in pixels, for
 # sharing the levels out evenly among the lanes.
 LEVEL_OVERHEAD_PIXELS = 5_000
