@@ -247,10 +247,10 @@ def main() -> None:
 
     if args.photos:
         paths = photo_set()
-        photos = [load_image_file(FACES / path) for path in paths]
-        ours = timings(detector.detect, photos, 1)
+        shared = [load_image_file(FACES / path) for path in paths]
+        ours = timings(detector.detect, shared, 1)
         if reference is not None:
-            print(row("photo set (own sizes)", ours, timings(reference, photos, 1), "live reference"))
+            print(row("photo set (own sizes)", ours, timings(reference, shared, 1), "live reference"))
         else:
             recorded = recorded_reference_seconds()
             pairs = [(t, recorded[p]) for t, p in zip(ours, paths, strict=True) if p in recorded]
