@@ -1,4 +1,5 @@
-"""MTCNN detection latency: ours (ONNX Runtime) against the reference (ipazc/mtcnn on TensorFlow).
+"""MTCNN detection latency: ours (ONNX Runtime) against the reference (ipazc/mtcnn on TensorFlow),
+and where our time goes.
 
     python benchmarks/detect_bench.py [--repeat 20] [--threads 0] [--photos]
 
@@ -7,7 +8,13 @@ letterboxed to those sizes) and, with --photos, over the shared photo set (portr
 no-face images) at their own sizes. The reference runs on the same images in the same process
 when the optional extra `reference` (mtcnn[tensorflow]) is installed; without it, the photo set
 is compared with the reference's recorded wall times in mtcnn_tf.json (measured on another
-2-core machine, so the ratio is indicative only). Prints a table; writes nothing.
+2-core machine, so the ratio is indicative only).
+
+Then the split, on the three benchmark photos (a group at 1280x886, a 512x512 portrait, the
+320x240 small-face portrait; the issues' held-out sizes): one lane's CPU time per detection
+divided among the pyramid, each network, NMS, RNet's and ONet's crops, and the overhead (the
+rest: proposals, box arithmetic, Python), with the reference's time and ratio when it is
+installed. Prints tables; writes nothing.
 """
 
 from __future__ import annotations
@@ -17,15 +24,21 @@ import csv
 import importlib.util
 import json
 import os
+import platform
 import statistics
+import threading
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import onnxruntime as ort
 from PIL import Image, ImageOps
 
-from facegate.detection import MTCNN
+from facegate.detection import MTCNN, cascade
 from facegate.imaging import load_image_file
 from facegate.runtime import RuntimeOptions
 
@@ -35,6 +48,8 @@ REFERENCE_JSON = SHARED / "reference" / "mtcnn_tf.json"
 SIZES = ((640, 480), (1280, 720), (1920, 1080))
 
 Detect = Callable[[np.ndarray], object]
+NETWORKS = ("pnet", "rnet", "onet")
+SPLIT = ("pyramid", "pnet", "rnet", "onet", "nms", "crops")
 
 
 def letterboxed(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -64,6 +79,117 @@ def timings(detect: Detect, images: list[np.ndarray], repeat: int) -> list[float
 
 def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q))
+
+
+def photos() -> dict[str, np.ndarray]:
+    """The three benchmark photos, shared photos at the sizes of the issues' held-out set."""
+    group = Image.fromarray(load_image_file(FACES / "groups/deepface_couple.jpg"))
+    portrait = Image.fromarray(load_image_file(FACES / "portraits/Angelina_Jolie/deepface_img2.jpg"))
+    return {
+        "group 1280x886": np.asarray(group.resize((1280, 886), Image.Resampling.BILINEAR)),
+        "portrait 512x512": np.asarray(ImageOps.fit(portrait, (512, 512), Image.Resampling.BILINEAR)),
+        "small face 320x240": load_image_file(FACES / "portraits/Barack_Obama/fr_obama_small.jpg"),
+    }
+
+
+def cpu_line() -> str:
+    """The CPU model, its vector extensions that matter to ONNX Runtime, and onnxruntime's version."""
+    flags: set[str] = set()
+    model = platform.processor()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+    features = ", ".join(
+        f"{flag} {'yes' if flag in flags else 'no'}"
+        for flag in ("avx2", "avx512f", "avx512_vnni", "avx_vnni")
+    )
+    return f"{model}; {os.cpu_count()} cpus; {features}; onnxruntime {ort.__version__}"
+
+
+class _TimedSession:
+    """A session stand-in that runs the real one and adds its thread CPU time to a stage."""
+
+    def __init__(self, session: Any, stage: str, seconds: Counter[str]) -> None:
+        self._session, self._stage, self._seconds = session, stage, seconds
+
+    def run(self, outputs: list[str] | None, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        start = time.thread_time()
+        try:
+            return self._session.run(outputs, feeds)
+        finally:
+            self._seconds[self._stage] += time.thread_time() - start
+
+
+@contextmanager
+def stage_clock(detector: MTCNN) -> Iterator[Counter[str]]:
+    """Thread CPU seconds per stage (SPLIT) of the detections run inside, by the networks'
+    sessions and the cascade's pyramid, NMS and crops patched with timers (restored on exit).
+    Thread time, not wall: steadier on a shared machine, and exact for a one-lane detector."""
+    seconds: Counter[str] = Counter()
+    lock = threading.Lock()
+
+    def timed(stage: str, function: Callable[..., Any]) -> Callable[..., Any]:
+        def run(*args: Any, **kwargs: Any) -> Any:
+            start = time.thread_time()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                with lock:
+                    seconds[stage] += time.thread_time() - start
+
+        return run
+
+    patched: list[tuple[object, str, Any]] = [
+        (cascade.AreaPyramid, "__init__", timed("pyramid", cascade.AreaPyramid.__init__)),
+        (cascade.AreaPyramid, "level", timed("pyramid", cascade.AreaPyramid.level)),
+        (cascade, "nms", timed("nms", cascade.nms)),
+        (cascade, "crop_patches", timed("crops", cascade.crop_patches)),
+    ]
+    patched += [
+        (detector, f"_{name}", _TimedSession(getattr(detector, f"_{name}"), name, seconds))
+        for name in NETWORKS
+    ]
+    originals = [(target, name, getattr(target, name)) for target, name, _ in patched]
+    for target, name, replacement in patched:
+        setattr(target, name, replacement)
+    try:
+        yield seconds
+    finally:
+        for target, name, original in originals:
+            setattr(target, name, original)
+
+
+def print_split(images: dict[str, np.ndarray], repeat: int, reference: Detect | None) -> None:
+    """One lane's CPU ms per detection of each image, split by stage, and the reference's time."""
+    detector = MTCNN(RuntimeOptions(threads=1))
+    print("\nsplit (one lane, CPU ms per detection, median of the rounds; share of the total):")
+    print(f"| photo | total | {' | '.join(SPLIT)} | overhead | ref p50 ms | ratio (wall p50) |")
+    print(f"|---|---|{'---|' * len(SPLIT)}---|---|---|")
+    for label, image in images.items():
+        detector.detect(image)
+        rounds: list[dict[str, float]] = []
+        with stage_clock(detector) as seconds:
+            for _ in range(repeat):
+                seconds.clear()
+                start = time.thread_time()
+                detector.detect(image)
+                rounds.append({"total": time.thread_time() - start, **seconds})
+        ms = {key: statistics.median(r.get(key, 0.0) for r in rounds) * 1000 for key in ("total", *SPLIT)}
+        overhead = ms["total"] - sum(ms[stage] for stage in SPLIT)
+        cells = " | ".join(
+            f"{value:.1f} ({value / ms['total']:.0%})" for value in [*(ms[s] for s in SPLIT), overhead]
+        )
+        if reference is None:
+            ref = "n/a | n/a"
+        else:
+            ours = percentile(timings(detector.detect, [image], repeat), 50)
+            theirs = percentile(timings(reference, [image], max(3, repeat // 4)), 50)
+            ref = f"{theirs * 1000:.0f} | {theirs / ours:.1f}x"
+        print(f"| {label} | {ms['total']:.1f} | {cells} | {ref} |")
 
 
 def reference_detector() -> Detect | None:
@@ -107,7 +233,8 @@ def main() -> None:
     reference = reference_detector()
     groups = [load_image_file(path) for path in sorted((FACES / "groups").iterdir())]
 
-    print(f"load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())}; cpus: {os.cpu_count()}")
+    print(cpu_line())
+    print(f"load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     if reference is None:
         print("reference: mtcnn[tensorflow] not installed (pip install -e '.[reference]'); live ratio n/a")
     print("| images                 |     n | p50 (ms) | p95 (ms) | ref p50  |   ratio | note")
@@ -120,10 +247,10 @@ def main() -> None:
 
     if args.photos:
         paths = photo_set()
-        photos = [load_image_file(FACES / path) for path in paths]
-        ours = timings(detector.detect, photos, 1)
+        shared = [load_image_file(FACES / path) for path in paths]
+        ours = timings(detector.detect, shared, 1)
         if reference is not None:
-            print(row("photo set (own sizes)", ours, timings(reference, photos, 1), "live reference"))
+            print(row("photo set (own sizes)", ours, timings(reference, shared, 1), "live reference"))
         else:
             recorded = recorded_reference_seconds()
             pairs = [(t, recorded[p]) for t, p in zip(ours, paths, strict=True) if p in recorded]
@@ -132,6 +259,7 @@ def main() -> None:
                 f"recorded reference (other machine); per-image ratio median {statistics.median(ratios):.1f}x"
             )
             print(row("photo set (own sizes)", [m for m, _ in pairs], [r for _, r in pairs], note))
+    print_split(photos(), args.repeat, reference)
     print(f"load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
 
 

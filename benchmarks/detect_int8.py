@@ -11,7 +11,8 @@ feeds them (pyramid tiles and crops) on every fourth portrait and group photo of
 Prints, for three photos (a group at 1280x886, a 512x512 portrait, the 320x240 small-face
 portrait):
 
-- stages: one lane's wall time split into the pyramid, each network and the NumPy rest;
+- split: one lane's CPU time divided among the pyramid, each network, NMS, crops and the rest
+  (detect_bench.py's split);
 - networks: each network alone on one core, fp32 against two int8 forms (all ops quantised;
   convolutions only, the PReLU arithmetic left in float), and whole detections with int8 networks;
 - parity: tests/test_detection_parity.py's gates with each int8 network swapped in, then all three.
@@ -26,7 +27,6 @@ import argparse
 import csv
 import json
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -46,17 +46,14 @@ from onnxruntime.quantization import (
     quantize_static,
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
-from PIL import Image, ImageOps
 
-from facegate.detection import MTCNN, DetectionParams, cascade
+from detect_bench import FACES, REFERENCE_JSON, cpu_line, photos, print_split
+from facegate.detection import MTCNN, DetectionParams
 from facegate.detection.networks import build_network
 from facegate.detection.weights import NetworkName
 from facegate.imaging import load_image_file
 from facegate.runtime import RuntimeOptions, create_session
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-FACES = SHARED / "faces"
-REFERENCE_JSON = SHARED / "reference" / "mtcnn_tf.json"
 NETWORKS: tuple[NetworkName, ...] = ("pnet", "rnet", "onet")
 INPUT_NAME = {"pnet": "image", "rnet": "crops", "onet": "crops"}
 # Calibration batches per network, and crops per batch.
@@ -65,33 +62,17 @@ CROPS_PER_BATCH = 64
 ONE_CORE = RuntimeOptions(threads=1)
 
 
-def photos() -> dict[str, np.ndarray]:
-    """Shared photos at the sizes of the issue's held-out set: group, portrait, small face."""
-    group = Image.fromarray(load_image_file(FACES / "groups/deepface_couple.jpg"))
-    portrait = Image.fromarray(load_image_file(FACES / "portraits/Angelina_Jolie/deepface_img2.jpg"))
-    return {
-        "group 1280x886": np.asarray(group.resize((1280, 886), Image.Resampling.BILINEAR)),
-        "portrait 512x512": np.asarray(ImageOps.fit(portrait, (512, 512), Image.Resampling.BILINEAR)),
-        "small face 320x240": load_image_file(FACES / "portraits/Barack_Obama/fr_obama_small.jpg"),
-    }
-
-
 class _Recorder:
-    """A session stand-in that runs the real one, recording its inputs or timing its runs."""
+    """A session stand-in that runs the real one, recording its inputs."""
 
-    def __init__(self, session: ort.InferenceSession, inputs: list[np.ndarray] | None = None) -> None:
+    def __init__(self, session: ort.InferenceSession, inputs: list[np.ndarray]) -> None:
         self._session = session
         self._inputs = inputs
-        self.seconds = 0.0
 
     def run(self, outputs: list[str] | None, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        if self._inputs is not None:
-            (value,) = feeds.values()
-            self._inputs.append(value.copy())
-        start = time.perf_counter()
-        result = self._session.run(outputs, feeds)
-        self.seconds += time.perf_counter() - start
-        return result
+        (value,) = feeds.values()
+        self._inputs.append(value.copy())
+        return self._session.run(outputs, feeds)
 
 
 def calibration_inputs() -> dict[NetworkName, list[np.ndarray]]:
@@ -166,53 +147,6 @@ def with_networks(sessions: dict[NetworkName, ort.InferenceSession]) -> MTCNN:
     return detector
 
 
-def print_stages(images: dict[str, np.ndarray], repeat: int) -> None:
-    """One lane's wall time per detection, split by stage (fp32)."""
-    detector = MTCNN(ONE_CORE)
-    timers = {name: _Recorder(getattr(detector, f"_{name}")) for name in NETWORKS}
-    for name, timer in timers.items():
-        setattr(detector, f"_{name}", timer)
-    pyramid_seconds = [0.0]
-    level = cascade.AreaPyramid.level
-    running_sum = cascade._running_sum
-
-    def timed_level(self: cascade.AreaPyramid, *args: Any) -> np.ndarray:
-        start = time.perf_counter()
-        result = level(self, *args)
-        pyramid_seconds[0] += time.perf_counter() - start
-        return result
-
-    def timed_running_sum(image: np.ndarray) -> np.ndarray:
-        start = time.perf_counter()
-        result = running_sum(image)
-        pyramid_seconds[0] += time.perf_counter() - start
-        return result
-
-    cascade.AreaPyramid.level = timed_level
-    cascade._running_sum = timed_running_sum
-    try:
-        print("\nstages (fp32, one lane, ms per detection):")
-        print("| photo | wall | pyramid | PNet | RNet | ONet | rest (proposals, NMS, crops) |")
-        print("|---|---|---|---|---|---|---|")
-        for label, image in images.items():
-            detector.detect(image)
-            pyramid_seconds[0] = 0.0
-            for timer in timers.values():
-                timer.seconds = 0.0
-            start = time.perf_counter()
-            for _ in range(repeat):
-                detector.detect(image)
-            wall = (time.perf_counter() - start) / repeat * 1000
-            parts = [pyramid_seconds[0] / repeat * 1000] + [
-                t.seconds / repeat * 1000 for t in timers.values()
-            ]
-            cells = " | ".join(f"{part:.1f} ({part / wall:.0%})" for part in parts)
-            print(f"| {label} | {wall:.1f} | {cells} | {wall - sum(parts):.1f} |")
-    finally:
-        cascade.AreaPyramid.level = level
-        cascade._running_sum = running_sum
-
-
 def print_networks(
     variants: dict[str, dict[NetworkName, ort.InferenceSession]],
     calibration: dict[NetworkName, list[np.ndarray]],
@@ -270,23 +204,6 @@ def print_parity(int8: dict[NetworkName, ort.InferenceSession]) -> None:
             )
 
 
-def cpu_line() -> str:
-    flags: set[str] = set()
-    model = platform.processor()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-    features = ", ".join(
-        f"{flag} {'yes' if flag in flags else 'no'}"
-        for flag in ("avx2", "avx512f", "avx512_vnni", "avx_vnni")
-    )
-    return f"{model}; {os.cpu_count()} cpus; {features}; onnxruntime {ort.__version__}"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds over the variants")
@@ -297,7 +214,7 @@ def main() -> None:
     print(cpu_line())
     print(f"load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     images = photos()
-    print_stages(images, repeat=10)
+    print_split(images, repeat=10, reference=None)
     calibration = calibration_inputs()
     with tempfile.TemporaryDirectory() as folder:
         variants: dict[str, dict[NetworkName, ort.InferenceSession]] = {

@@ -1,0 +1,150 @@
+"""Two (or more) versions of the detector, interleaved on one machine: the A/B that BENCHMARKS quotes.
+
+    git worktree add /tmp/before <commit>
+    python benchmarks/detect_ab.py before=/tmp/before/src after=src [--rounds 12] [--calls 5] [--threads 0]
+
+Each version runs in its own process (its `src` first on PYTHONPATH, so both import `facegate`);
+the rounds alternate between them, in turn order reversed every round, so that a shared machine's
+drift hits them alike. Per benchmark photo (detect_bench.photos) and version: the median over the
+rounds of each round's median wall ms and CPU ms (the process's, all lanes) per detection, minor
+page faults per detection, and the ratio of the first version's time to each version's; then
+whether every version found the same faces (the largest difference of a box or score). Prints;
+writes nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from detect_bench import cpu_line, photos
+
+
+def worker(threads: int) -> None:
+    """Detect on request: reads `label calls` lines, answers one JSON line each."""
+    from facegate.detection import MTCNN
+    from facegate.runtime import RuntimeOptions
+
+    images = photos()
+    detector = MTCNN(RuntimeOptions(threads=threads))
+    for image in images.values():
+        detector.detect(image)
+    print(json.dumps({"ready": True}), flush=True)
+    for line in sys.stdin:
+        label, calls = line.rstrip("\n").rsplit(" ", 1)
+        wall, cpu = [], []
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        for _ in range(int(calls)):
+            start, start_cpu = time.perf_counter(), time.process_time()
+            faces = detector.detect(images[label])
+            wall.append(time.perf_counter() - start)
+            cpu.append(time.process_time() - start_cpu)
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+        answer = {
+            "wall": statistics.median(wall),
+            "cpu": statistics.median(cpu),
+            "faults": faults / int(calls),
+            "faces": [[*face.box, face.score] for face in faces],
+        }
+        print(json.dumps(answer), flush=True)
+
+
+def start(source: str, threads: int) -> subprocess.Popen[str]:
+    environment = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(Path(source).resolve()), str(Path(__file__).parent)]),
+    }
+    command = [sys.executable, __file__, "--worker", "--threads", str(threads)]
+    process = subprocess.Popen(
+        command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=environment
+    )
+    assert process.stdout is not None
+    json.loads(process.stdout.readline())  # warm
+    return process
+
+
+@dataclass(frozen=True)
+class Answer:
+    wall: float
+    cpu: float
+    faults: float
+    faces: list[list[float]]
+
+
+def ask(process: subprocess.Popen[str], label: str, calls: int) -> Answer:
+    assert process.stdin is not None and process.stdout is not None
+    process.stdin.write(f"{label} {calls}\n")
+    process.stdin.flush()
+    return Answer(**json.loads(process.stdout.readline()))
+
+
+def largest_difference(faces: list[list[list[float]]]) -> float:
+    """The largest difference of a box coordinate or score from the first version's faces."""
+    first = faces[0]
+    return max(
+        (
+            abs(a - b)
+            for other in faces[1:]
+            for x, y in zip(other, first, strict=False)
+            for a, b in zip(x, y, strict=True)
+        ),
+        default=0.0,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("versions", nargs="*", help="name=path/to/src, the first one the baseline")
+    parser.add_argument("--rounds", type=int, default=12)
+    parser.add_argument("--calls", type=int, default=5, help="detections per photo and round (median taken)")
+    parser.add_argument("--threads", type=int, default=0, help="MTCNN lanes (0 = every core, the default)")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        worker(args.threads)
+        return
+    sources = dict(version.split("=", 1) for version in args.versions)
+    print(cpu_line())
+    print(f"load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    processes = {name: start(source, args.threads) for name, source in sources.items()}
+    labels = list(photos())
+    answers: dict[tuple[str, str], list[Answer]] = {(n, label): [] for n in processes for label in labels}
+    for round_ in range(args.rounds):
+        order = list(processes) if round_ % 2 == 0 else list(processes)[::-1]
+        for label in labels:
+            for name in order:
+                answers[(name, label)].append(ask(processes[name], label, args.calls))
+    print(f"load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    print("| photo | version | wall ms | CPU ms | page faults | first / this (wall, CPU) |")
+    print("|---|---|---|---|---|---|")
+    for label in labels:
+        medians = {
+            name: [
+                statistics.median(getattr(a, key) for a in answers[(name, label)]) for key in ("wall", "cpu")
+            ]
+            for name in processes
+        }
+        first_wall, first_cpu = next(iter(medians.values()))
+        for name, (wall, cpu) in medians.items():
+            faults = statistics.median(a.faults for a in answers[(name, label)])
+            ratios = f"{first_wall / wall:.2f}x, {first_cpu / cpu:.2f}x"
+            print(f"| {label} | {name} | {wall * 1000:.1f} | {cpu * 1000:.1f} | {faults:.0f} | {ratios} |")
+        faces = [answers[(name, label)][-1].faces for name in processes]
+        same = all(len(f) == len(faces[0]) for f in faces)
+        print(f"| {label} | same face count: {same}, largest difference {largest_difference(faces):.2g} |")
+    for process in processes.values():
+        assert process.stdin is not None
+        process.stdin.close()
+        process.wait()
+
+
+if __name__ == "__main__":
+    main()
