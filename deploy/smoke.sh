@@ -215,6 +215,7 @@ python_context() {
     cp "$REPO/deploy/smoke/python.Dockerfile" "$context/"
     cp "$models"/fr_feature.onnx "$models"/MobileFaceNet.tflite "$context/models/" 2>/dev/null \
         || die "no model files in $models: run scripts/setup.sh run (it runs facegate fetch-models) first"
+    chmod 0644 "$context"/models/*  # read by the image's unprivileged user, whatever the copy's mode
     echo "$context"
 }
 

@@ -97,12 +97,14 @@ def test_recognize_stream_recognises_a_registered_person(app_client: TestClient)
     over_http = app_client.post(
         "/recognize", headers=headers(RECOGNIZE_KEY), files={"image": ("o.jpg", photo)}
     )
+    # A threshold of the stream's own, on the model's scale: its one-to-one threshold.
+    threshold = round(app_client.get("/stats", headers=headers(RECOGNIZE_KEY)).json()["verify_threshold"], 3)
     # First-message auth, as a browser does it.
-    with app_client.websocket_connect("/ws/recognize?threshold=0.07") as socket:
+    with app_client.websocket_connect(f"/ws/recognize?threshold={threshold}") as socket:
         socket.send_text(json.dumps({"api_key": RECOGNIZE_KEY}))
         answer = send_and_receive(socket, photo)
     assert answer["status"] == "match" and answer["matched_user"]["name"] == name
-    assert answer["frame"] == 1 and answer["threshold"] == 0.07
+    assert answer["frame"] == 1 and answer["threshold"] == threshold
     assert set(answer) == set(over_http.json()) | {"frame", "skipped", "processing_ms"}
 
 
