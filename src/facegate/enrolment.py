@@ -10,6 +10,9 @@ that keep the gallery clean, for the API and the CLI alike.
   size, with the margin), not the one-to-one threshold: at 0.086, 0.67% of pairs of different
   people match (dlib, LFW), so in a collection of 10,000 nearly every newcomer would resemble
   someone, while the policy refuses about FACE_MATCH_FPIR of them.
+- Each check and the change it guards run under the collection's identity lock
+  (`Gallery.identity_lock`): registrations, added photos, renames and merges of one collection take
+  turns, so two concurrent registrations of one new face cannot both pass the duplicate check.
 """
 
 from __future__ import annotations
@@ -61,15 +64,21 @@ class Enrolment:
         allow_duplicate: bool = False,
     ) -> UserRecord:
         person = clean_name(name)
-        if not allow_duplicate:
-            known = self.recognizer.identify([face], collection=collection).largest.person
-            if known is not None:
-                raise AlreadyEnrolledError(known.user_id, known.name, collection)
-        return self.gallery.add_user(person, face.embedding, face.face.box, collection)
+        with self.gallery.identity_lock(collection):
+            if not allow_duplicate:
+                known = self.recognizer.identify([face], collection=collection).largest.person
+                if known is not None:
+                    raise AlreadyEnrolledError(known.user_id, known.name, collection)
+            return self.gallery.add_user(person, face.embedding, face.face.box, collection)
 
     def add_face(
         self, user_id: int, face: EmbeddedFace, collection: str = DEFAULT_COLLECTION, *, force: bool = False
     ) -> FaceRecord:
+        with self.gallery.identity_lock(collection):
+            self._check_same_person(user_id, face, collection, force=force)
+            return self.gallery.add_face(user_id, face.embedding, face.face.box, collection)
+
+    def _check_same_person(self, user_id: int, face: EmbeddedFace, collection: str, *, force: bool) -> None:
         distance = self.gallery.nearest_face_distance(user_id, face.embedding, collection)
         verdict = self.recognizer.policy.verifies(distance)
         if not verdict.verified:
@@ -83,7 +92,14 @@ class Enrolment:
                 user_id,
                 collection,
             )
-        return self.gallery.add_face(user_id, face.embedding, face.face.box, collection)
+
+    def merge(self, target_id: int, source_id: int, collection: str = DEFAULT_COLLECTION) -> int:
+        """Move every face of `source_id` to `target_id` (who keeps their name), deleting
+        `source_id`: two records of one person become one. Returns how many faces moved."""
+        with self.gallery.identity_lock(collection):
+            return self.gallery.merge_users(target_id, source_id, collection)
 
     def rename(self, user_id: int, name: str, collection: str = DEFAULT_COLLECTION) -> UserRecord:
-        return self.gallery.rename_user(user_id, clean_name(name), collection)
+        person = clean_name(name)
+        with self.gallery.identity_lock(collection):
+            return self.gallery.rename_user(user_id, person, collection)

@@ -129,6 +129,23 @@ class Rename(BaseModel):
     name: str = Field(description="the person's new name (the rules of registration apply)")
 
 
+class Merge(BaseModel):
+    from_: int = Field(
+        alias="from",
+        ge=1,
+        le=2**63 - 1,
+        description="the person merged in: their faces move, their record goes",
+    )
+
+
+class Merged(BaseModel):
+    status: Literal["success"] = "success"
+    message: str
+    user: User = Field(description="the person kept, with every face of both")
+    merged_from: int
+    faces_moved: int
+
+
 class StoredFace(BaseModel):
     id: int
     created_at: datetime

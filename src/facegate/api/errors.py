@@ -76,7 +76,14 @@ def status_of(exc: Exception, where: str) -> tuple[int, str]:
 
 async def _answer(request: Request, exc: Exception) -> JSONResponse:
     code, detail = status_of(exc, f"{request.method} {request.url.path}")
-    return JSONResponse(status_code=code, content={"detail": detail})
+    content: dict[str, object] = {"detail": detail}
+    if isinstance(exc, NoFaceError) and exc.faces:
+        # The faces to choose from (`face=` is the index here, which is /detect's order).
+        content["faces"] = [
+            {"index": index, "box": [round(v, 1) for v in face.box], "score": round(face.score, 4)}
+            for index, face in enumerate(exc.faces)
+        ]
+    return JSONResponse(status_code=code, content=content)
 
 
 async def _invalid_request(_: Request, exc: Exception) -> JSONResponse:
