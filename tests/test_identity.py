@@ -216,7 +216,8 @@ def test_merge_moves_every_face_and_keeps_the_targets_name(client: TestClient, c
     assert [p["id"] for p in people(client, collection)] == [kept]
     faces = client.get(f"/users/{kept}/faces", params={"collection": collection}).json()["faces"]
     assert len(faces) == 3
-    assert recognize(client, collection, OBAMA / "fr_obama3.jpg")["faces"][0]["matched_user"]["name"] == "Barack Obama"
+    (face,) = recognize(client, collection, OBAMA / "fr_obama3.jpg")["faces"]
+    assert face["matched_user"]["name"] == "Barack Obama"
 
 
 def test_merge_refuses_one_person_twice_and_other_collections(client: TestClient, collection: str) -> None:

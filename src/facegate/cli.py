@@ -88,6 +88,12 @@ def _parser() -> argparse.ArgumentParser:
     enroll.add_argument(
         "--report", type=Path, metavar="FILE", help="also write each skipped photo and why to this CSV file"
     )
+    enroll.add_argument(
+        "--pick",
+        choices=["center"],
+        help="in a photo of several faces of similar size, take the one nearest the centre (reported) "
+        "instead of skipping the photo",
+    )
     enroll.set_defaults(handler=_enroll)
 
     recognize = commands.add_parser(
@@ -362,7 +368,11 @@ def _detect_files(args: argparse.Namespace, detector: Detector) -> int:
 def _enroll(args: argparse.Namespace, settings: Settings) -> int:
     from facegate.enroll import enroll_folder
 
-    return _gallery_command(lambda: enroll_folder(args.folder, settings, args.report, args.collection))
+    return _gallery_command(
+        lambda: enroll_folder(
+            args.folder, settings, args.report, args.collection, pick_center=args.pick == "center"
+        )
+    )
 
 
 def _recognize(args: argparse.Namespace, settings: Settings) -> int:
