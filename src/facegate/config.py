@@ -42,7 +42,7 @@ class Settings(BaseSettings):
 
     facegate_api_keys: SecretStr = Field(
         default=SecretStr(""),
-        description="Extra keys with a scope: name:scope:key,... (scopes detect, recognize, admin)",
+        description="Extra keys with a scope: name:scope:key,... (scopes detect, recognize, admin, audit)",
     )
 
     # --- storage ---
@@ -105,6 +105,22 @@ class Settings(BaseSettings):
         default=QUALITY_DEFAULTS["max_yaw"], gt=0.0, description="How far the face may be turned (|yaw|)."
     )
     hnsw_ef_search: int = Field(default=200, ge=1, le=1000)
+
+    # --- access log (facegate.events) ---
+    events: Literal["off", "decisions", "faces"] = Field(
+        default="decisions",
+        description="What each recognition decision leaves in the access log: nothing, the decision "
+        "(time, key, status, person, distance), or the decision with the face's chip (a small JPEG)",
+    )
+    event_retention_days: int = Field(
+        default=30, ge=1, le=36_500, description="Days an event is kept; older ones are purged."
+    )
+    event_stream_dedup_s: float = Field(
+        default=10.0,
+        ge=0.0,
+        le=86_400,
+        description="/ws/recognize logs a person (or an unknown face) once per this many seconds",
+    )
 
     # --- liveness (WS /ws/liveness) ---
     liveness_timeout: float = Field(default=20.0, gt=0, le=300, description="Seconds a session lasts.")

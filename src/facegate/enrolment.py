@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 
+from facegate.events import EventLog
 from facegate.gallery import DEFAULT_COLLECTION, FaceRecord, Gallery, UserRecord
 from facegate.names import clean_name
 from facegate.pipeline import EmbeddedFace
@@ -51,9 +52,10 @@ class NotSamePersonError(ValueError):
 
 
 class Enrolment:
-    def __init__(self, gallery: Gallery, recognizer: Recognizer) -> None:
+    def __init__(self, gallery: Gallery, recognizer: Recognizer, events: EventLog) -> None:
         self.gallery = gallery
         self.recognizer = recognizer
+        self.events = events
 
     def register(
         self,
@@ -95,9 +97,12 @@ class Enrolment:
 
     def merge(self, target_id: int, source_id: int, collection: str = DEFAULT_COLLECTION) -> int:
         """Move every face of `source_id` to `target_id` (who keeps their name), deleting
-        `source_id`: two records of one person become one. Returns how many faces moved."""
+        `source_id`: two records of one person become one, and so do their access-log events.
+        Returns how many faces moved."""
         with self.gallery.identity_lock(collection):
-            return self.gallery.merge_users(target_id, source_id, collection)
+            moved = self.gallery.merge_users(target_id, source_id, collection)
+            self.events.reassign(source_id, target_id)
+            return moved
 
     def rename(self, user_id: int, name: str, collection: str = DEFAULT_COLLECTION) -> UserRecord:
         person = clean_name(name)

@@ -146,6 +146,31 @@ class Merged(BaseModel):
     faces_moved: int
 
 
+class Event(BaseModel):
+    """One recognition decision of the access log."""
+
+    id: int
+    at: datetime
+    collection: str
+    source: Literal["recognize", "stream", "liveness"]
+    key_name: str | None = Field(description="the API key's name (never the key)")
+    status: FaceStatus
+    user_id: int | None = Field(description="the person matched (their id stays after they are deleted)")
+    user_name: str | None = Field(description="their name when the event was written")
+    distance: float | None
+    similarity: float | None
+    threshold: float
+    threshold_source: str
+    quality: str | None = Field(description="why the face was not searched (low_quality)")
+    box: tuple[float, float, float, float]
+    has_face: bool = Field(description="whether the face's chip is stored: GET /events/{id}/face")
+
+
+class EventPage(BaseModel):
+    events: list[Event] = Field(description="newest first")
+    next_cursor: int | None = Field(description="`cursor` for the next (older) page; null on the last")
+
+
 class StoredFace(BaseModel):
     id: int
     created_at: datetime

@@ -19,6 +19,7 @@ from facegate.api.ratelimit import Limiter
 from facegate.api.tickets import TicketSigner
 from facegate.config import Settings
 from facegate.enrolment import Enrolment
+from facegate.events import EventLog
 from facegate.gallery import Gallery
 from facegate.imaging import decode_image
 from facegate.pipeline import Pipeline
@@ -70,6 +71,10 @@ class Services:
     @property
     def enrolment(self) -> Enrolment:
         return self.core.enrolment
+
+    @property
+    def events(self) -> EventLog:
+        return self.core.events
 
 
 def get_services(request: Request) -> Services:

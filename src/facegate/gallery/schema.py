@@ -176,11 +176,43 @@ def _collections(_: int) -> list[Statement]:
     ]
 
 
+def _events(_: int) -> list[Statement]:
+    # The access log (facegate.events). No foreign key on user_id: an event outlives the person (it
+    # keeps the name they had), and a person deleted while their event waits to be written must not
+    # fail the batch it is in. A merge moves the references itself.
+    return [
+        sql.SQL(
+            """CREATE TABLE events (
+                id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                at timestamptz NOT NULL,
+                collection_id bigint NOT NULL REFERENCES collections (id) ON DELETE CASCADE,
+                source text NOT NULL,
+                key_name text,
+                status text NOT NULL,
+                user_id bigint,
+                user_name text,
+                distance real,
+                similarity real,
+                threshold real NOT NULL,
+                threshold_source text NOT NULL,
+                quality text,
+                box real[] NOT NULL,
+                chip bytea
+            )"""
+        ),
+        sql.SQL("CREATE INDEX events_collection_id_idx ON events (collection_id, id)"),
+        sql.SQL("CREATE INDEX events_at_idx ON events (at)"),
+        sql.SQL("CREATE INDEX events_user_id_idx ON events (user_id, id) WHERE user_id IS NOT NULL"),
+    ]
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "users, faces with an HNSW index, gallery_meta", _initial_schema),
     Migration(2, "users.name_skeleton: look-alike names are one name", _skeleton_column, _fill_skeletons),
     Migration(3, "rate_buckets: the API's rate limits shared by its replicas", _rate_buckets),
     Migration(4, "collections; the people so far in 'default'; names unique per collection", _collections),
+    # 5 is the gallery's face chips (issue 26), made at the same time.
+    Migration(6, "events: the access log of recognition decisions", _events),
 )
 
 

@@ -48,6 +48,7 @@ from facegate.api.streaming import (
     send,
 )
 from facegate.api.tickets import LIVENESS_GRANT
+from facegate.events import Sighting
 from facegate.gallery.errors import GalleryError
 from facegate.liveness.frames import observe_frame
 from facegate.liveness.session import LivenessLimits, Progress, Session
@@ -125,7 +126,10 @@ async def _run(
     )
     if session.verdict is None:
         session.expire()
-    await send(websocket, await _verdict(services, session, collection))
+    await send(
+        websocket,
+        await _verdict(services, session, Sighting(collection, "liveness", websocket.state.key_name)),
+    )
 
 
 def _progress(progress: Progress) -> dict[str, Any]:
@@ -147,13 +151,14 @@ def _progress(progress: Progress) -> dict[str, Any]:
     }
 
 
-async def _verdict(services: Services, session: Session, collection: str) -> dict[str, Any]:
+async def _verdict(services: Services, session: Session, sighting: Sighting) -> dict[str, Any]:
     verdict = session.verdict
     assert verdict is not None
     recognition = None
     if verdict.live and verdict.best is not None and verdict.best.image is not None:
         try:
-            answer = await recognize_image(services, verdict.best.image, None, collection)
+            image = verdict.best.image
+            answer = await recognize_image(services, image, None, sighting.collection, sighting=sighting)
             recognition = answer.model_dump(mode="json")
         except GalleryError as exc:
             logger.warning("liveness session %s: gallery unavailable for recognition: %s", session.id, exc)
