@@ -244,3 +244,67 @@ def test_merge_moves_the_events_too(app: TestClient) -> None:
     assert (moved["user_id"], moved["user_name"]) == (kept, "Barack Obama")
     assert events(app, collection=collection, person=merged) == []
     assert np.isfinite(moved["distance"])
+
+
+# --- unknown visitors ----------------------------------------------------------------------------
+
+JOLIE, DORSEY = FACES / "portraits" / "Angelina_Jolie", FACES / "portraits" / "Jack_Dorsey"
+
+
+def visitors(app: TestClient, collection: str) -> list[dict]:
+    log(app).flush()
+    response = app.get("/visitors", params={"collection": collection}, headers={"X-API-Key": AUDIT_KEY})
+    assert response.status_code == 200, response.text
+    return response.json()["visitors"]
+
+
+def test_unknown_faces_group_into_visitors_to_enrol_add_or_forget(app: TestClient) -> None:
+    collection = f"visitors-{uuid.uuid4().hex[:8]}"
+    assert app.post("/collections", json={"name": collection}).status_code == 201
+    for path in (
+        BIDEN / "fr_biden.jpg",
+        BIDEN / "fr_biden.jpg",
+        JOLIE / "deepface_img5.jpg",
+        DORSEY / "deepface_img16.jpg",
+    ):
+        (face,) = recognize(app, collection, path)["faces"]
+        assert face["status"] == "no_match"
+    seen = visitors(app, collection)
+    assert sorted(v["visits"] for v in seen) == [1, 1, 2]
+    biden = next(v for v in seen if v["visits"] == 2)
+    dorsey_visitor, jolie_visitor = [v for v in seen if v["visits"] == 1]  # Dorsey was seen last
+    logged = events(app, collection=collection)
+    assert sorted(e["visitor_id"] for e in logged).count(biden["id"]) == 2
+    face = app.get(
+        f"/visitors/{biden['id']}/face", params={"collection": collection}, headers={"X-API-Key": AUDIT_KEY}
+    )
+    assert face.status_code == 200 and face.headers["content-type"] == "image/jpeg"
+
+    # Enrol: a new person, recognised in a photo the camera never saw.
+    enrolled = app.post(
+        f"/visitors/{biden['id']}/enrol", params={"collection": collection}, json={"name": "Joe Biden"}
+    )
+    assert enrolled.status_code == 201, enrolled.text
+    (match,) = recognize(app, collection, BIDEN / "fr_biden2.jpg")["faces"]
+    assert match["status"] == "match" and match["matched_user"]["id"] == enrolled.json()["user_id"]
+    again = app.post(
+        f"/visitors/{biden['id']}/enrol", params={"collection": collection}, json={"name": "Joe"}
+    )
+    assert again.status_code == 404
+
+    # Add to: the visitor was someone registered since.
+    jolie = register(app, collection, "Angelina Jolie", JOLIE / "deepface_img2.jpg")["user_id"]
+    wrong = app.post(f"/visitors/{dorsey_visitor['id']}/add-to/{jolie}", params={"collection": collection})
+    right = app.post(f"/visitors/{jolie_visitor['id']}/add-to/{jolie}", params={"collection": collection})
+    assert right.status_code == 200 and right.json()["faces_added"] == 1, right.text
+    assert wrong.status_code == 422, wrong.text  # a face that does not look like her is not added
+    assert app.get(f"/users/{jolie}", params={"collection": collection}).json()["face_count"] == 2
+
+    # Forget: the visitor and their faces go; their event stays, naming no visitor.
+    forgotten = app.delete(f"/visitors/{dorsey_visitor['id']}", params={"collection": collection})
+    assert forgotten.status_code == 200, forgotten.text
+    assert visitors(app, collection) == []
+    assert all(e["visitor_id"] is None for e in events(app, collection=collection))
+    assert (
+        app.delete(f"/visitors/{dorsey_visitor['id']}", params={"collection": collection}).status_code == 404
+    )

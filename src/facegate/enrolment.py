@@ -18,6 +18,7 @@ that keep the gallery clean, for the API and the CLI alike.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 from facegate.events import EventLog
 from facegate.gallery import DEFAULT_COLLECTION, FaceRecord, Gallery, UserRecord
@@ -68,10 +69,45 @@ class Enrolment:
         person = clean_name(name)
         with self.gallery.identity_lock(collection):
             if not allow_duplicate:
-                known = self.recognizer.identify([face], collection=collection).largest.person
-                if known is not None:
-                    raise AlreadyEnrolledError(known.user_id, known.name, collection)
+                self._refuse_known(face, collection)
             return self.gallery.add_user(person, face.embedding, face.face.box, collection)
+
+    def register_faces(
+        self, name: str, faces: Sequence[EmbeddedFace], collection: str = DEFAULT_COLLECTION
+    ) -> tuple[UserRecord, int]:
+        """A new person from several faces of them (an unknown visitor's, most detailed first): the
+        first under `register`'s rules, then those of the others that look like them. Returns the
+        person and how many faces were stored."""
+        person = clean_name(name)
+        with self.gallery.identity_lock(collection):
+            self._refuse_known(faces[0], collection)
+            user = self.gallery.add_user(person, faces[0].embedding, faces[0].face.box, collection)
+            return user, 1 + self._add_alike(user.id, faces[1:], collection)
+
+    def add_faces(
+        self, user_id: int, faces: Sequence[EmbeddedFace], collection: str = DEFAULT_COLLECTION
+    ) -> int:
+        """Add those of `faces` that look like the person (`add_face`'s rule); NotSamePersonError
+        when none does. Returns how many were stored."""
+        with self.gallery.identity_lock(collection):
+            added = self._add_alike(user_id, faces, collection)
+            if not added:
+                self._check_same_person(user_id, faces[0], collection, force=False)
+            return added
+
+    def _refuse_known(self, face: EmbeddedFace, collection: str) -> None:
+        known = self.recognizer.identify([face], collection=collection).largest.person
+        if known is not None:
+            raise AlreadyEnrolledError(known.user_id, known.name, collection)
+
+    def _add_alike(self, user_id: int, faces: Sequence[EmbeddedFace], collection: str) -> int:
+        added = 0
+        for face in faces:
+            distance = self.gallery.nearest_face_distance(user_id, face.embedding, collection)
+            if self.recognizer.policy.verifies(distance).verified:
+                self.gallery.add_face(user_id, face.embedding, face.face.box, collection)
+                added += 1
+        return added
 
     def add_face(
         self, user_id: int, face: EmbeddedFace, collection: str = DEFAULT_COLLECTION, *, force: bool = False

@@ -5,6 +5,9 @@ status, person, distance, similarity, threshold, quality reason, box) or `faces`
 aligned chip, facegate.chips: a small JPEG, never the photo). Events older than
 EVENT_RETENTION_DAYS are purged by the writer itself, in bounded batches.
 
+Under EVENTS=faces, each `no_match` face also counts as a visit of an unknown visitor
+(facegate.visitors), in the same transaction as its event.
+
 Writing never slows or fails the answer it records: `record` only puts the decisions on a bounded
 queue, and one background thread makes the chips and writes them in batches. When the queue is full
 (the database is slower than the traffic) or the database refuses the write, the events are dropped,
@@ -30,6 +33,7 @@ from facegate.chips import make_chip
 from facegate.gallery import Gallery
 from facegate.gallery.errors import GalleryError
 from facegate.recognition import Identified, Recognition
+from facegate.visitors import Visitors
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +93,7 @@ class EventRecord:
     quality: str | None
     box: list[float]
     has_face: bool
+    visitor_id: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,13 +128,14 @@ class EventFilter:
 _SELECT = """
     SELECT e.id, e.at, c.name AS collection, e.source, e.key_name, e.status, e.user_id, e.user_name,
            e.distance, e.similarity, e.threshold, e.threshold_source, e.quality, e.box,
-           e.chip IS NOT NULL AS has_face
+           e.chip IS NOT NULL AS has_face, e.visitor_id
     FROM events e JOIN collections c ON c.id = e.collection_id"""
 
 _INSERT = """
     INSERT INTO events (at, collection_id, source, key_name, status, user_id, user_name, distance,
-                        similarity, threshold, threshold_source, quality, box, chip)
-    SELECT %s, c.id, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s FROM collections c WHERE c.name = %s"""
+                        similarity, threshold, threshold_source, quality, box, chip, visitor_id)
+    SELECT %s, c.id, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s
+    FROM collections c WHERE c.name = %s"""
 
 
 def status_of(identified: Identified) -> EventStatus:
@@ -167,12 +173,15 @@ class EventLog:
         gallery: Gallery,
         mode: EventMode,
         retention_days: int,
+        visitors: Visitors | None = None,
         *,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         queue_size: int = QUEUE_SIZE,
     ) -> None:
         self.gallery = gallery
         self.mode = mode
+        # Unknown faces are grouped only where their chips are kept (an operator enrols from them).
+        self.visitors = visitors if mode == "faces" else None
         self.retention = timedelta(days=retention_days)
         # The log's time: each event's `at`, and when purging is due; a test moves it.
         self.clock = clock
@@ -248,14 +257,41 @@ class EventLog:
                 return
 
     def _write(self, batch: Sequence[_Pending]) -> None:
-        rows = [row for pending in batch for row in _rows(pending)]
-        if not rows:
+        count = sum(len(pending.faces) for pending in batch)
+        if not count:
             return
         try:
-            with self.gallery.transaction() as conn, conn.cursor() as cursor:
-                cursor.executemany(_INSERT, rows)
+            with self.gallery.transaction() as conn:
+                for pending in batch:
+                    for identified in pending.faces:
+                        conn.execute(_INSERT, self._row(conn, pending, identified))
         except (GalleryError, psycopg.Error) as exc:
-            self._drop(len(rows), f"the database refused them ({exc})")
+            self._drop(count, f"the database refused them ({exc})")
+
+    def _row(self, conn: psycopg.Connection, pending: _Pending, identified: Identified) -> tuple[object, ...]:
+        sighting, person = pending.sighting, identified.person
+        chip = None if pending.image is None else make_chip(pending.image, identified.face.face)
+        visitor_id = None
+        if self.visitors is not None and chip is not None and status_of(identified) == "no_match":
+            embedding = identified.face.embedding
+            visitor_id = self.visitors.sight(conn, sighting.collection, embedding, chip, pending.at)
+        return (
+            pending.at,
+            sighting.source,
+            sighting.key_name,
+            status_of(identified),
+            None if person is None else person.user_id,
+            None if person is None else person.name,
+            identified.distance,
+            identified.similarity,
+            pending.threshold,
+            pending.threshold_source,
+            identified.face.problem,
+            [float(v) for v in identified.face.face.box],
+            None if chip is None else chip.jpeg,
+            visitor_id,
+            sighting.collection,
+        )
 
     def _drop(self, count: int, why: str) -> None:
         self.dropped += count
@@ -340,26 +376,3 @@ class EventLog:
 
 def _names(collections: frozenset[str] | None) -> list[str] | None:
     return None if collections is None else sorted(collections)
-
-
-def _rows(pending: _Pending) -> Iterator[tuple[object, ...]]:
-    sighting = pending.sighting
-    for identified in pending.faces:
-        person = identified.person
-        chip = None if pending.image is None else make_chip(pending.image, identified.face.face).jpeg
-        yield (
-            pending.at,
-            sighting.source,
-            sighting.key_name,
-            status_of(identified),
-            None if person is None else person.user_id,
-            None if person is None else person.name,
-            identified.distance,
-            identified.similarity,
-            pending.threshold,
-            pending.threshold_source,
-            identified.face.problem,
-            [float(v) for v in identified.face.face.box],
-            chip,
-            sighting.collection,
-        )

@@ -164,11 +164,44 @@ class Event(BaseModel):
     quality: str | None = Field(description="why the face was not searched (low_quality)")
     box: tuple[float, float, float, float]
     has_face: bool = Field(description="whether the face's chip is stored: GET /events/{id}/face")
+    visitor_id: int | None = Field(
+        description="the unknown visitor a no_match face was counted as (GET /visitors)"
+    )
 
 
 class EventPage(BaseModel):
     events: list[Event] = Field(description="newest first")
     next_cursor: int | None = Field(description="`cursor` for the next (older) page; null on the last")
+
+
+class Visitor(BaseModel):
+    """Faces no one matched that look alike: one unknown person, seen `visits` times."""
+
+    id: int
+    first_seen: datetime
+    last_seen: datetime
+    visits: int
+    faces: int = Field(description="faces kept (the most detailed few): GET /visitors/{id}/face")
+
+
+class VisitorList(BaseModel):
+    visitors: list[Visitor] = Field(description="most recently seen first")
+    total: int
+    offset: int
+    limit: int
+
+
+class VisitorAdded(BaseModel):
+    status: Literal["success"] = "success"
+    message: str
+    user_id: int
+    faces_added: int
+
+
+class VisitorForgotten(BaseModel):
+    status: Literal["success"] = "success"
+    message: str
+    visitor_id: int
 
 
 class StoredFace(BaseModel):

@@ -13,6 +13,7 @@ from facegate.events import EventLog
 from facegate.gallery import Gallery, database_dsn
 from facegate.pipeline import Pipeline
 from facegate.recognition import MatchPolicy, Recognizer
+from facegate.visitors import Visitors
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +25,7 @@ class Core:
     recognizer: Recognizer
     enrolment: Enrolment
     events: EventLog
+    visitors: Visitors
 
     def close(self) -> None:
         self.events.close()  # writes what is queued while the gallery's pool is still open
@@ -40,9 +42,10 @@ def build_core(settings: Settings, dsn: str, wrap: Callable[[Pipeline], Pipeline
     gallery = Gallery.from_settings(dsn, embedder.name, embedder.dim, settings)
     policy = MatchPolicy.from_settings(settings, embedder.name)
     recognizer = Recognizer(gallery, policy)
-    events = EventLog(gallery, settings.events, settings.event_retention_days)
+    visitors = Visitors(gallery, policy)
+    events = EventLog(gallery, settings.events, settings.event_retention_days, visitors)
     enrolment = Enrolment(gallery, recognizer, events)
-    return Core(settings, pipeline, gallery, policy, recognizer, enrolment, events)
+    return Core(settings, pipeline, gallery, policy, recognizer, enrolment, events, visitors)
 
 
 @contextmanager

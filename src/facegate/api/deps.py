@@ -26,6 +26,7 @@ from facegate.pipeline import Pipeline
 from facegate.recognition import MatchPolicy, Recognizer
 from facegate.runtime import release_free_memory
 from facegate.services import Core
+from facegate.visitors import Visitors
 
 T = TypeVar("T")
 
@@ -75,6 +76,10 @@ class Services:
     @property
     def events(self) -> EventLog:
         return self.core.events
+
+    @property
+    def visitors(self) -> Visitors:
+        return self.core.visitors
 
 
 def get_services(request: Request) -> Services:

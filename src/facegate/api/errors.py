@@ -33,6 +33,7 @@ from facegate.gallery.errors import (
 from facegate.imaging import ImageError
 from facegate.names import InvalidNameError
 from facegate.pipeline import NoFaceError
+from facegate.visitors import UnknownVisitorError
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +45,7 @@ _GALLERY_STATUS: dict[type[GalleryError], int] = {
     LastFaceError: status.HTTP_409_CONFLICT,
     InvalidCollectionNameError: status.HTTP_422_UNPROCESSABLE_CONTENT,
     UnknownUserError: status.HTTP_404_NOT_FOUND,
+    UnknownVisitorError: status.HTTP_404_NOT_FOUND,
     UnknownCollectionError: status.HTTP_404_NOT_FOUND,
     UnknownFaceError: status.HTTP_404_NOT_FOUND,
     GalleryUnavailable: status.HTTP_503_SERVICE_UNAVAILABLE,

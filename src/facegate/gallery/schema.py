@@ -206,6 +206,42 @@ def _events(_: int) -> list[Statement]:
     ]
 
 
+def _visitors(dim: int) -> list[Statement]:
+    # Unknown visitors (facegate.visitors): faces no one matched, grouped by likeness, with their
+    # best few chips and vectors. A collection's visitors are few (the exact scan needs no index).
+    return [
+        sql.SQL(
+            """CREATE TABLE visitors (
+                id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                collection_id bigint NOT NULL REFERENCES collections (id) ON DELETE CASCADE,
+                first_seen timestamptz NOT NULL,
+                last_seen timestamptz NOT NULL,
+                visits integer NOT NULL
+            )"""
+        ),
+        sql.SQL("CREATE INDEX visitors_collection_id_idx ON visitors (collection_id, last_seen)"),
+        sql.SQL(
+            """CREATE TABLE visitor_faces (
+                id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                visitor_id bigint NOT NULL REFERENCES visitors (id) ON DELETE CASCADE,
+                collection_id bigint NOT NULL REFERENCES collections (id) ON DELETE CASCADE,
+                embedding vector({dim}) NOT NULL,
+                detail real NOT NULL,
+                chip bytea NOT NULL,
+                chip_box real[] NOT NULL,
+                chip_keypoints real[] NOT NULL,
+                score real NOT NULL,
+                seen_at timestamptz NOT NULL
+            )"""
+        ).format(dim=sql.Literal(dim)),
+        sql.SQL("CREATE INDEX visitor_faces_collection_id_idx ON visitor_faces (collection_id)"),
+        sql.SQL("CREATE INDEX visitor_faces_visitor_id_idx ON visitor_faces (visitor_id)"),
+        # No foreign key: forgetting a visitor keeps the events, which then name no visitor.
+        sql.SQL("ALTER TABLE events ADD COLUMN visitor_id bigint"),
+        sql.SQL("CREATE INDEX events_visitor_id_idx ON events (visitor_id) WHERE visitor_id IS NOT NULL"),
+    ]
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "users, faces with an HNSW index, gallery_meta", _initial_schema),
     Migration(2, "users.name_skeleton: look-alike names are one name", _skeleton_column, _fill_skeletons),
@@ -213,6 +249,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(4, "collections; the people so far in 'default'; names unique per collection", _collections),
     # 5 is the gallery's face chips (issue 26), made at the same time.
     Migration(6, "events: the access log of recognition decisions", _events),
+    Migration(7, "visitors: unknown faces grouped by likeness, for review", _visitors),
 )
 
 
