@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import csv
 import io
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from functools import partial
 
 import numpy as np
 import psycopg
@@ -21,6 +24,7 @@ from facegate.events import EventLog, Sighting
 from facegate.gallery.embedded import EmbeddedServer
 from facegate.imaging import load_image_file
 from tests.data import FACES
+from tests.servers import API_START_TIMEOUT, clean_env
 from tests.support import API_KEY, app_settings, running_app, services
 from tests.test_collections_api import BIDEN, OBAMA, photo, register
 
@@ -308,3 +312,28 @@ def test_unknown_faces_group_into_visitors_to_enrol_add_or_forget(app: TestClien
     assert (
         app.delete(f"/visitors/{dorsey_visitor['id']}", params={"collection": collection}).status_code == 404
     )
+
+
+def test_the_command_line_prints_and_exports_the_log(app: TestClient) -> None:
+    recognize(app, SEEN)
+    logged = events(app, collection=SEEN)
+    settings = services(app).settings
+    assert settings.database_url is not None
+    env = clean_env(
+        DATABASE_URL=settings.database_url,
+        APP_TOKEN=API_KEY,
+        FACEGATE_DATA_DIR=str(settings.facegate_data_dir),
+    )
+    run = partial(subprocess.run, env=env, capture_output=True, text=True, timeout=API_START_TIMEOUT)
+    since = (datetime.fromisoformat(logged[-1]["at"]) - timedelta(seconds=1)).isoformat()
+    exported = run(
+        [sys.executable, "-m", "facegate", "events", "--collection", SEEN, "--since", since, "--csv"]
+    )
+    assert exported.returncode == 0, exported.stderr
+    rows = list(csv.DictReader(io.StringIO(exported.stdout)))
+    assert [int(row["id"]) for row in rows] == [e["id"] for e in logged]
+    assert [row["status"] for row in rows] == [e["status"] for e in logged]
+    listed = run([sys.executable, "-m", "facegate", "events", "--collection", SEEN, "--limit", "2"])
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    assert len(lines) == 2 and f"#{logged[0]['id']} {SEEN} recognize key admin: " in lines[0]

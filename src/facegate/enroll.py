@@ -15,6 +15,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from facegate.config import Settings
 from facegate.enrolment import AlreadyEnrolledError, NotSamePersonError
+from facegate.events import EventFilter, csv_lines
 from facegate.gallery import DEFAULT_COLLECTION, ConfusableNameError, DuplicateNameError, transfer
 from facegate.imaging import ImageError, load_image_file
 from facegate.names import InvalidNameError, clean_name
@@ -199,6 +200,24 @@ def _verdict(identified: Identified) -> str:
         return "unknown (the gallery is empty)"
     similarity = f"distance {nearest.distance:.3f}, similarity {identified.similarity:.2f}"
     return f"{nearest.name} ({similarity})" if identified.is_match else f"unknown (nearest: {similarity})"
+
+
+def print_events(settings: Settings, which: EventFilter, limit: int | None) -> int:
+    """The access log's events `which` selects, newest first: `limit` of them as lines for a person
+    to read, or (None) all as CSV for a spreadsheet."""
+    with open_core(settings) as core:
+        if limit is None:
+            for chunk in csv_lines(core.events.all(which)):
+                sys.stdout.write(chunk)
+            return 0
+        for event in core.events.page(which, limit=limit):
+            who = event.user_name or ("unknown" if event.status == "no_match" else event.quality or "")
+            distance = "" if event.distance is None else f" distance {event.distance:.3f}"
+            print(
+                f"{event.at.astimezone():%Y-%m-%d %H:%M:%S} #{event.id} {event.collection} {event.source} "
+                f"key {event.key_name}: {event.status} {who}{distance}"
+            )
+    return 0
 
 
 def export_collection(settings: Settings, path: Path, collection: str) -> int:

@@ -5,9 +5,6 @@ Scope `audit` (admin keys have it). A key bound to collections sees only their e
 
 from __future__ import annotations
 
-import csv
-import io
-from collections.abc import Iterator
 from datetime import datetime
 from typing import Annotated
 
@@ -18,14 +15,12 @@ from facegate.api.auth import Refused, Scope, http_error, require
 from facegate.api.deps import ServicesDep, query
 from facegate.api.params import admit_collection
 from facegate.api.schemas import KEYED_ERRORS, error_responses
-from facegate.events import MAX_PAGE, EventFilter, EventRecord, EventStatus, Source
+from facegate.events import MAX_PAGE, EventFilter, EventRecord, EventStatus, Source, csv_lines
 from facegate.schemas import Event, EventPage
 
 router = APIRouter(tags=["access log"], dependencies=[require(Scope.AUDIT)])
 
 _ERRORS = error_responses(*KEYED_ERRORS, 404, 422, 503)
-
-_CSV_COLUMNS = tuple(Event.model_fields)
 
 
 # Sync, so FastAPI runs it in a worker thread: it asks the database.
@@ -85,24 +80,10 @@ async def export_events(services: ServicesDep, which: FilterDep) -> StreamingRes
     the range with since/until for more)."""
     records = await query(lambda: list(services.events.all(which)))
     return StreamingResponse(
-        _csv(records),
+        csv_lines(records),
         media_type="text/csv",
         headers={"Content-Disposition": 'attachment; filename="events.csv"'},
     )
-
-
-def _csv(records: list[EventRecord]) -> Iterator[str]:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(_CSV_COLUMNS)
-    for record in records:
-        row = _event(record).model_dump(mode="json")
-        writer.writerow(" ".join(map(str, row[c])) if c == "box" else row[c] for c in _CSV_COLUMNS)
-        if buffer.tell() > 1 << 16:
-            yield buffer.getvalue()
-            buffer.seek(0)
-            buffer.truncate()
-    yield buffer.getvalue()
 
 
 EventId = Annotated[int, Path(ge=1, le=2**63 - 1)]
