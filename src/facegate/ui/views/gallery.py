@@ -197,6 +197,29 @@ def delete_user(user: dict[str, Any], where: str) -> None:
         )
 
 
+def merge(user: dict[str, Any], users: list[dict[str, Any]], where: str) -> None:
+    """Merge another record of the same person into this one (their photos move here; this name stays)."""
+    others = {u["id"]: user_label(u) for u in users if u["id"] != user["id"]}
+    key = f"merge-{user['id']}"
+    other = st.selectbox(
+        "Merge in",
+        list(others),
+        index=None,
+        format_func=others.__getitem__,
+        key=key,
+        placeholder="Another record",
+    )
+    if st.button("Merge", key=f"{key}-button") and other is not None:
+        change(
+            "Merging…",
+            lambda: api().merge_user(user["id"], other, where),
+            lambda answer: (
+                f"Merged {others[other]} into {user['name']} ({answer['faces_moved']} photos moved)."
+            ),
+            failure="Could not merge",
+        )
+
+
 def user_table(users: list[dict[str, Any]]) -> None:
     st.subheader(counted(len(users), "registered person", "registered people"))
     if users:
@@ -228,6 +251,7 @@ def manage(users: list[dict[str, Any]], where: str) -> None:
         add_photo(by_id[chosen], where)
     with delete_column:
         rename(by_id[chosen], where)
+        merge(by_id[chosen], users, where)
         delete_user(by_id[chosen], where)
     photo_list(by_id[chosen], where)
 
