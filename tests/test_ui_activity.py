@@ -9,7 +9,9 @@ from collections.abc import Callable, Iterator
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from facegate.faces import DetectionParams
 from facegate.ui.client import ApiClient, ApiError
+from tests.data import FACES
 from tests.servers import api_server
 from tests.test_ui import BIDEN, DEFAULT, OBAMA, TOKEN, labelled, photo_of, start_ui, texts
 
@@ -62,6 +64,8 @@ def test_activity_lists_decisions_and_enrols_an_unknown_visitor(
     assert [user["name"] for user in api.users(DEFAULT)] == ["Joe Biden"]
     assert api.recognize(photo_of(BIDEN / "fr_biden2.jpg"), DEFAULT)["matched_user"]["name"] == "Joe Biden"
     assert api.visitors(DEFAULT) == []
+    for user in api.users(DEFAULT):  # the other tests start from an empty gallery
+        api.delete_user(user["id"], DEFAULT)
 
 
 def test_gallery_merges_two_records_of_one_person(
@@ -85,3 +89,25 @@ def test_gallery_merges_two_records_of_one_person(
         for user_id in (kept, other):
             with contextlib.suppress(ApiError):  # merged away already
                 api.delete_user(user_id, DEFAULT)
+
+
+def test_gallery_registers_the_chosen_face_of_a_group_photo(
+    start_ui: Callable[..., AppTest], api_url: str, api: ApiClient
+) -> None:
+    group = FACES / "groups" / "fr_obama_and_biden.jpg"
+    boxes = api.detect(photo_of(group), DetectionParams())["boxes"]
+    widest = max(range(len(boxes)), key=lambda i: boxes[i][2] - boxes[i][0])
+    app = start_ui(api_url, page="gallery")
+    labelled(app.text_input, "Name").input("Chosen face")
+    uploader = labelled(app.file_uploader, "Photo with exactly one face")
+    uploader.set_value((group.name, group.read_bytes(), "image/jpeg"))
+    labelled(app.number_input, "Which face, in a photo of several").set_value(widest)
+    labelled(app.button, "Register").click()
+    app.run()
+    assert not app.exception and not app.error, app.error
+    (user,) = [u for u in api.users(DEFAULT) if u["name"] == "Chosen face"]
+    try:
+        (face,) = api.faces(user["id"], DEFAULT)
+        assert face["box_width"] == pytest.approx(boxes[widest][2] - boxes[widest][0], abs=0.5)
+    finally:
+        api.delete_user(user["id"], DEFAULT)

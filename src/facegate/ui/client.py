@@ -96,10 +96,20 @@ class ApiClient:
         return _call(self._client.detect, image.file(), **asdict(params))
 
     def register(
-        self, name: str, image: Upload, collection: str, allow_duplicate: bool = False
+        self,
+        name: str,
+        image: Upload,
+        collection: str,
+        allow_duplicate: bool = False,
+        face: int | None = None,
     ) -> dict[str, Any]:
         return _call(
-            self._client.register, name, image.file(), collection=collection, allow_duplicate=allow_duplicate
+            self._client.register,
+            name,
+            image.file(),
+            collection=collection,
+            allow_duplicate=allow_duplicate,
+            face=face,
         )
 
     def recognize(

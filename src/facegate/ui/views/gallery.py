@@ -51,24 +51,36 @@ def register_form(where: str) -> None:
         st.subheader("Register a person")
         name = st.text_input("Name", max_chars=200, key=f"{key}-name").strip()
         photo = st.file_uploader("Photo with exactly one face", type=IMAGE_TYPES, key=f"{key}-photo")
+        face = st.number_input(
+            "Which face, in a photo of several",
+            min_value=0,
+            max_value=999,
+            value=None,
+            step=1,
+            key=f"{key}-face",
+            help="Its number in the Detect page's table of the same photo (the first is 0). Empty: the "
+            "photo must hold one face.",
+        )
         submitted = st.form_submit_button("Register")
     upload = None if photo is None else Upload(photo.name, photo.getvalue())
     if submitted:
-        register(name, upload, where, key)
+        register(name, upload, where, key, None if face is None else int(face))
     # After the button, so that it shows in the run that refused (a form's widgets send their
     # values with its button).
     if upload is not None and refused(key, upload, DUPLICATE):
         form.checkbox(REGISTER_ANYWAY, key=f"{key}-anyway")
 
 
-def register(name: str, upload: Upload | None, where: str, key: str) -> None:
+def register(name: str, upload: Upload | None, where: str, key: str, face: int | None = None) -> None:
     if upload is None or not name:
         st.warning(missing_input(name, upload is not None), icon=":material/warning:")
         return
     allow_duplicate = anyway(key, upload, DUPLICATE)
     change(
         f"Registering {name}…",
-        noting_refusal(key, upload, DUPLICATE, lambda: api().register(name, upload, where, allow_duplicate)),
+        noting_refusal(
+            key, upload, DUPLICATE, lambda: api().register(name, upload, where, allow_duplicate, face)
+        ),
         lambda answer: f"Registered {answer['name']} (id {answer['user_id']}).",
         clears=REGISTER,
         failure=f"Could not register {name}",
