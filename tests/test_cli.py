@@ -126,3 +126,24 @@ def test_recognize_names_the_enrolled_person_and_no_one_else(tmp_path: Path, pgd
     verdicts = dict(zip(done.stdout.splitlines()[::2], done.stdout.splitlines()[1::2], strict=True))
     assert "] Barack Obama (distance" in verdicts[f"{another}: 1 face(s)"]
     assert "] unknown (nearest: distance" in verdicts[f"{stranger}: 1 face(s)"]
+
+
+def test_enroll_pick_center_takes_the_face_nearest_the_centre_and_says_so(
+    tmp_path: Path, pgdata_dir: Path
+) -> None:
+    people = tmp_path / "people"
+    (people / "Barack_Obama").mkdir(parents=True)
+    group = people / "Barack_Obama" / "group.jpg"
+    shutil.copy(FACES / "groups" / "fr_obama_and_biden.jpg", group)
+    env = clean_env(APP_TOKEN=KEY, FACEGATE_DATA_DIR=str(pgdata_dir))
+    enroll = partial(
+        subprocess.run, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=API_START_TIMEOUT
+    )
+    refused = enroll(facegate("enroll", str(people)))
+    assert refused.returncode == 0, refused.stderr
+    assert "people enrolled: 0" in refused.stdout and "faces of similar size" in refused.stdout
+    done = enroll(facegate("enroll", str(people), "--pick", "center"))
+    assert done.returncode == 0, done.stderr
+    assert "people enrolled: 1" in done.stdout and "skipped: 0" in done.stdout
+    (picked,) = [line for line in done.stdout.splitlines() if line.startswith("  picked")]
+    assert str(group) in picked and "nearest the centre at [" in picked

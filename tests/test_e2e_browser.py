@@ -412,6 +412,20 @@ def test_liveness_with_a_still_photo_as_the_camera(stack: Stack, page: Page) -> 
     screenshot(page, "liveness-verdict")
 
 
+def test_activity_shows_the_access_log_in_the_browser(stack: Stack, page: Page, http: httpx.Client) -> None:
+    """Decisions made through the gateway show on the Activity page (EVENTS=decisions: no faces)."""
+    recognised = http.post("/api/recognize", files={"image": ("p.jpg", TWO_PEOPLE.read_bytes())}, headers=KEY)
+    assert recognised.status_code == 200, recognised.text
+    open_page(page, stack.gateway + "/activity")
+    expect(page.get_by_role("heading", name="Activity")).to_be_visible()
+    wait_for_text(page, re.compile(r"\d+ events? \(newest first"))
+    expect(page.get_by_text("No faces stored (EVENTS=decisions keeps none")).to_be_visible()
+    expect(page.get_by_test_id("stDataFrame")).to_be_visible()
+    expect(page.get_by_text("No unknown visitors")).to_be_visible()
+    expect(page.get_by_test_id("stException")).to_have_count(0)
+    screenshot(page, "activity")
+
+
 # --- plain HTTP, through nginx -------------------------------------------------------------------
 
 

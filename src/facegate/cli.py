@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from datetime import datetime
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -88,6 +89,12 @@ def _parser() -> argparse.ArgumentParser:
     enroll.add_argument(
         "--report", type=Path, metavar="FILE", help="also write each skipped photo and why to this CSV file"
     )
+    enroll.add_argument(
+        "--pick",
+        choices=["center"],
+        help="in a photo of several faces of similar size, take the one nearest the centre (reported) "
+        "instead of skipping the photo",
+    )
     enroll.set_defaults(handler=_enroll)
 
     recognize = commands.add_parser(
@@ -102,6 +109,23 @@ def _parser() -> argparse.ArgumentParser:
         help="a fixed cosine-distance threshold (default: chosen for FACE_MATCH_FPIR at the gallery's size)",
     )
     recognize.set_defaults(handler=_recognize)
+
+    events = commands.add_parser(
+        "events", help="the access log: recognition decisions, newest first (see README, Access log)"
+    )
+    events.add_argument(
+        "--since", type=datetime.fromisoformat, help="from this time (ISO 8601, e.g. 2026-12-01)"
+    )
+    events.add_argument("--until", type=datetime.fromisoformat, help="before this time (ISO 8601)")
+    events.add_argument("--collection", help="one collection (default: every one)")
+    events.add_argument("--status", choices=["match", "no_match", "low_quality"])
+    events.add_argument("--person", type=_positive, help="the matched person's id")
+    events.add_argument("--source", choices=["recognize", "stream", "liveness"])
+    events.add_argument(
+        "--limit", type=_positive, default=50, help="at most this many (default: %(default)s; --csv: all)"
+    )
+    events.add_argument("--csv", action="store_true", help="every matching event as CSV on stdout")
+    events.set_defaults(handler=_events)
 
     export = commands.add_parser(
         "export", help="write a collection's people and embeddings to a file (biometric data: protect it)"
@@ -402,13 +426,39 @@ def _detect_files(args: argparse.Namespace, detector: Detector) -> int:
 def _enroll(args: argparse.Namespace, settings: Settings) -> int:
     from facegate.enroll import enroll_folder
 
-    return _gallery_command(lambda: enroll_folder(args.folder, settings, args.report, args.collection))
+    return _gallery_command(
+        lambda: enroll_folder(
+            args.folder, settings, args.report, args.collection, pick_center=args.pick == "center"
+        )
+    )
 
 
 def _recognize(args: argparse.Namespace, settings: Settings) -> int:
     from facegate.enroll import recognize_files
 
     return _gallery_command(lambda: recognize_files(args.images, settings, args.threshold, args.collection))
+
+
+def _events(args: argparse.Namespace, settings: Settings) -> int:
+    from facegate.enroll import print_events
+    from facegate.events import EventFilter
+
+    which = EventFilter(
+        None if args.collection is None else frozenset({args.collection}),
+        _aware(args.since),
+        _aware(args.until),
+        args.status,
+        args.person,
+        args.source,
+    )
+    return _gallery_command(lambda: print_events(settings, which, None if args.csv else args.limit))
+
+
+def _aware(moment: datetime | None) -> datetime | None:
+    """A time given without a zone is the machine's local time."""
+    if moment is None or moment.tzinfo is not None:
+        return moment
+    return moment.astimezone()
 
 
 def _export(args: argparse.Namespace, settings: Settings) -> int:

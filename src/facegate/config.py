@@ -47,8 +47,8 @@ class Settings(BaseSettings):
     facegate_api_keys: SecretStr = Field(
         default=SecretStr(""),
         description=(
-            "Extra keys with a scope: `name:scope:key[:collections],...`, scope `detect`, `recognize` or "
-            "`admin`, collections `a|b` (default: all; see Security)."
+            "Extra keys with a scope: `name:scope:key[:collections],...`, scope `detect`, `recognize`, "
+            "`admin` or `audit`, collections `a|b` (default: all; see Security)."
         ),
     )
 
@@ -181,6 +181,22 @@ class Settings(BaseSettings):
             "pgvector `hnsw.ef_search` for gallery searches (400 for galleries near a million people; "
             "see BENCHMARKS.md)."
         ),
+    )
+
+    # --- access log (facegate.events) ---
+    events: Literal["off", "decisions", "faces"] = Field(
+        default="decisions",
+        description="What each recognition decision leaves in the access log: nothing, the decision "
+        "(time, key, status, person, distance), or the decision with the face's chip (a small JPEG)",
+    )
+    event_retention_days: int = Field(
+        default=30, ge=1, le=36_500, description="Days an event is kept; older ones are purged."
+    )
+    event_stream_dedup_s: float = Field(
+        default=10.0,
+        ge=0.0,
+        le=86_400,
+        description="/ws/recognize logs a person (or an unknown face) once per this many seconds",
     )
 
     # --- liveness (WS /ws/liveness) ---

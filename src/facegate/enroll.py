@@ -16,6 +16,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from facegate.config import Settings
 from facegate.embedding import create_embedder
 from facegate.enrolment import AlreadyEnrolledError, NotSamePersonError
+from facegate.events import EventFilter, csv_lines
 from facegate.gallery import (
     DEFAULT_COLLECTION,
     ConfusableNameError,
@@ -26,7 +27,7 @@ from facegate.gallery import (
 from facegate.gallery.reembed import Reembedding
 from facegate.imaging import ImageError, load_image_file
 from facegate.names import InvalidNameError, clean_name
-from facegate.pipeline import EmbeddedFace, NoFaceError
+from facegate.pipeline import EmbeddedFace, FaceChoice, NoFaceError
 from facegate.recognition import Identified
 from facegate.services import Core, open_core
 
@@ -41,17 +42,32 @@ class Skipped:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class Picked:
+    """A photo of several faces whose face nearest the centre was taken (`--pick center`)."""
+
+    photo: Path
+    box: tuple[float, ...]
+    faces: int
+
+
 @dataclass
 class EnrollReport:
     enrolled: int = 0
     already_enrolled: int = 0
     photos_added: int = 0
     skipped: list[Skipped] = field(default_factory=list)
+    picked: list[Picked] = field(default_factory=list)
 
     def summary(self) -> str:
         lines = [
             f"people enrolled: {self.enrolled}, already in the gallery: {self.already_enrolled}, "
             f"photos stored: {self.photos_added}, skipped: {len(self.skipped)}"
+        ]
+        lines += [
+            f"  picked {item.photo}: of {item.faces} faces, the one nearest the centre at "
+            f"[{', '.join(f'{v:.0f}' for v in item.box)}]"
+            for item in self.picked
         ]
         lines += [f"  skipped {item.photo}: {item.reason}" for item in self.skipped]
         return "\n".join(lines)
@@ -73,10 +89,18 @@ def photos_of(folder: Path) -> list[Path]:
 
 
 def enroll_folder(
-    root: Path, settings: Settings, report_file: Path | None = None, collection: str = DEFAULT_COLLECTION
+    root: Path,
+    settings: Settings,
+    report_file: Path | None = None,
+    collection: str = DEFAULT_COLLECTION,
+    *,
+    pick_center: bool = False,
 ) -> int:
     """Register each sub-folder of `root` as one person of `collection` (the folder name, `_` read as
     a space, under the API's rules: facegate.enrolment).
+
+    A photo of several faces of similar size is skipped, or with `pick_center` its face nearest the
+    image's centre is taken (a subject framed with someone beside them) and the report says which.
 
     Resumable: a person already in the gallery is skipped, so an interrupted run can simply be
     started again. All photos of a person are embedded before anything is stored, so a person is
@@ -91,7 +115,7 @@ def enroll_folder(
         core.gallery.require_collection(collection)  # UnknownCollectionError before any work
         # Log lines go through the bar's writer, above the bar, instead of breaking it.
         for folder in tqdm(folders, desc="enrolling", unit="person", file=sys.stderr):
-            _enroll_person(folder, core, collection, report)
+            _enroll_person(folder, core, collection, report, pick_center=pick_center)
     print(report.summary())
     if report_file is not None:
         report.write_csv(report_file)
@@ -99,11 +123,13 @@ def enroll_folder(
     return 0
 
 
-def _enroll_person(folder: Path, core: Core, collection: str, report: EnrollReport) -> None:
+def _enroll_person(
+    folder: Path, core: Core, collection: str, report: EnrollReport, *, pick_center: bool
+) -> None:
     faces: list[tuple[Path, EmbeddedFace]] = []
     for photo in photos_of(folder):
         try:
-            faces.append((photo, core.pipeline.single_face(load_image_file(photo))))
+            faces.append((photo, _photo_face(photo, core, report, pick_center=pick_center)))
         except (ImageError, OSError) as exc:
             report.skipped.append(Skipped(photo, f"unreadable image ({exc})"))
         except NoFaceError as exc:
@@ -135,6 +161,19 @@ def _enroll_person(folder: Path, core: Core, collection: str, report: EnrollRepo
             report.skipped.append(Skipped(photo, str(exc)))
     report.enrolled += 1
     report.photos_added += stored
+
+
+def _photo_face(photo: Path, core: Core, report: EnrollReport, *, pick_center: bool) -> EmbeddedFace:
+    """The photo's one face; with `pick_center`, of several, the one nearest the centre (reported)."""
+    image = load_image_file(photo)
+    try:
+        return core.pipeline.single_face(image)
+    except NoFaceError as exc:
+        if not (pick_center and exc.faces):
+            raise
+        face = core.pipeline.single_face(image, FaceChoice(center=True))
+        report.picked.append(Picked(photo, face.face.box, len(exc.faces)))
+        return face
 
 
 def recognize_files(
@@ -169,6 +208,24 @@ def _verdict(identified: Identified) -> str:
         return "unknown (the gallery is empty)"
     similarity = f"distance {nearest.distance:.3f}, similarity {identified.similarity:.2f}"
     return f"{nearest.name} ({similarity})" if identified.is_match else f"unknown (nearest: {similarity})"
+
+
+def print_events(settings: Settings, which: EventFilter, limit: int | None) -> int:
+    """The access log's events `which` selects, newest first: `limit` of them as lines for a person
+    to read, or (None) all as CSV for a spreadsheet."""
+    with open_core(settings) as core:
+        if limit is None:
+            for chunk in csv_lines(core.events.all(which)):
+                sys.stdout.write(chunk)
+            return 0
+        for event in core.events.page(which, limit=limit):
+            who = event.user_name or ("unknown" if event.status == "no_match" else event.quality or "")
+            distance = "" if event.distance is None else f" distance {event.distance:.3f}"
+            print(
+                f"{event.at.astimezone():%Y-%m-%d %H:%M:%S} #{event.id} {event.collection} {event.source} "
+                f"key {event.key_name}: {event.status} {who}{distance}"
+            )
+    return 0
 
 
 def export_collection(settings: Settings, path: Path, collection: str) -> int:

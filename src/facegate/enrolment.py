@@ -10,12 +10,17 @@ that keep the gallery clean, for the API and the CLI alike.
   size, with the margin), not the one-to-one threshold: at it, 0.4-0.7% of pairs of different
   people match (the default model at 0.717, dlib at 0.086; LFW), so in a collection of 10,000 nearly
   every newcomer would resemble someone, while the policy refuses about FACE_MATCH_FPIR of them.
+- Each check and the change it guards run under the collection's identity lock
+  (`Gallery.identity_lock`): registrations, added photos, renames and merges of one collection take
+  turns, so two concurrent registrations of one new face cannot both pass the duplicate check.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
+from facegate.events import EventLog
 from facegate.gallery import DEFAULT_COLLECTION, FaceRecord, Gallery, UserRecord
 from facegate.names import clean_name
 from facegate.pipeline import EmbeddedFace
@@ -48,9 +53,10 @@ class NotSamePersonError(ValueError):
 
 
 class Enrolment:
-    def __init__(self, gallery: Gallery, recognizer: Recognizer) -> None:
+    def __init__(self, gallery: Gallery, recognizer: Recognizer, events: EventLog) -> None:
         self.gallery = gallery
         self.recognizer = recognizer
+        self.events = events
 
     def register(
         self,
@@ -61,15 +67,58 @@ class Enrolment:
         allow_duplicate: bool = False,
     ) -> UserRecord:
         person = clean_name(name)
-        if not allow_duplicate:
-            known = self.recognizer.identify([face], collection=collection).largest.person
-            if known is not None:
-                raise AlreadyEnrolledError(known.user_id, known.name, collection)
-        return self.gallery.add_user(person, face.embedding, face.face.box, collection, chip=face.chip)
+        with self.gallery.identity_lock(collection):
+            if not allow_duplicate:
+                self._refuse_known(face, collection)
+            return self.gallery.add_user(person, face.embedding, face.face.box, collection, chip=face.chip)
+
+    def register_faces(
+        self, name: str, faces: Sequence[EmbeddedFace], collection: str = DEFAULT_COLLECTION
+    ) -> tuple[UserRecord, int]:
+        """A new person from several faces of them (an unknown visitor's, most detailed first): the
+        first under `register`'s rules, then those of the others that look like them. Returns the
+        person and how many faces were stored."""
+        person = clean_name(name)
+        with self.gallery.identity_lock(collection):
+            self._refuse_known(faces[0], collection)
+            user = self.gallery.add_user(
+                person, faces[0].embedding, faces[0].face.box, collection, chip=faces[0].chip
+            )
+            return user, 1 + self._add_alike(user.id, faces[1:], collection)
+
+    def add_faces(
+        self, user_id: int, faces: Sequence[EmbeddedFace], collection: str = DEFAULT_COLLECTION
+    ) -> int:
+        """Add those of `faces` that look like the person (`add_face`'s rule); NotSamePersonError
+        when none does. Returns how many were stored."""
+        with self.gallery.identity_lock(collection):
+            added = self._add_alike(user_id, faces, collection)
+            if not added:
+                self._check_same_person(user_id, faces[0], collection, force=False)
+            return added
+
+    def _refuse_known(self, face: EmbeddedFace, collection: str) -> None:
+        known = self.recognizer.identify([face], collection=collection).largest.person
+        if known is not None:
+            raise AlreadyEnrolledError(known.user_id, known.name, collection)
+
+    def _add_alike(self, user_id: int, faces: Sequence[EmbeddedFace], collection: str) -> int:
+        added = 0
+        for face in faces:
+            distance = self.gallery.nearest_face_distance(user_id, face.embedding, collection)
+            if self.recognizer.policy.verifies(distance).verified:
+                self.gallery.add_face(user_id, face.embedding, face.face.box, collection, chip=face.chip)
+                added += 1
+        return added
 
     def add_face(
         self, user_id: int, face: EmbeddedFace, collection: str = DEFAULT_COLLECTION, *, force: bool = False
     ) -> FaceRecord:
+        with self.gallery.identity_lock(collection):
+            self._check_same_person(user_id, face, collection, force=force)
+            return self.gallery.add_face(user_id, face.embedding, face.face.box, collection, chip=face.chip)
+
+    def _check_same_person(self, user_id: int, face: EmbeddedFace, collection: str, *, force: bool) -> None:
         distance = self.gallery.nearest_face_distance(user_id, face.embedding, collection)
         verdict = self.recognizer.policy.verifies(distance)
         if not verdict.verified:
@@ -83,7 +132,17 @@ class Enrolment:
                 user_id,
                 collection,
             )
-        return self.gallery.add_face(user_id, face.embedding, face.face.box, collection, chip=face.chip)
+
+    def merge(self, target_id: int, source_id: int, collection: str = DEFAULT_COLLECTION) -> int:
+        """Move every face of `source_id` to `target_id` (who keeps their name), deleting
+        `source_id`: two records of one person become one, and so do their access-log events.
+        Returns how many faces moved."""
+        with self.gallery.identity_lock(collection):
+            moved = self.gallery.merge_users(target_id, source_id, collection)
+            self.events.reassign(source_id, target_id)
+            return moved
 
     def rename(self, user_id: int, name: str, collection: str = DEFAULT_COLLECTION) -> UserRecord:
-        return self.gallery.rename_user(user_id, clean_name(name), collection)
+        person = clean_name(name)
+        with self.gallery.identity_lock(collection):
+            return self.gallery.rename_user(user_id, person, collection)

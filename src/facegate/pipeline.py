@@ -6,6 +6,7 @@ the same vectors.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,8 +42,42 @@ class FaceSelection:
     comparable: int
 
 
+# A `box` chooses the detected face it overlaps most, if their intersection over union is at least
+# this: a box drawn by hand around a face, or copied from /detect, meets it easily; one around
+# empty background or straddling two faces does not.
+BOX_MIN_IOU = 0.3
+
+
+@dataclass(frozen=True, slots=True)
+class FaceChoice:
+    """Which face of a photo to enrol, when it holds several: `index` in /detect's order (by
+    decreasing score, with the default detection parameters), a `box` (x1, y1, x2, y2) to match, or
+    the face nearest the image's `center`. Nothing chosen: the photo must hold one face."""
+
+    index: int | None = None
+    box: tuple[float, float, float, float] | None = None
+    center: bool = False
+
+    def __post_init__(self) -> None:
+        if (self.index is not None) + (self.box is not None) + self.center > 1:
+            raise ValueError("choose the face by one of index, box or center")
+
+    @property
+    def chosen(self) -> bool:
+        return self.index is not None or self.box is not None or self.center
+
+
+NO_CHOICE = FaceChoice()
+
+
 class NoFaceError(ValueError):
-    """The image holds no face (or, for registration, not exactly one, or one too poor to enrol)."""
+    """The image holds no face (or, for registration, not exactly one, or one too poor to enrol).
+
+    `faces`: the faces found, in /detect's order, when a choice among them would help."""
+
+    def __init__(self, message: str, faces: Sequence[Face] = ()) -> None:
+        super().__init__(message)
+        self.faces = tuple(faces)
 
 
 def create_detector(settings: Settings) -> Detector:
@@ -91,19 +126,51 @@ class Pipeline:
         comparable = sum(face.width >= BACKGROUND_FACE_RATIO * faces[0].width for face in faces)
         return FaceSelection(faces[0], comparable)
 
-    def single_face(self, image: np.ndarray) -> EmbeddedFace:
-        """The one face of a registration photo, with its chip; `NoFaceError` when there is none or
-        several (background faces aside: `select_face`), or when it is too poor to enrol."""
+    def single_face(self, image: np.ndarray, choice: FaceChoice = NO_CHOICE) -> EmbeddedFace:
+        """The one face of a registration photo, or the one `choice` picks; `NoFaceError` when there
+        is none, or several (background faces aside: `select_face`) and no choice, listing them, or
+        when the face is too poor to enrol."""
+        face = self._chosen_face(image, choice) if choice.chosen else self._only_face(image)
+        if problem := self._problem(image, face):
+            raise NoFaceError(f"the face cannot be enrolled: {problem}")
+        return self.embed_face(image, face, chip=True)
+
+    def _only_face(self, image: np.ndarray) -> Face:
         selection = self.select_face(image)
         if selection.face is None:
             raise NoFaceError("exactly one face is needed, found no face")
         if selection.comparable > 1:
             raise NoFaceError(
-                f"exactly one face is needed, found {selection.comparable} faces of similar size"
+                f"exactly one face is needed, found {selection.comparable} faces of similar size: "
+                "choose one by its index in `faces` (face=) or by its box (box=x1,y1,x2,y2)",
+                self.detect(image),
             )
-        if problem := self._problem(image, selection.face):
-            raise NoFaceError(f"the face cannot be enrolled: {problem}")
-        return self.embed_face(image, selection.face, chip=True)
+        return selection.face
+
+    def _chosen_face(self, image: np.ndarray, choice: FaceChoice) -> Face:
+        faces = self.detect(image)
+        if not faces:
+            raise NoFaceError("no face found in the image")
+        if choice.index is not None:
+            if choice.index >= len(faces):
+                raise NoFaceError(
+                    f"face {choice.index} was asked for, but the photo holds {len(faces)} "
+                    f"(indexes 0 to {len(faces) - 1})",
+                    faces,
+                )
+            return faces[choice.index]
+        if (wanted := choice.box) is not None:
+            best = max(faces, key=lambda face: box_iou(face.box, wanted))
+            overlap = box_iou(best.box, wanted)
+            if overlap < BOX_MIN_IOU:
+                raise NoFaceError(
+                    f"no face found in the box {list(wanted)} (best overlap {overlap:.2f}, "
+                    f"{BOX_MIN_IOU} needed)",
+                    faces,
+                )
+            return best
+        height, width = image.shape[:2]
+        return min(faces, key=lambda face: _distance_to(face, width / 2, height / 2))
 
     def largest_face(self, image: np.ndarray) -> EmbeddedFace:
         """The largest face only (verification compares one face per photo)."""
@@ -128,3 +195,19 @@ class Pipeline:
 
     def _largest_first(self, image: np.ndarray, params: DetectionParams | None = None) -> list[Face]:
         return sorted(self.detect(image, params), key=lambda face: face.area, reverse=True)
+
+
+def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
+    """Intersection over union of two (x1, y1, x2, y2) boxes; 0 when either is empty."""
+    width = min(a[2], b[2]) - max(a[0], b[0])
+    height = min(a[3], b[3]) - max(a[1], b[1])
+    if width <= 0 or height <= 0:
+        return 0.0
+    inter = width * height
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def _distance_to(face: Face, x: float, y: float) -> float:
+    """How far the face box's centre is from (x, y), in pixels."""
+    return float(np.hypot((face.box[0] + face.box[2]) / 2 - x, (face.box[1] + face.box[3]) / 2 - y))

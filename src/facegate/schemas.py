@@ -129,6 +129,81 @@ class Rename(BaseModel):
     name: str = Field(description="the person's new name (the rules of registration apply)")
 
 
+class Merge(BaseModel):
+    from_: int = Field(
+        alias="from",
+        ge=1,
+        le=2**63 - 1,
+        description="the person merged in: their faces move, their record goes",
+    )
+
+
+class Merged(BaseModel):
+    status: Literal["success"] = "success"
+    message: str
+    user: User = Field(description="the person kept, with every face of both")
+    merged_from: int
+    faces_moved: int
+
+
+class Event(BaseModel):
+    """One recognition decision of the access log."""
+
+    id: int
+    at: datetime
+    collection: str
+    source: Literal["recognize", "stream", "liveness"]
+    key_name: str | None = Field(description="the API key's name (never the key)")
+    status: FaceStatus
+    user_id: int | None = Field(description="the person matched (their id stays after they are deleted)")
+    user_name: str | None = Field(description="their name when the event was written")
+    distance: float | None
+    similarity: float | None
+    threshold: float
+    threshold_source: str
+    quality: str | None = Field(description="why the face was not searched (low_quality)")
+    box: tuple[float, float, float, float]
+    has_face: bool = Field(description="whether the face's chip is stored: GET /events/{id}/face")
+    visitor_id: int | None = Field(
+        description="the unknown visitor a no_match face was counted as (GET /visitors)"
+    )
+
+
+class EventPage(BaseModel):
+    events: list[Event] = Field(description="newest first")
+    next_cursor: int | None = Field(description="`cursor` for the next (older) page; null on the last")
+
+
+class Visitor(BaseModel):
+    """Faces no one matched that look alike: one unknown person, seen `visits` times."""
+
+    id: int
+    first_seen: datetime
+    last_seen: datetime
+    visits: int
+    faces: int = Field(description="faces kept (the most detailed few): GET /visitors/{id}/face")
+
+
+class VisitorList(BaseModel):
+    visitors: list[Visitor] = Field(description="most recently seen first")
+    total: int
+    offset: int
+    limit: int
+
+
+class VisitorAdded(BaseModel):
+    status: Literal["success"] = "success"
+    message: str
+    user_id: int
+    faces_added: int
+
+
+class VisitorForgotten(BaseModel):
+    status: Literal["success"] = "success"
+    message: str
+    visitor_id: int
+
+
 class StoredFace(BaseModel):
     id: int
     created_at: datetime

@@ -9,9 +9,11 @@ from dataclasses import dataclass
 
 from facegate.config import Settings
 from facegate.enrolment import Enrolment
+from facegate.events import EventLog
 from facegate.gallery import Gallery, database_dsn
 from facegate.pipeline import Pipeline
 from facegate.recognition import MatchPolicy, Recognizer
+from facegate.visitors import Visitors
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,8 +24,11 @@ class Core:
     policy: MatchPolicy
     recognizer: Recognizer
     enrolment: Enrolment
+    events: EventLog
+    visitors: Visitors
 
     def close(self) -> None:
+        self.events.close()  # writes what is queued while the gallery's pool is still open
         self.gallery.close()
         self.pipeline.close()
 
@@ -37,7 +42,10 @@ def build_core(settings: Settings, dsn: str, wrap: Callable[[Pipeline], Pipeline
     gallery = Gallery.from_settings(dsn, embedder.name, embedder.dim, settings)
     policy = MatchPolicy.from_settings(settings, embedder.name)
     recognizer = Recognizer(gallery, policy)
-    return Core(settings, pipeline, gallery, policy, recognizer, Enrolment(gallery, recognizer))
+    visitors = Visitors(gallery, policy)
+    events = EventLog(gallery, settings.events, settings.event_retention_days, visitors)
+    enrolment = Enrolment(gallery, recognizer, events)
+    return Core(settings, pipeline, gallery, policy, recognizer, enrolment, events, visitors)
 
 
 @contextmanager

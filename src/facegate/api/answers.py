@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from facegate.api.deps import Services, infer, query
+from facegate.events import Sighting, StreamDedup
 from facegate.gallery import DEFAULT_COLLECTION
 from facegate.recognition import Identified, MatchPolicy, Recognition
 from facegate.schemas import Candidate, Keypoints, MatchedUser, RecognizedFace, RecognizeResponse
@@ -17,11 +18,16 @@ async def recognize_image(
     threshold: float | None,
     collection: str = DEFAULT_COLLECTION,
     top_k: int = 1,
+    *,
+    sighting: Sighting,
+    dedup: StreamDedup | None = None,
 ) -> RecognizeResponse:
-    """Every face of a decoded image against the collection, largest first."""
+    """Every face of a decoded image against the collection, largest first; the decisions go to the
+    access log (queued: facegate.events), a stream's through its `dedup`."""
     faces = await infer(services, lambda: services.pipeline.analyse(image))
     with services.metrics.stage("search"):
         recognition = await query(lambda: services.recognizer.identify(faces, threshold, collection, top_k))
+    services.events.record(recognition, image, sighting, dedup)
     return recognize_response(recognition, services.policy)
 
 

@@ -18,7 +18,17 @@ from facegate.api.errors import install_error_handlers
 from facegate.api.metrics import MeteredPipeline, Metrics
 from facegate.api.middleware import RelativeRedirects, RequestContext, RequestDeadline, UploadSizeLimit
 from facegate.api.ratelimit import limiter_for
-from facegate.api.routes import collections, detect, liveness, recognize, stream, system, users
+from facegate.api.routes import (
+    collections,
+    detect,
+    events,
+    liveness,
+    recognize,
+    stream,
+    system,
+    users,
+    visitors,
+)
 from facegate.api.tickets import TicketSigner
 from facegate.config import Settings, get_settings
 from facegate.gallery import database_dsn
@@ -81,7 +91,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         root_path=settings.api_root_path,
     )
     install_error_handlers(app)
-    for module in (system, detect, recognize, users, collections, stream, liveness):
+    for module in (system, detect, recognize, users, collections, stream, liveness, events, visitors):
         app.include_router(module.router)
     max_body = _MAX_UPLOADS_PER_REQUEST * settings.max_upload_bytes + _MULTIPART_OVERHEAD
     app.add_middleware(UploadSizeLimit, max_body=max_body)

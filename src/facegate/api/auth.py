@@ -34,6 +34,7 @@ class Scope(StrEnum):
     DETECT = "detect"
     RECOGNIZE = "recognize"
     ADMIN = "admin"
+    AUDIT = "audit"  # reading the access log (GET /events): who was let in, who was turned away
 
 
 # What each scope may call: a wider scope includes the narrower ones.
@@ -41,6 +42,7 @@ GRANTS: dict[Scope, frozenset[Scope]] = {
     Scope.DETECT: frozenset({Scope.DETECT}),
     Scope.RECOGNIZE: frozenset({Scope.DETECT, Scope.RECOGNIZE}),
     Scope.ADMIN: frozenset(Scope),
+    Scope.AUDIT: frozenset({Scope.AUDIT}),
 }
 
 
@@ -104,7 +106,7 @@ def _parse_entry(entry: str) -> ApiKey:
         raise ValueError("FACEGATE_API_KEYS entries look like name:scope:key or name:scope:key:collections")
     name, scope, key = parts[:3]
     if scope not in set(Scope):
-        raise ValueError(f"unknown scope {scope!r} for key {name!r}; use detect, recognize or admin")
+        raise ValueError(f"unknown scope {scope!r} for key {name!r}; use one of {', '.join(Scope)}")
     if any(char.isspace() for char in key):
         raise ValueError(f"key {name!r}: whitespace in the key (a client could not send it as is)")
     return ApiKey(name, Scope(scope), _digest(key), _collections(name, parts[3] if len(parts) > 3 else "*"))

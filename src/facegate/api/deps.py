@@ -19,12 +19,14 @@ from facegate.api.ratelimit import Limiter
 from facegate.api.tickets import TicketSigner
 from facegate.config import Settings
 from facegate.enrolment import Enrolment
+from facegate.events import EventLog
 from facegate.gallery import Gallery
 from facegate.imaging import decode_image
 from facegate.pipeline import Pipeline
 from facegate.recognition import MatchPolicy, Recognizer
 from facegate.runtime import release_free_memory
 from facegate.services import Core
+from facegate.visitors import Visitors
 
 T = TypeVar("T")
 
@@ -70,6 +72,14 @@ class Services:
     @property
     def enrolment(self) -> Enrolment:
         return self.core.enrolment
+
+    @property
+    def events(self) -> EventLog:
+        return self.core.events
+
+    @property
+    def visitors(self) -> Visitors:
+        return self.core.visitors
 
 
 def get_services(request: Request) -> Services:

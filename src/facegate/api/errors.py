@@ -33,6 +33,7 @@ from facegate.gallery.errors import (
 from facegate.imaging import ImageError
 from facegate.names import InvalidNameError
 from facegate.pipeline import NoFaceError
+from facegate.visitors import UnknownVisitorError
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +45,7 @@ _GALLERY_STATUS: dict[type[GalleryError], int] = {
     LastFaceError: status.HTTP_409_CONFLICT,
     InvalidCollectionNameError: status.HTTP_422_UNPROCESSABLE_CONTENT,
     UnknownUserError: status.HTTP_404_NOT_FOUND,
+    UnknownVisitorError: status.HTTP_404_NOT_FOUND,
     UnknownCollectionError: status.HTTP_404_NOT_FOUND,
     UnknownFaceError: status.HTTP_404_NOT_FOUND,
     GalleryUnavailable: status.HTTP_503_SERVICE_UNAVAILABLE,
@@ -76,7 +78,14 @@ def status_of(exc: Exception, where: str) -> tuple[int, str]:
 
 async def _answer(request: Request, exc: Exception) -> JSONResponse:
     code, detail = status_of(exc, f"{request.method} {request.url.path}")
-    return JSONResponse(status_code=code, content={"detail": detail})
+    content: dict[str, object] = {"detail": detail}
+    if isinstance(exc, NoFaceError) and exc.faces:
+        # The faces to choose from (`face=` is the index here, which is /detect's order).
+        content["faces"] = [
+            {"index": index, "box": [round(v, 1) for v in face.box], "score": round(face.score, 4)}
+            for index, face in enumerate(exc.faces)
+        ]
+    return JSONResponse(status_code=code, content=content)
 
 
 async def _invalid_request(_: Request, exc: Exception) -> JSONResponse:

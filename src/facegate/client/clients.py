@@ -118,6 +118,14 @@ class FaceGateClient(_Base):
     faces = _sync(endpoints.faces)
     delete_face = _sync(endpoints.delete_face)
     liveness_ticket = _sync(endpoints.liveness_ticket)
+    merge_user = _sync(endpoints.merge_user)
+    events = _sync(endpoints.events)
+    event_face = _sync(endpoints.event_face)
+    visitors = _sync(endpoints.visitors)
+    visitor_face = _sync(endpoints.visitor_face)
+    enrol_visitor = _sync(endpoints.enrol_visitor)
+    add_visitor_to = _sync(endpoints.add_visitor_to)
+    forget_visitor = _sync(endpoints.forget_visitor)
 
     @functools.cached_property
     def _http(self) -> httpx.Client:
@@ -199,6 +207,14 @@ class AsyncFaceGateClient(_Base):
     faces = _async(endpoints.faces)
     delete_face = _async(endpoints.delete_face)
     liveness_ticket = _async(endpoints.liveness_ticket)
+    merge_user = _async(endpoints.merge_user)
+    events = _async(endpoints.events)
+    event_face = _async(endpoints.event_face)
+    visitors = _async(endpoints.visitors)
+    visitor_face = _async(endpoints.visitor_face)
+    enrol_visitor = _async(endpoints.enrol_visitor)
+    add_visitor_to = _async(endpoints.add_visitor_to)
+    forget_visitor = _async(endpoints.forget_visitor)
 
     @functools.cached_property
     def _http(self) -> httpx.AsyncClient:

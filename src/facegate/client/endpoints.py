@@ -21,10 +21,12 @@ from facegate.schemas import (
     CollectionList,
     Deleted,
     DetectResponse,
+    EventPage,
     FaceAdded,
     FaceDeleted,
     FaceList,
     Health,
+    Merged,
     RecognizeResponse,
     RegisterResponse,
     Stats,
@@ -32,6 +34,9 @@ from facegate.schemas import (
     User,
     UserList,
     VerifyResponse,
+    VisitorAdded,
+    VisitorForgotten,
+    VisitorList,
 )
 
 T = TypeVar("T")
@@ -156,16 +161,22 @@ def detect_annotated(
 
 
 def register(
-    name: str, image: ImageInput, *, collection: str | None = None, allow_duplicate: bool = False
+    name: str,
+    image: ImageInput,
+    *,
+    collection: str | None = None,
+    allow_duplicate: bool = False,
+    face: int | None = None,
 ) -> Call[RegisterResponse]:
-    """A new person from a photo holding exactly one face. `ConflictError` when the name is taken, or
-    when the face already belongs to someone in the collection (unless `allow_duplicate`)."""
+    """A new person from a photo holding exactly one face, or its face number `face` (in `detect`'s
+    order). `ConflictError` when the name is taken, or when the face already belongs to someone in
+    the collection (unless `allow_duplicate`)."""
     return Call(
         "POST",
         "/register",
         _model(RegisterResponse),
         idempotent=False,  # sent twice, the second would answer 409
-        params=_given(collection=collection, allow_duplicate=allow_duplicate),
+        params=_given(collection=collection, allow_duplicate=allow_duplicate, face=face),
         data={"name": name},
         files={"image": upload(image)},
     )
@@ -265,6 +276,93 @@ def delete_face(user_id: int, face_id: int, *, collection: str | None = None) ->
         _model(FaceDeleted),
         idempotent=True,
         params=_in(collection),
+    )
+
+
+def merge_user(user_id: int, other_id: int, *, collection: str | None = None) -> Call[Merged]:
+    """Merge two records of one person: every face of `other_id` moves to `user_id`, who keeps their
+    name; `other_id` is deleted."""
+    return Call(
+        "POST",
+        f"/users/{user_id}/merge",
+        _model(Merged),
+        idempotent=False,  # sent twice, the second answers 404 (`other_id` is gone)
+        params=_in(collection),
+        json={"from": other_id},
+    )
+
+
+def events(
+    *,
+    collection: str | None = None,
+    status: str | None = None,
+    since: str | None = None,
+    until: str | None = None,
+    person: int | None = None,
+    cursor: int | None = None,
+    limit: int | None = None,
+) -> Call[EventPage]:
+    """A page of the access log, newest first (scope `audit`); `next_cursor` asks for the next one."""
+    params = _given(
+        collection=collection,
+        status=status,
+        since=since,
+        until=until,
+        person=person,
+        cursor=cursor,
+        limit=limit,
+    )
+    return Call("GET", "/events", _model(EventPage), idempotent=True, params=params)
+
+
+def event_face(event_id: int) -> Call[bytes]:
+    """The face of an event (JPEG), where the log keeps faces (EVENTS=faces)."""
+    return Call("GET", f"/events/{event_id}/face", lambda response: response.content, idempotent=True)
+
+
+def visitors(*, collection: str | None = None) -> Call[VisitorList]:
+    """The collection's unknown visitors, most recently seen first (a page of 50)."""
+    return Call("GET", "/visitors", _model(VisitorList), idempotent=True, params=_in(collection))
+
+
+def visitor_face(visitor_id: int, *, collection: str | None = None) -> Call[bytes]:
+    """An unknown visitor's most detailed face (JPEG)."""
+    return Call(
+        "GET",
+        f"/visitors/{visitor_id}/face",
+        lambda response: response.content,
+        idempotent=True,
+        params=_in(collection),
+    )
+
+
+def enrol_visitor(visitor_id: int, name: str, *, collection: str | None = None) -> Call[VisitorAdded]:
+    """Register an unknown visitor as a new person, under `register`'s rules."""
+    return Call(
+        "POST",
+        f"/visitors/{visitor_id}/enrol",
+        _model(VisitorAdded),
+        idempotent=False,
+        params=_in(collection),
+        json={"name": name},
+    )
+
+
+def add_visitor_to(visitor_id: int, user_id: int, *, collection: str | None = None) -> Call[VisitorAdded]:
+    """Add an unknown visitor's faces (those that look like them) to a person."""
+    return Call(
+        "POST",
+        f"/visitors/{visitor_id}/add-to/{user_id}",
+        _model(VisitorAdded),
+        idempotent=False,
+        params=_in(collection),
+    )
+
+
+def forget_visitor(visitor_id: int, *, collection: str | None = None) -> Call[VisitorForgotten]:
+    """Forget an unknown visitor and their faces."""
+    return Call(
+        "DELETE", f"/visitors/{visitor_id}", _model(VisitorForgotten), idempotent=True, params=_in(collection)
     )
 
 

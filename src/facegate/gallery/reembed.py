@@ -203,6 +203,10 @@ def _swap_statements(model: str, dim: int) -> list[sql.Composed | sql.SQL]:
         hnsw_index(),
         sql.SQL("UPDATE gallery_meta SET model = {}, dim = {}").format(sql.Literal(model), sql.Literal(dim)),
         sql.SQL("DELETE FROM reembed_vectors"),
+        # Unknown visitors (facegate.visitors) are grouped by the old model's vectors: the review
+        # queue starts again under the new one; the access log's events stay.
+        sql.SQL("DELETE FROM visitors"),
+        sql.SQL("ALTER TABLE visitor_faces ALTER COLUMN embedding TYPE vector({})").format(sql.Literal(dim)),
     ]
 
 

@@ -208,12 +208,80 @@ def _face_chips(_: int) -> list[Statement]:
     ]
 
 
+def _events(_: int) -> list[Statement]:
+    # The access log (facegate.events). No foreign key on user_id: an event outlives the person (it
+    # keeps the name they had), and a person deleted while their event waits to be written must not
+    # fail the batch it is in. A merge moves the references itself.
+    return [
+        sql.SQL(
+            """CREATE TABLE events (
+                id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                at timestamptz NOT NULL,
+                collection_id bigint NOT NULL REFERENCES collections (id) ON DELETE CASCADE,
+                source text NOT NULL,
+                key_name text,
+                status text NOT NULL,
+                user_id bigint,
+                user_name text,
+                distance real,
+                similarity real,
+                threshold real NOT NULL,
+                threshold_source text NOT NULL,
+                quality text,
+                box real[] NOT NULL,
+                chip bytea
+            )"""
+        ),
+        sql.SQL("CREATE INDEX events_collection_id_idx ON events (collection_id, id)"),
+        sql.SQL("CREATE INDEX events_at_idx ON events (at)"),
+        sql.SQL("CREATE INDEX events_user_id_idx ON events (user_id, id) WHERE user_id IS NOT NULL"),
+    ]
+
+
+def _visitors(dim: int) -> list[Statement]:
+    # Unknown visitors (facegate.visitors): faces no one matched, grouped by likeness, with their
+    # best few chips and vectors. A collection's visitors are few (the exact scan needs no index).
+    return [
+        sql.SQL(
+            """CREATE TABLE visitors (
+                id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                collection_id bigint NOT NULL REFERENCES collections (id) ON DELETE CASCADE,
+                first_seen timestamptz NOT NULL,
+                last_seen timestamptz NOT NULL,
+                visits integer NOT NULL
+            )"""
+        ),
+        sql.SQL("CREATE INDEX visitors_collection_id_idx ON visitors (collection_id, last_seen)"),
+        sql.SQL(
+            """CREATE TABLE visitor_faces (
+                id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                visitor_id bigint NOT NULL REFERENCES visitors (id) ON DELETE CASCADE,
+                collection_id bigint NOT NULL REFERENCES collections (id) ON DELETE CASCADE,
+                embedding vector({dim}) NOT NULL,
+                detail real NOT NULL,
+                chip bytea NOT NULL,
+                chip_box real[] NOT NULL,
+                chip_keypoints real[] NOT NULL,
+                score real NOT NULL,
+                seen_at timestamptz NOT NULL
+            )"""
+        ).format(dim=sql.Literal(dim)),
+        sql.SQL("CREATE INDEX visitor_faces_collection_id_idx ON visitor_faces (collection_id)"),
+        sql.SQL("CREATE INDEX visitor_faces_visitor_id_idx ON visitor_faces (visitor_id)"),
+        # No foreign key: forgetting a visitor keeps the events, which then name no visitor.
+        sql.SQL("ALTER TABLE events ADD COLUMN visitor_id bigint"),
+        sql.SQL("CREATE INDEX events_visitor_id_idx ON events (visitor_id) WHERE visitor_id IS NOT NULL"),
+    ]
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "users, faces with an HNSW index, gallery_meta", _initial_schema),
     Migration(2, "users.name_skeleton: look-alike names are one name", _skeleton_column, _fill_skeletons),
     Migration(3, "rate_buckets: the API's rate limits shared by its replicas", _rate_buckets),
     Migration(4, "collections; the people so far in 'default'; names unique per collection", _collections),
     Migration(5, "face_chips, reembed_vectors: embedding the faces again under another model", _face_chips),
+    Migration(6, "events: the access log of recognition decisions", _events),
+    Migration(7, "visitors: unknown faces grouped by likeness, for review", _visitors),
 )
 
 

@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
@@ -68,6 +69,11 @@ _SIZE_TTL_S = 5.0
 # opens at most one connection per second per process.
 _HEALTH_TTL_S = 1.0
 _PROBE_TIMEOUT_S = 2  # libpq's connect_timeout: whole seconds, at least 2
+
+# The first key of the per-collection advisory lock (`Gallery.identity_lock`); the second is the
+# collection's id folded into 32 bits (two collections sharing a lock only wait for each other).
+# It keeps these locks apart from the migrations' single-key one.
+_IDENTITY_LOCK = 0x46474944  # "FGID"
 
 UNAVAILABLE = "the database is unavailable; retry shortly"
 DISK_FULL = "the database refuses writes: its disk is full"
@@ -259,6 +265,8 @@ class Gallery:
         self._health_lock = threading.Lock()
         self._health: tuple[float, DatabaseHealth] | None = None
         self._sizes: dict[str, tuple[float, int]] = {}  # collection -> (when counted, people)
+        # The connection of this thread's `identity_lock`, which every gallery call inside it uses.
+        self._held: ContextVar[psycopg.Connection | None] = ContextVar(f"gallery-{id(self)}", default=None)
 
     @classmethod
     def from_settings(cls, dsn: str, model_name: str, dim: int, settings: Settings) -> Gallery:
@@ -338,11 +346,40 @@ class Gallery:
         return self._transaction()
 
     @contextmanager
+    def identity_lock(self, collection: str) -> Iterator[None]:
+        """One transaction holding the collection's identity lock: every gallery call made in it (by
+        this thread) joins it, and commits or rolls back with it.
+
+        What decides who a face or a name belongs to (the register duplicate check and insert, the
+        add-face identity check and insert, rename, merge) runs under it, so that two such changes
+        in one collection never interleave: two concurrent registrations of one new face under two
+        names cannot both see the collection without the other. A transaction-scoped advisory lock
+        rather than SERIALIZABLE: nothing to retry, and searches and recognition never wait for it.
+        """
+        if self._held.get() is not None:
+            raise RuntimeError("identity_lock is not reentrant")
+        with self._transaction(write=True) as conn:
+            collection_id = self._collection_id(conn, collection, lock=True)
+            conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (_IDENTITY_LOCK, collection_id % 2**31))
+            token = self._held.set(conn)
+            try:
+                yield
+            finally:
+                self._held.reset(token)
+
+    @contextmanager
     def _transaction(self, *, write: bool = False) -> Iterator[psycopg.Connection]:
         """A pooled connection in a transaction: committed on success, rolled back on any exception.
 
-        A `write` transaction records whether the disk refused it, for `health`.
+        A `write` transaction records whether the disk refused it, for `health`. Inside an
+        `identity_lock` it is a savepoint of the lock's transaction instead, so that a refused
+        statement (a taken name) rolls back only itself.
         """
+        held = self._held.get()
+        if held is not None:
+            with _database_errors(), held.transaction():
+                yield held
+            return
         try:
             with _database_errors(), self._pool.connection() as conn:
                 yield conn
@@ -534,6 +571,24 @@ class Gallery:
             collection_id = self._collection_id(conn, collection)
             self._lock_user(conn, user_id, collection_id, touch=True)
             return self._insert_face(conn, user_id, collection_id, vector, box, chip)
+
+    def merge_users(self, target_id: int, source_id: int, collection: str = DEFAULT_COLLECTION) -> int:
+        """Move every face of `source_id` to `target_id` and delete `source_id`, in one transaction;
+        the target keeps its name. Return how many faces moved. UnknownUserError for either id (both
+        must be in the collection); ValueError for one person twice."""
+        if target_id == source_id:
+            raise ValueError(f"user {target_id} cannot be merged into themselves")
+        with self._transaction(write=True) as conn:
+            collection_id = self._collection_id(conn, collection, lock=True)
+            # Both rows locked in id order, so that two opposite merges cannot deadlock.
+            for user_id in sorted((target_id, source_id)):
+                self._lock_user(conn, user_id, collection_id, touch=user_id == target_id)
+            moved = conn.execute(
+                "UPDATE faces SET user_id = %s WHERE user_id = %s", (target_id, source_id)
+            ).rowcount
+            conn.execute("DELETE FROM users WHERE id = %s", (source_id,))
+        self._sizes.clear()
+        return moved
 
     def _lock_user(self, conn: psycopg.Connection, user_id: int, collection_id: int, *, touch: bool) -> None:
         """Lock the person's row till the transaction ends, so that a concurrent delete (of them or

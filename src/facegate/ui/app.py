@@ -80,6 +80,7 @@ def main() -> None:
         st.Page(VIEWS / "detect.py", title="Detect", icon=":material/center_focus_strong:", default=True),
         st.Page(VIEWS / "gallery.py", title="Gallery", icon=":material/group:"),
         st.Page(VIEWS / "recognize.py", title="Recognise", icon=":material/person_search:"),
+        st.Page(VIEWS / "activity.py", title="Activity", icon=":material/history:"),
         st.Page(VIEWS / "camera.py", title="Camera", icon=":material/photo_camera:"),
         st.Page(VIEWS / "liveness.py", title="Liveness", icon=":material/face_retouching_natural:"),
     ]

@@ -13,7 +13,7 @@ import io
 import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, ParamSpec
+from typing import Any, ParamSpec, TypeVar
 
 import httpx
 from pydantic import BaseModel
@@ -26,12 +26,14 @@ from facegate.faces import DetectionParams
 logger = logging.getLogger(__name__)
 
 P = ParamSpec("P")
+T = TypeVar("T")
 
 # Detection and recognition of a large photo on a busy CPU can take tens of seconds.
 DEFAULT_TIMEOUT = httpx.Timeout(120.0, connect=5.0)
 # One retry after a 429, a 503 or a broken connection: a person waits at a spinner meanwhile.
 _RETRIES = 1
 _USERS_PAGE = 500  # the API's largest page
+_EVENTS_PAGE = 200  # the newest events the Activity page shows
 
 
 class ApiError(Exception):
@@ -94,10 +96,20 @@ class ApiClient:
         return _call(self._client.detect, image.file(), **asdict(params))
 
     def register(
-        self, name: str, image: Upload, collection: str, allow_duplicate: bool = False
+        self,
+        name: str,
+        image: Upload,
+        collection: str,
+        allow_duplicate: bool = False,
+        face: int | None = None,
     ) -> dict[str, Any]:
         return _call(
-            self._client.register, name, image.file(), collection=collection, allow_duplicate=allow_duplicate
+            self._client.register,
+            name,
+            image.file(),
+            collection=collection,
+            allow_duplicate=allow_duplicate,
+            face=face,
         )
 
     def recognize(
@@ -133,6 +145,36 @@ class ApiClient:
     def delete_user(self, user_id: int, collection: str) -> dict[str, Any]:
         return _call(self._client.delete_user, user_id, collection=collection)
 
+    def merge_user(self, user_id: int, other_id: int, collection: str) -> dict[str, Any]:
+        return _call(self._client.merge_user, user_id, other_id, collection=collection)
+
+    def events(
+        self, collection: str, status: str | None = None, since: str | None = None
+    ) -> list[dict[str, Any]]:
+        """The newest events of the collection (one page of the API's largest)."""
+        page = _call(
+            self._client.events, collection=collection, status=status, since=since, limit=_EVENTS_PAGE
+        )
+        return page["events"]
+
+    def event_face(self, event_id: int) -> bytes:
+        return _bytes(self._client.event_face, event_id)
+
+    def visitors(self, collection: str) -> list[dict[str, Any]]:
+        return _call(self._client.visitors, collection=collection)["visitors"]
+
+    def visitor_face(self, visitor_id: int, collection: str) -> bytes:
+        return _bytes(self._client.visitor_face, visitor_id, collection=collection)
+
+    def enrol_visitor(self, visitor_id: int, name: str, collection: str) -> dict[str, Any]:
+        return _call(self._client.enrol_visitor, visitor_id, name, collection=collection)
+
+    def add_visitor_to(self, visitor_id: int, user_id: int, collection: str) -> dict[str, Any]:
+        return _call(self._client.add_visitor_to, visitor_id, user_id, collection=collection)
+
+    def forget_visitor(self, visitor_id: int, collection: str) -> dict[str, Any]:
+        return _call(self._client.forget_visitor, visitor_id, collection=collection)
+
     def liveness_ticket(self) -> dict[str, Any]:
         """A short-lived ticket for `WS /ws/liveness`: what the browser gets instead of this key."""
         return _call(self._client.liveness_ticket)
@@ -140,13 +182,22 @@ class ApiClient:
 
 def _call(method: Callable[P, BaseModel], *args: P.args, **kwargs: P.kwargs) -> dict[str, Any]:
     """The answer as JSON types, or `ApiError` with a sentence for the page."""
+    return _errors(lambda: method(*args, **kwargs).model_dump(mode="json"), method.__name__)
+
+
+def _bytes(method: Callable[P, bytes], *args: P.args, **kwargs: P.kwargs) -> bytes:
+    """A binary answer (a picture), or `ApiError` as `_call`."""
+    return _errors(lambda: method(*args, **kwargs), method.__name__)
+
+
+def _errors(request: Callable[[], T], name: str) -> T:
     try:
-        return method(*args, **kwargs).model_dump(mode="json")
+        return request()
     except RequestTimeoutError as exc:
-        logger.warning("%s timed out: %s", method.__name__, exc)
+        logger.warning("%s timed out: %s", name, exc)
         raise ApiError(f"{exc}; try a smaller image") from exc
     except FaceGateError as exc:
-        logger.info("%s failed (%s): %s", method.__name__, exc.status_code or type(exc).__name__, exc)
+        logger.info("%s failed (%s): %s", name, exc.status_code or type(exc).__name__, exc)
         raise ApiError(str(exc), exc.status_code) from exc
 
 

@@ -50,6 +50,7 @@ from facegate.api.streaming import (
     send,
 )
 from facegate.api.tickets import LIVENESS_GRANT
+from facegate.events import Sighting
 from facegate.gallery.errors import GalleryError
 from facegate.liveness.frames import observe_frame
 from facegate.liveness.session import LivenessLimits, Progress, Session
@@ -127,7 +128,8 @@ async def _run(
     )
     if session.verdict is None:
         session.expire()
-    verdict = await _verdict(services, session, collection, candidates=not websocket.state.by_ticket)
+    sighting = Sighting(collection, "liveness", websocket.state.key_name)
+    verdict = await _verdict(services, session, sighting, candidates=not websocket.state.by_ticket)
     await send(websocket, verdict)
 
 
@@ -151,7 +153,7 @@ def _progress(progress: Progress) -> dict[str, Any]:
 
 
 async def _verdict(
-    services: Services, session: Session, collection: str, *, candidates: bool
+    services: Services, session: Session, sighting: Sighting, *, candidates: bool
 ) -> dict[str, Any]:
     """The verdict message; its recognition without the faces' `candidates` unless `candidates`."""
     verdict = session.verdict
@@ -159,7 +161,8 @@ async def _verdict(
     recognition = None
     if verdict.live and verdict.best is not None and verdict.best.image is not None:
         try:
-            answer = await recognize_image(services, verdict.best.image, None, collection)
+            image = verdict.best.image
+            answer = await recognize_image(services, image, None, sighting.collection, sighting=sighting)
             if not candidates:
                 faces = [face.model_copy(update={"candidates": []}) for face in answer.faces]
                 answer = answer.model_copy(update={"faces": faces})

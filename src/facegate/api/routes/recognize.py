@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, UploadFile
+from fastapi import APIRouter, File, Request, UploadFile
 
 from facegate.api.answers import confidence, recognize_image
 from facegate.api.auth import Scope, require
 from facegate.api.deps import ServicesDep, infer, read_image
 from facegate.api.params import CollectionDep, ThresholdQuery, TopKQuery
 from facegate.api.schemas import KEYED_ERRORS, error_responses
+from facegate.events import Sighting
 from facegate.schemas import RecognizeResponse, VerifyResponse
 
 router = APIRouter(tags=["recognition"], dependencies=[require(Scope.RECOGNIZE)])
@@ -20,6 +21,7 @@ _ERRORS = error_responses(*KEYED_ERRORS, 400, 404, 413, 415, 422, 503)
 
 @router.post("/recognize", response_model=RecognizeResponse, responses=_ERRORS)
 async def recognize(
+    request: Request,
     services: ServicesDep,
     collection: CollectionDep,
     image: Annotated[UploadFile, File()],
@@ -33,7 +35,8 @@ async def recognize(
     lists its `top_k` nearest people as `candidates`; only `matched_user` is a match.
     """
     decoded = await read_image(image, services)
-    return await recognize_image(services, decoded, threshold, collection, top_k)
+    sighting = Sighting(collection, "recognize", request.state.key_name)
+    return await recognize_image(services, decoded, threshold, collection, top_k, sighting=sighting)
 
 
 @router.post("/verify", response_model=VerifyResponse, responses=_ERRORS)

@@ -27,6 +27,7 @@ from facegate.api.auth import Scope
 from facegate.api.deps import decode, infer
 from facegate.api.params import ThresholdQuery, TopKQuery, detection_params
 from facegate.api.streaming import StreamClosed, open_collection, open_stream, query_params, serve
+from facegate.events import Sighting, StreamDedup
 from facegate.faces import detection_dict
 
 router = APIRouter(tags=["streaming"])
@@ -67,8 +68,15 @@ async def recognize_stream(websocket: WebSocket) -> None:
     except (StreamClosed, WebSocketDisconnect):
         return
 
+    sighting = Sighting(collection, "stream", websocket.state.key_name)
+    # One event per person per EVENT_STREAM_DEDUP_S, not one per frame.
+    dedup = StreamDedup(services.settings.event_stream_dedup_s)
+
     async def handle(data: bytes) -> dict[str, Any]:
-        answer = await recognize_image(services, await decode(services, data), threshold, collection, top_k)
+        image = await decode(services, data)
+        answer = await recognize_image(
+            services, image, threshold, collection, top_k, sighting=sighting, dedup=dedup
+        )
         return answer.model_dump(mode="json")
 
     await serve(websocket, handle)

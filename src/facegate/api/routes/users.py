@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Path, Query, UploadFile, status
+from fastapi import APIRouter, Depends, File, Form, HTTPException, Path, Query, UploadFile, status
 from pydantic import BeforeValidator
 
 from facegate.api.auth import Scope, require
@@ -15,11 +16,14 @@ from facegate.api.params import CollectionDep
 from facegate.api.schemas import KEYED_ERRORS, error_responses
 from facegate.gallery import FaceRecord, UserRecord
 from facegate.names import clean_name
+from facegate.pipeline import FaceChoice
 from facegate.schemas import (
     Deleted,
     FaceAdded,
     FaceDeleted,
     FaceList,
+    Merge,
+    Merged,
     RegisterResponse,
     Rename,
     StoredFace,
@@ -40,6 +44,38 @@ def _plain_id(value: object) -> object:
         raise ValueError("an id is a plain positive integer: digits only, not starting with 0")
     return value
 
+
+def face_choice(
+    face: Annotated[
+        int | None,
+        Query(ge=0, le=1000, description="which face to enrol: its index in /detect's answer"),
+    ] = None,
+    box: Annotated[
+        str | None,
+        Query(
+            max_length=200,
+            description="which face to enrol: its box `x1,y1,x2,y2` in pixels (the face overlapping it most)",
+        ),
+    ] = None,
+) -> FaceChoice:
+    """The face chosen in a photo of several; neither: the photo must hold one (422 lists them)."""
+    if face is not None and box is not None:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail="send face= or box=, not both")
+    if box is None:
+        return FaceChoice(index=face)
+    try:
+        x1, y1, x2, y2 = (float(v) for v in box.split(","))
+    except ValueError:
+        x1 = y1 = x2 = y2 = math.nan
+    if not all(math.isfinite(v) for v in (x1, y1, x2, y2)) or x2 <= x1 or y2 <= y1:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            detail=f"box is four numbers x1,y1,x2,y2 in pixels with x2 > x1 and y2 > y1, not {box!r}",
+        )
+    return FaceChoice(box=(x1, y1, x2, y2))
+
+
+FaceChoiceDep = Annotated[FaceChoice, Depends(face_choice)]
 
 UserId = Annotated[int, BeforeValidator(_plain_id), Path(ge=1, le=2**63 - 1)]
 FaceId = Annotated[int, BeforeValidator(_plain_id), Path(ge=1, le=2**63 - 1)]
@@ -63,17 +99,20 @@ async def register(
     collection: CollectionDep,
     name: Annotated[str, Form()],
     image: Annotated[UploadFile, File()],
+    choice: FaceChoiceDep,
     allow_duplicate: Annotated[
         bool, Query(description="register even when the face is already someone's in the collection")
     ] = False,
 ) -> RegisterResponse:
-    """Register a new person from a photo holding exactly one face.
+    """Register a new person from a photo holding exactly one face, or from the face chosen by
+    `face=` (its index in /detect's answer) or `box=x1,y1,x2,y2`; without a choice, a photo of
+    several faces of similar size is refused with 422 listing them (`faces`: index and box).
 
     409 when the name is taken in the collection, or when the face is already someone's there
     (the detail names them; `allow_duplicate=true` registers anyway)."""
     clean_name(name)  # 422 for an unusable name before inference is spent on the photo
     decoded = await read_image(image, services)
-    face = await infer(services, lambda: services.pipeline.single_face(decoded))
+    face = await infer(services, lambda: services.pipeline.single_face(decoded, choice))
     user = await query(
         lambda: services.enrolment.register(name, face, collection, allow_duplicate=allow_duplicate)
     )
@@ -110,6 +149,26 @@ async def rename_user(
     return user_body(await query(lambda: services.enrolment.rename(user_id, body.name, collection)))
 
 
+@router.post("/users/{user_id}/merge", response_model=Merged, responses=_ERRORS)
+async def merge_user(
+    services: ServicesDep, collection: CollectionDep, user_id: UserId, body: Merge
+) -> Merged:
+    """Merge two records of one person: every face of `from` moves to this person, who keeps their
+    name, and `from` is deleted, in one transaction (both in the collection: 404 otherwise)."""
+    if body.from_ == user_id:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT, detail=f"user {user_id} cannot be merged into themselves"
+        )
+    moved = await query(lambda: services.enrolment.merge(user_id, body.from_, collection))
+    user = await query(lambda: services.gallery.get_user(user_id, collection))
+    return Merged(
+        message=f"merged user {body.from_} into {user.name}",
+        user=user_body(user),
+        merged_from=body.from_,
+        faces_moved=moved,
+    )
+
+
 @router.delete("/users/{user_id}", response_model=Deleted, responses=_ERRORS)
 async def delete_user(services: ServicesDep, collection: CollectionDep, user_id: UserId) -> Deleted:
     """Delete a person and every face stored for them."""
@@ -125,6 +184,7 @@ async def add_face(
     collection: CollectionDep,
     user_id: UserId,
     image: Annotated[UploadFile, File()],
+    choice: FaceChoiceDep,
     force: Annotated[
         bool, Query(description="store the photo even when it does not look like the person (logged)")
     ] = False,
@@ -132,11 +192,12 @@ async def add_face(
     """Add another photo of a registered person; recognition uses all of their photos.
 
     422, with nothing stored, when the face is not within FACE_VERIFY_THRESHOLD of the person's
-    photos (a photo of someone else); `force=true` stores it anyway."""
+    photos (a photo of someone else); `force=true` stores it anyway. `face=` or `box=` choose the
+    face in a photo of several, as for /register."""
     # 404 before spending inference on the photo
     await query(lambda: services.gallery.get_user(user_id, collection))
     decoded = await read_image(image, services)
-    face = await infer(services, lambda: services.pipeline.single_face(decoded))
+    face = await infer(services, lambda: services.pipeline.single_face(decoded, choice))
     added = await query(lambda: services.enrolment.add_face(user_id, face, collection, force=force))
     user = await query(lambda: services.gallery.get_user(user_id, collection))
     return FaceAdded(

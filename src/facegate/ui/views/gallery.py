@@ -51,24 +51,36 @@ def register_form(where: str) -> None:
         st.subheader("Register a person")
         name = st.text_input("Name", max_chars=200, key=f"{key}-name").strip()
         photo = st.file_uploader("Photo with exactly one face", type=IMAGE_TYPES, key=f"{key}-photo")
+        face = st.number_input(
+            "Which face, in a photo of several",
+            min_value=0,
+            max_value=999,
+            value=None,
+            step=1,
+            key=f"{key}-face",
+            help="Its number in the Detect page's table of the same photo (the first is 0). Empty: the "
+            "photo must hold one face.",
+        )
         submitted = st.form_submit_button("Register")
     upload = None if photo is None else Upload(photo.name, photo.getvalue())
     if submitted:
-        register(name, upload, where, key)
+        register(name, upload, where, key, None if face is None else int(face))
     # After the button, so that it shows in the run that refused (a form's widgets send their
     # values with its button).
     if upload is not None and refused(key, upload, DUPLICATE):
         form.checkbox(REGISTER_ANYWAY, key=f"{key}-anyway")
 
 
-def register(name: str, upload: Upload | None, where: str, key: str) -> None:
+def register(name: str, upload: Upload | None, where: str, key: str, face: int | None = None) -> None:
     if upload is None or not name:
         st.warning(missing_input(name, upload is not None), icon=":material/warning:")
         return
     allow_duplicate = anyway(key, upload, DUPLICATE)
     change(
         f"Registering {name}…",
-        noting_refusal(key, upload, DUPLICATE, lambda: api().register(name, upload, where, allow_duplicate)),
+        noting_refusal(
+            key, upload, DUPLICATE, lambda: api().register(name, upload, where, allow_duplicate, face)
+        ),
         lambda answer: f"Registered {answer['name']} (id {answer['user_id']}).",
         clears=REGISTER,
         failure=f"Could not register {name}",
@@ -197,6 +209,29 @@ def delete_user(user: dict[str, Any], where: str) -> None:
         )
 
 
+def merge(user: dict[str, Any], users: list[dict[str, Any]], where: str) -> None:
+    """Merge another record of the same person into this one (their photos move here; this name stays)."""
+    others = {u["id"]: user_label(u) for u in users if u["id"] != user["id"]}
+    key = f"merge-{user['id']}"
+    other = st.selectbox(
+        "Merge in",
+        list(others),
+        index=None,
+        format_func=others.__getitem__,
+        key=key,
+        placeholder="Another record",
+    )
+    if st.button("Merge", key=f"{key}-button") and other is not None:
+        change(
+            "Merging…",
+            lambda: api().merge_user(user["id"], other, where),
+            lambda answer: (
+                f"Merged {others[other]} into {user['name']} ({answer['faces_moved']} photos moved)."
+            ),
+            failure="Could not merge",
+        )
+
+
 def user_table(users: list[dict[str, Any]]) -> None:
     st.subheader(counted(len(users), "registered person", "registered people"))
     if users:
@@ -228,6 +263,7 @@ def manage(users: list[dict[str, Any]], where: str) -> None:
         add_photo(by_id[chosen], where)
     with delete_column:
         rename(by_id[chosen], where)
+        merge(by_id[chosen], users, where)
         delete_user(by_id[chosen], where)
     photo_list(by_id[chosen], where)
 
