@@ -40,8 +40,8 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Modules of slow tests first, the most wholly slow first; each module's tests stay together
-    and in their order.
+    """Modules of slow tests first: the most wholly slow first, then those with more slow tests;
+    each module's tests stay together and in their order.
 
     `./test.sh` runs the suite on pytest-xdist workers with `--dist loadfile`: a module is one unit
     of work, handed out in this order, so a long module started last would keep one worker busy
@@ -52,7 +52,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         tests[item.path] = tests.get(item.path, 0) + 1
         slow[item.path] = slow.get(item.path, 0) + (item.get_closest_marker("slow") is not None)
-    items.sort(key=lambda item: -slow[item.path] / tests[item.path])  # stable: the rest keeps its order
+    # Stable: modules that tie, and those without slow tests, keep their order.
+    items.sort(key=lambda item: (-slow[item.path] / tests[item.path], -slow[item.path]))
 
 
 # A uuid4().hex or token_hex(16): the keys tests make at import, different in every process.
