@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -36,6 +37,36 @@ def pytest_sessionstart(session: pytest.Session) -> None:
             "folder 'shared' (with data/faces and data/reference) beside this repository",
             returncode=4,
         )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Modules of slow tests first: the most wholly slow first, then those with more slow tests;
+    each module's tests stay together and in their order.
+
+    `./test.sh` runs the suite on pytest-xdist workers with `--dist loadfile`: a module is one unit
+    of work, handed out in this order, so a long module started last would keep one worker busy
+    while the others idle (longest first is the classic greedy schedule).
+    """
+    tests: dict[Path, int] = {}
+    slow: dict[Path, int] = {}
+    for item in items:
+        tests[item.path] = tests.get(item.path, 0) + 1
+        slow[item.path] = slow.get(item.path, 0) + (item.get_closest_marker("slow") is not None)
+    # Stable: modules that tie, and those without slow tests, keep their order.
+    items.sort(key=lambda item: (-slow[item.path] / tests[item.path], -slow[item.path]))
+
+
+# A uuid4().hex or token_hex(16): the keys tests make at import, different in every process.
+_RANDOM_HEX = re.compile(r"(?<![0-9a-f])[0-9a-f]{32}(?![0-9a-f])")
+
+
+def pytest_make_parametrize_id(val: object) -> str | None:
+    """Test ids without the random hex of a parameter (a key made per process): pytest-xdist's
+    workers each import the tests and must collect the same ids; stable ids also let `--lf` and
+    `pytest 'tests/x.py::test[id]'` find a test again. Other values keep pytest's own ids."""
+    if isinstance(val, str) and _RANDOM_HEX.search(val):
+        return _RANDOM_HEX.sub("<hex>", val).encode("unicode_escape").decode("ascii")
+    return None
 
 
 # ============================================================================================

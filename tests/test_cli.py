@@ -72,6 +72,7 @@ def test_sigterm_stops_every_child_and_frees_the_ports(
     assert "Running commandline" not in log and "XDG_RUNTIME_DIR" not in log, log
 
 
+@pytest.mark.slow
 def test_enroll_names_each_skipped_photo_with_its_reason(tmp_path: Path, pgdata_dir: Path) -> None:
     people = tmp_path / "people"
     obama = people / "Barack_Obama"
@@ -106,6 +107,7 @@ def test_enroll_names_each_skipped_photo_with_its_reason(tmp_path: Path, pgdata_
     )
 
 
+@pytest.mark.slow
 def test_recognize_names_the_enrolled_person_and_no_one_else(tmp_path: Path, pgdata_dir: Path) -> None:
     """`facegate recognize` decides as /recognize does (recognition.Recognizer): the enrolled man is
     named in another photo of him, a stranger is nobody."""

@@ -340,6 +340,7 @@ def facegate(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str
     )  # fmt: skip
 
 
+@pytest.mark.slow
 def test_export_then_import_into_a_fresh_data_directory_recognises_the_same_people(
     tmp_path: Path, pgdata_dir: Path
 ) -> None:

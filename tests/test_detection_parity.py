@@ -98,6 +98,7 @@ def test_matches_reference(setting: str) -> None:
     assert comparison.max_keypoint_diff <= 0.05, comparison
 
 
+@pytest.mark.slow
 def test_results_are_sorted_with_keypoints_in_order() -> None:
     for faces in detections("default").values():
         assert [face.score for face in faces] == sorted((face.score for face in faces), reverse=True)
@@ -107,6 +108,7 @@ def test_results_are_sorted_with_keypoints_in_order() -> None:
     assert left_eye[0] < right_eye[0] and mouth_left[0] < mouth_right[0]
 
 
+@pytest.mark.slow
 def test_no_face_images_give_no_face() -> None:
     with (FACES / "MANIFEST.csv").open(newline="") as manifest:
         paths = [row["path"] for row in csv.DictReader(manifest) if row["kind"] == "noface"]

@@ -86,6 +86,7 @@ def test_graph_signature(tmp_path: Path) -> None:
     assert (ops.count("Conv"), ops.count("Mul"), ops.count("Add")) == (29, 1, 14)
 
 
+@pytest.mark.slow
 def test_parity_with_dlib_on_every_face(
     chips_per_image: dict[str, np.ndarray], onnx_embedder: DlibOnnxEmbedder
 ) -> None:

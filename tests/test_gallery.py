@@ -376,6 +376,7 @@ def _child(pgdata: Path, mode: str) -> subprocess.Popen[str]:
     return child
 
 
+@pytest.mark.slow
 def test_processes_share_one_server_and_survive_sigkill(pgdata_dir: Path) -> None:
     pgdata = pgdata_dir / "pg"
     # A process that exits normally and was the only user stops the server.
@@ -399,6 +400,7 @@ def test_processes_share_one_server_and_survive_sigkill(pgdata_dir: Path) -> Non
     assert _postmaster_pid(pgdata) is None
 
 
+@pytest.mark.slow
 def test_start_after_the_server_itself_was_killed(pgdata_dir: Path) -> None:
     pgdata = pgdata_dir / "pg"
     staying = _child(pgdata, "stay")
@@ -450,6 +452,7 @@ def fill(disk: Path) -> Path:
     return filler
 
 
+@pytest.mark.slow
 def test_a_full_disk_is_reported_and_cleared_when_space_returns(small_disk: Path) -> None:
     server = EmbeddedServer(small_disk / "pg")
     gallery = Gallery.open(server.start(), "m", 16)

@@ -37,6 +37,7 @@ ADDRESS_SPACE = 5 << 30
 RETURN_SLACK = RETAINED_FREE_BYTES + 64 * MIB
 
 pytestmark = [
+    pytest.mark.slow,  # a real server under prlimit, 36-megapixel photos
     pytest.mark.skipif(not PHOTO.is_file(), reason="shared test images not present"),
     pytest.mark.skipif(shutil.which("prlimit") is None, reason="prlimit (util-linux) not installed"),
 ]

@@ -66,6 +66,7 @@ def snapshot(gallery: Gallery, collection: str) -> dict[str, object]:
     }
 
 
+@pytest.mark.slow
 def test_export_to_a_fresh_data_directory_and_back_gives_the_same_people(
     gallery: Gallery, pgdata_dir: Path, tmp_path: Path
 ) -> None:
@@ -262,6 +263,7 @@ def test_exporting_an_unknown_collection_is_refused(gallery: Gallery, tmp_path: 
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_a_large_import_refreshes_the_planner_statistics(gallery: Gallery) -> None:
     """The search plan depends on how many faces a collection has: a bulk import must not leave
     the planner believing the new collection empty until autovacuum comes by."""
