@@ -17,7 +17,7 @@ from PIL import Image
 
 from facegate.batching import ModelRunner
 from facegate.chips import TEMPLATE, TEMPLATE_SIZE, similarity_transform, warp_affine
-from facegate.embedding.base import Embedder
+from facegate.embedding.base import Embedder, MirroredEmbedder
 from facegate.faces import Face
 from facegate.runtime import DEFAULT_RUNTIME, RuntimeOptions, create_session
 
@@ -31,6 +31,28 @@ def arcface_chips(image: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
         warp_affine(picture, similarity_transform(face.keypoints, TEMPLATE), CHIP_SIZE) for face in faces
     ]
     return np.stack(chips) if chips else np.zeros((0, CHIP_SIZE, CHIP_SIZE, 3), np.uint8)
+
+
+class TemplateAlignedEmbedder(MirroredEmbedder):
+    """A converted network of ours that embeds uint8 (N, 112, 112, 3) RGB crops aligned on the ArcFace
+    template, on ONNX Runtime, with the optional mirror pass: the shipped MobileFaceNets."""
+
+    def __init__(
+        self, model: bytes, input_name: str, model_name: str, mirror: bool, runtime: RuntimeOptions
+    ) -> None:
+        super().__init__(model_name, mirror)
+        self._model = ModelRunner(create_session(model, runtime), input_name, runtime.batch_wait, model_name)
+
+    @property
+    def providers(self) -> tuple[str, ...]:
+        return self._model.providers
+
+    def crops(self, image: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
+        return arcface_chips(image, faces)
+
+    def descriptors(self, crops: np.ndarray) -> np.ndarray:
+        """Raw (n, dim) embeddings of n crops, in one batch."""
+        return self._model(crops)
 
 
 def _short_sha256(path: Path) -> str:

@@ -13,21 +13,17 @@ that scored best (BGR + mirror: 95.4% TPIR on fold 1 against 92.2% for RGB, READ
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from facegate.batching import ModelRunner
 from facegate.embedding import model_cache
-from facegate.embedding.arcface import CHIP_SIZE, arcface_chips
-from facegate.embedding.base import MirroredEmbedder
+from facegate.embedding.arcface import CHIP_SIZE, TemplateAlignedEmbedder
 from facegate.embedding.npm_models import FR_FEATURE, model_file
 from facegate.embedding.onnx_ops import fast_prelu
-from facegate.faces import Face
-from facegate.runtime import DEFAULT_RUNTIME, RuntimeOptions, create_session
+from facegate.runtime import DEFAULT_RUNTIME, RuntimeOptions
 
 MODEL_NAME = "mobilefacenet512_faceplugin_v1"
 DIM = 512
@@ -74,7 +70,7 @@ def build_onnx(source: bytes, source_sha256: str = "") -> onnx.ModelProto:
     return model_cache.image_model(graph, (INPUT_NAME, CHIP_SIZE), (OUTPUT_NAME, DIM), props)
 
 
-class MobileFaceNet512Embedder(MirroredEmbedder):
+class MobileFaceNet512Embedder(TemplateAlignedEmbedder):
     """The 512-D network on ONNX Runtime; the source file is checked against its pinned SHA-256."""
 
     dim = DIM
@@ -84,17 +80,6 @@ class MobileFaceNet512Embedder(MirroredEmbedder):
     ) -> None:
         """`model_dir`: where set-up put the npm file (FACEGATE_MODEL_DIR); `cache_dir`: where the
         rebuilt graph is cached."""
-        super().__init__(MODEL_NAME, mirror)
         source = model_file(FR_FEATURE, model_dir)
         data = model_cache.converted_model(source, cache_dir, CONVERTER_VERSION, build_onnx)
-        self._model = ModelRunner(create_session(data, runtime), INPUT_NAME, runtime.batch_wait, MODEL_NAME)
-
-    @property
-    def providers(self) -> tuple[str, ...]:
-        return self._model.providers
-
-    def crops(self, image: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
-        return arcface_chips(image, faces)
-
-    def descriptors(self, crops: np.ndarray) -> np.ndarray:
-        return self._model(crops)
+        super().__init__(data, INPUT_NAME, MODEL_NAME, mirror, runtime)
