@@ -157,6 +157,22 @@ def cosine_distances(queries: np.ndarray, vectors: np.ndarray) -> np.ndarray:
     return 1.0 - q @ v.T
 
 
+def assert_unit_and_people_apart(vectors: dict[str, np.ndarray], dim: int) -> None:
+    """Each person's (n, dim) embeddings are unit vectors, and the two least alike photos of any one
+    person are nearer than the two most alike photos of different people."""
+    everything = np.concatenate(list(vectors.values()))
+    assert everything.shape[1] == dim
+    np.testing.assert_allclose(np.linalg.norm(everything, axis=1), 1.0, atol=1e-5)
+    worst_same = max(float(cosine_distances(own, own).max()) for own in vectors.values())
+    best_other = min(
+        float(cosine_distances(own, theirs).min())
+        for person, own in vectors.items()
+        for other, theirs in vectors.items()
+        if person != other
+    )
+    assert worst_same < best_other, (worst_same, best_other)
+
+
 def iou(a: tuple | list, b: tuple | list) -> float:
     """Intersection over union of two (x1, y1, x2, y2) boxes; 0 for empty ones."""
     width = min(a[2], b[2]) - max(a[0], b[0])

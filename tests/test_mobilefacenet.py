@@ -21,6 +21,7 @@ from facegate.faces import Face
 from facegate.imaging import load_image_file
 from facegate.runtime import RuntimeOptions
 from tests.data import FACES
+from tests.support import assert_unit_and_people_apart
 
 PORTRAITS = FACES / "portraits"
 # Two photos each of three people: within a person the faces must be nearer than across people.
@@ -211,17 +212,6 @@ def test_vectors_are_unit_and_tell_people_apart(
         person: np.concatenate([embedder.embed(image, faces) for image, faces in items])
         for person, items in portrait_faces.items()
     }
-    everything = np.concatenate(list(vectors.values()))
-    assert everything.shape == (len(PEOPLE) * 2, 192)
-    np.testing.assert_allclose(np.linalg.norm(everything, axis=1), 1.0, atol=1e-5)
-    worst_same = max(1 - float(a @ b) for a, b in vectors.values())
-    best_other = min(
-        1 - float(a @ b)
-        for person, own in vectors.items()
-        for other, theirs in vectors.items()
-        if person != other
-        for a in own
-        for b in theirs
-    )
-    assert worst_same < best_other
+    assert sum(len(own) for own in vectors.values()) == len(PEOPLE) * 2
+    assert_unit_and_people_apart(vectors, 192)
     assert embedder.embed(portrait_faces["Katy_Perry"][0][0], []).shape == (0, 192)

@@ -20,6 +20,7 @@ from facegate.imaging import load_image_file
 from facegate.recognition import cosine_distance
 from facegate.runtime import RuntimeOptions
 from tests.data import FACES
+from tests.support import assert_unit_and_people_apart
 
 PEOPLE = {
     "obama": [FACES / "portraits/Barack_Obama/fr_obama1.jpg", FACES / "portraits/Barack_Obama/fr_obama3.jpg"],
@@ -76,13 +77,10 @@ def test_vectors_are_unit_and_tell_people_apart(
     embedder: MobileFaceNet512Embedder, faces: dict[str, list[tuple[np.ndarray, Face]]]
 ) -> None:
     vectors = {
-        person: [embedder.embed(image, [face])[0] for image, face in items] for person, items in faces.items()
+        person: np.concatenate([embedder.embed(image, [face]) for image, face in items])
+        for person, items in faces.items()
     }
-    everything = np.stack([vector for own in vectors.values() for vector in own])
-    np.testing.assert_allclose(np.linalg.norm(everything, axis=1), 1.0, atol=1e-5)
-    worst_same = max(cosine_distance(*own) for own in vectors.values())
-    best_other = min(cosine_distance(a, b) for a in vectors["obama"] for b in vectors["jolie"])
-    assert worst_same < best_other
+    assert_unit_and_people_apart(vectors, DIM)
     # Mirror averaging: the embedder's vector is neither view's alone.
     image, face = faces["obama"][0]
     crops = arcface_chips(image, [face])
