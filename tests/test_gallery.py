@@ -104,6 +104,41 @@ def test_the_skeleton_migration_keeps_earlier_look_alikes(
         gallery.close()
 
 
+def test_the_skeletons_are_computed_again_when_the_rule_changes(
+    gallery_dsn: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Names stored under the earlier skeleton rule (no NFKC or whitespace folding) get today's: a
+    full-width look-alike registered then keeps its row without a skeleton and is named in the log,
+    look-alikes in other collections are no one's business, and new look-alikes are refused."""
+    monkeypatch.setattr(schema, "MIGRATIONS", tuple(m for m in MIGRATIONS if m.version < 8))
+    with psycopg.connect(gallery_dsn) as conn:
+        migrate(conn, "m", 16)
+        other = conn.execute("INSERT INTO collections (name) VALUES ('site-b') RETURNING id").fetchone()
+        assert other is not None
+        # The skeletons the earlier rule gave: full-width letters and a doubled space kept apart.
+        conn.execute(
+            "INSERT INTO users (collection_id, name, name_skeleton) VALUES "
+            "(1, 'Amy Adams', 'rule-1'), (1, '\uff21\uff4d\uff59 \uff21\uff44\uff41\uff4d\uff53', 'rule-2'), "
+            "(1, 'Bob', 'Bob'), (%s, 'Amy  Adams', 'rule-3')",
+            (other[0],),
+        )
+        conn.commit()
+    monkeypatch.undo()
+    with caplog.at_level("WARNING", logger="facegate.gallery.schema"):
+        gallery = Gallery.open(gallery_dsn, "m", 16)
+    try:
+        with psycopg.connect(gallery_dsn) as conn:
+            rows = conn.execute("SELECT name, name_skeleton IS NOT NULL FROM users ORDER BY id").fetchall()
+        assert [kept for _, kept in rows] == [True, False, True, True]
+        assert "looks like user" in caplog.text and "'Amy Adams'" in caplog.text
+        vector = unit(np.random.default_rng(4), 1, 16)[0]
+        with pytest.raises(ConfusableNameError, match="'Amy Adams'"):
+            gallery.add_user("Amy\u3000Adams", vector, BOX)  # an ideographic space
+        assert gallery.add_user("Amy Adamson", vector, BOX).name == "Amy Adamson"
+    finally:
+        gallery.close()
+
+
 @pytest.mark.parametrize(("model", "dim"), [("other-model", 16), ("test-model", 32)])
 def test_another_model_is_refused(gallery: Gallery, gallery_dsn: str, model: str, dim: int) -> None:
     with pytest.raises(ModelMismatchError) as caught:

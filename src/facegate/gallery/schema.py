@@ -94,27 +94,46 @@ def _skeleton_column(_: int) -> list[Statement]:
 
 
 def _fill_skeletons(conn: psycopg.Connection) -> None:
-    """Compute the skeletons of the names already registered, then make them unique.
+    """Compute the skeletons of the names already registered, then make them unique."""
+    _assign_skeletons(conn, "SELECT id, 0, name FROM users ORDER BY id")
+    conn.execute(f"CREATE UNIQUE INDEX {NAME_SKELETON_INDEX} ON users (name_skeleton)")
 
-    Look-alikes registered before this rule existed keep their rows: the later one gets no skeleton
-    (a NULL, which the unique index allows) and is named in the log.
-    """
-    owners: dict[str, tuple[int, str]] = {}
-    updates: list[tuple[str, int]] = []
-    for user_id, name in conn.execute("SELECT id, name FROM users ORDER BY id"):
-        skeleton = name_skeleton(name)
-        if skeleton in owners:
-            first_id, first_name = owners[skeleton]
+
+def _refill_skeletons(conn: psycopg.Connection) -> None:
+    """The skeletons again, per collection, under today's rule (`names.name_skeleton`: NFKC and
+    whitespace folded first), then unique per collection again."""
+    _assign_skeletons(conn, "SELECT id, collection_id, name FROM users ORDER BY id")
+    conn.execute(
+        sql.SQL("CREATE UNIQUE INDEX {} ON users (collection_id, name_skeleton)").format(
+            sql.Identifier(COLLECTION_SKELETON_INDEX)
+        )
+    )
+
+
+def _assign_skeletons(conn: psycopg.Connection, query: str) -> None:
+    """Give each user of `query` (id, scope, name; in registration order) its name's skeleton,
+    unique within the scope. Look-alikes registered before a rule existed keep their rows: the
+    later one gets no skeleton (a NULL, which the unique index allows) and is named in the log."""
+    owners: dict[tuple[int, str], tuple[int, str]] = {}
+    updates: list[tuple[str | None, int]] = []
+    for user_id, scope, name in conn.execute(query).fetchall():
+        key = (scope, name_skeleton(name))
+        if key in owners:
+            first_id, first_name = owners[key]
             logger.warning(
                 "user %d %r looks like user %d %r; both stay registered, but rename one to tell them apart",
                 user_id, name, first_id, first_name,
             )  # fmt: skip
+            updates.append((None, user_id))
             continue
-        owners[skeleton] = (user_id, name)
-        updates.append((skeleton, user_id))
+        owners[key] = (user_id, name)
+        updates.append((key[1], user_id))
     with conn.cursor() as cursor:
         cursor.executemany("UPDATE users SET name_skeleton = %s WHERE id = %s", updates)
-    conn.execute(f"CREATE UNIQUE INDEX {NAME_SKELETON_INDEX} ON users (name_skeleton)")
+
+
+def _drop_collection_skeletons(_: int) -> list[Statement]:
+    return [sql.SQL("DROP INDEX {}").format(sql.Identifier(COLLECTION_SKELETON_INDEX))]
 
 
 def _rate_buckets(_: int) -> list[Statement]:
@@ -282,6 +301,12 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(5, "face_chips, reembed_vectors: embedding the faces again under another model", _face_chips),
     Migration(6, "events: the access log of recognition decisions", _events),
     Migration(7, "visitors: unknown faces grouped by likeness, for review", _visitors),
+    Migration(
+        8,
+        "users.name_skeleton again: NFKC and whitespace folded first (full-width and doubled spaces)",
+        _drop_collection_skeletons,
+        _refill_skeletons,
+    ),
 )
 
 
