@@ -127,8 +127,18 @@ def test_user_ids_are_plain_positive_integers(client: TestClient, template: str)
     user_id = created.json()["user_id"]
     try:
         variant = template.format(user_id)
-        for method, path in [("GET", "/users/{}"), ("DELETE", "/users/{}"), ("POST", "/users/{}/faces")]:
-            files = {"image": (OBAMA.name, OBAMA.read_bytes())} if method == "POST" else None
+        # The same rule for every id in a path: people, faces, visitors and events.
+        paths = [
+            ("GET", "/users/{}"),
+            ("DELETE", "/users/{}"),
+            ("POST", "/users/{}/faces"),
+            ("DELETE", f"/users/{user_id}/faces/{{}}"),
+            ("POST", "/visitors/1/add-to/{}"),
+            ("DELETE", "/visitors/{}"),
+            ("GET", "/events/{}/face"),
+        ]
+        for method, path in paths:
+            files = {"image": (OBAMA.name, OBAMA.read_bytes())} if path.endswith("/faces") else None
             response = client.request(method, path.format(variant), files=files)
             assert response.status_code == 422, (method, variant, response.text)
             assert "plain positive integer" in response.text

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
-from fastapi import Depends, Query, Request
+from fastapi import Depends, Path, Query, Request
+from pydantic import BeforeValidator
 
 from facegate.api.auth import ApiKey, Refused, admit, http_error
 from facegate.api.deps import Services
@@ -65,3 +67,16 @@ TopKQuery = Annotated[
     int,
     Query(ge=1, le=20, description="how many of the nearest distinct people each face lists as candidates"),
 ]
+
+_PLAIN_ID = re.compile(r"[1-9][0-9]*")
+
+
+def _plain_id(value: object) -> object:
+    """Digits only: no sign, leading zero, fraction, exponent or `_`, which int() would all accept."""
+    if isinstance(value, str) and not _PLAIN_ID.fullmatch(value):
+        raise ValueError("an id is a plain positive integer: digits only, not starting with 0")
+    return value
+
+
+# Every id in a path (a person, a face, a visitor, an event): one rule, a bigint's range.
+PathId = Annotated[int, BeforeValidator(_plain_id), Path(ge=1, le=2**63 - 1)]

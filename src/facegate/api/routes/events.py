@@ -8,12 +8,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, status
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 from fastapi.responses import Response, StreamingResponse
 
 from facegate.api.auth import Refused, Scope, http_error, require
 from facegate.api.deps import ServicesDep, query
-from facegate.api.params import admit_collection
+from facegate.api.params import PathId, admit_collection
 from facegate.api.schemas import KEYED_ERRORS, error_responses
 from facegate.events import MAX_PAGE, EventFilter, EventRecord, EventStatus, Source, csv_lines
 from facegate.schemas import Event, EventPage
@@ -86,7 +86,7 @@ async def export_events(services: ServicesDep, which: FilterDep) -> StreamingRes
     )
 
 
-EventId = Annotated[int, Path(ge=1, le=2**63 - 1)]
+EventId = PathId
 
 
 @router.get(

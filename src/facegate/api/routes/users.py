@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import math
-import re
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, File, Form, HTTPException, Path, Query, UploadFile, status
-from pydantic import BeforeValidator
+from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, UploadFile, status
 
 from facegate.api.auth import Scope, require
 from facegate.api.deps import ServicesDep, infer, query, read_image
 from facegate.api.forms import StrictFormRoute
-from facegate.api.params import CollectionDep
+from facegate.api.params import CollectionDep, PathId
 from facegate.api.schemas import KEYED_ERRORS, error_responses
 from facegate.gallery import FaceRecord, UserRecord
 from facegate.names import clean_name
@@ -34,15 +32,6 @@ from facegate.schemas import (
 router = APIRouter(tags=["gallery"], dependencies=[require(Scope.ADMIN)], route_class=StrictFormRoute)
 
 _ERRORS = error_responses(*KEYED_ERRORS, 400, 404, 409, 413, 415, 422, 503)
-
-_PLAIN_ID = re.compile(r"[1-9][0-9]*")
-
-
-def _plain_id(value: object) -> object:
-    """Digits only: no sign, leading zero, fraction, exponent or `_`, which int() would all accept."""
-    if isinstance(value, str) and not _PLAIN_ID.fullmatch(value):
-        raise ValueError("an id is a plain positive integer: digits only, not starting with 0")
-    return value
 
 
 def face_choice(
@@ -77,8 +66,8 @@ def face_choice(
 
 FaceChoiceDep = Annotated[FaceChoice, Depends(face_choice)]
 
-UserId = Annotated[int, BeforeValidator(_plain_id), Path(ge=1, le=2**63 - 1)]
-FaceId = Annotated[int, BeforeValidator(_plain_id), Path(ge=1, le=2**63 - 1)]
+UserId = PathId
+FaceId = PathId
 
 
 def user_body(record: UserRecord) -> User:

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Query
 from fastapi.responses import Response
 
 from facegate.api.auth import Scope, require
 from facegate.api.deps import Services, ServicesDep, infer, query
-from facegate.api.params import CollectionDep
+from facegate.api.params import CollectionDep, PathId
 from facegate.api.schemas import KEYED_ERRORS, error_responses
 from facegate.pipeline import EmbeddedFace
 from facegate.schemas import Rename, Visitor, VisitorAdded, VisitorForgotten, VisitorList
@@ -19,8 +19,8 @@ router = APIRouter(tags=["unknown visitors"])
 
 _ERRORS = error_responses(*KEYED_ERRORS, 404, 409, 422, 503)
 
-VisitorId = Annotated[int, Path(ge=1, le=2**63 - 1)]
-UserId = Annotated[int, Path(ge=1, le=2**63 - 1)]
+VisitorId = PathId
+UserId = PathId
 
 
 @router.get("/visitors", response_model=VisitorList, responses=_ERRORS, dependencies=[require(Scope.AUDIT)])
