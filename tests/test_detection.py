@@ -130,14 +130,58 @@ def test_prelu_graph_matches_prelu() -> None:
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
 
 
-def test_padded_channels_leave_pnet_unchanged(monkeypatch: pytest.MonkeyPatch) -> None:
-    image = np.random.default_rng(1).uniform(0, 255, size=(1, 40, 52, 3)).astype(np.float32)
-    padded = networks.build_network("pnet")
+@pytest.mark.parametrize(("channels", "size", "same"), [(5, 2, True), (14, 3, False), (7, 3, True)])
+def test_pooling_before_prelu_gives_prelu_then_pooling(channels: int, size: int, same: bool) -> None:
+    """PNet's first layer pools before its PReLU (and negates the channels whose slope is < 0):
+    against ONNX's own Conv, PRelu and MaxPool in that order, with slopes below 0 (more of them
+    than the padding's free slots when 14 channels), 0, between 0 and 1, 1 and above 1."""
+    rng = np.random.default_rng(channels)
+    kernel = rng.normal(size=(3, 3, 3, channels)).astype(np.float32)
+    bias = rng.normal(size=channels).astype(np.float32)
+    slopes = np.resize(np.asarray([-1.3, 0.0, 0.25, -0.4, 1.0, 1.7, -0.05], np.float32), channels)
+    graph = networks._Graph([kernel, bias, slopes.reshape(1, 1, -1)])
+    declared = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3, "h", "w"])
+    pooled = graph.conv_prelu_pool("x", size, same=same)
+    model = graph.model("pooled", [declared], {"y": (pooled, [1, "c", "h2", "w2"])})
+
+    padding = "SAME_UPPER" if same else "VALID"
+    nodes = [
+        onnx.helper.make_node("Conv", ["x", "kernel", "bias"], ["conv"]),
+        onnx.helper.make_node("PRelu", ["conv", "slope"], ["prelu"]),
+        onnx.helper.make_node(
+            "MaxPool", ["prelu"], ["y"], kernel_shape=[size, size], strides=[2, 2], auto_pad=padding
+        ),
+    ]
+    constants = [
+        onnx.numpy_helper.from_array(kernel.transpose(3, 2, 0, 1).copy(), "kernel"),
+        onnx.numpy_helper.from_array(bias, "bias"),
+        onnx.numpy_helper.from_array(slopes.reshape(-1, 1, 1), "slope"),
+    ]
+    output = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)
+    graph_in_order = onnx.helper.make_graph(nodes, "in_order", [declared], [output], constants)
+    reference = onnx.helper.make_model(graph_in_order, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    reference.ir_version = 8
+
+    for height, width in ((9, 9), (12, 17), (30, 23)):
+        x = rng.normal(size=(1, 3, height, width)).astype(np.float32)
+        (got,) = ort.InferenceSession(model, providers=["CPUExecutionProvider"]).run(None, {"x": x})
+        (want,) = ort.InferenceSession(reference.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+            None, {"x": x}
+        )
+        assert got.shape[1] % networks.CHANNEL_BLOCK == 0 and got.shape[2:] == want.shape[2:]
+        # The channels past the slopes' (negated copies, zero padding) get zero weights next.
+        np.testing.assert_allclose(got[:, :channels], want, rtol=1e-6, atol=1e-6)
+
+
+def test_padded_channels_leave_the_networks_unchanged(monkeypatch: pytest.MonkeyPatch) -> None:
+    # RNet's 28 and 48 channels are padded to 32 and 64 (PNet's 10 + 6 negated fill 16).
+    crops = np.random.default_rng(1).uniform(0, 255, size=(5, 24, 24, 3)).astype(np.float32)
+    padded = networks.build_network("rnet")
     monkeypatch.setattr(networks, "CHANNEL_BLOCK", 1)
-    plain = networks.build_network("pnet")
+    plain = networks.build_network("rnet")
     assert len(padded) > len(plain)  # zero channels were added
     outputs = [
-        ort.InferenceSession(m, providers=["CPUExecutionProvider"]).run(None, {"image": image})
+        ort.InferenceSession(m, providers=["CPUExecutionProvider"]).run(None, {"crops": crops})
         for m in (padded, plain)
     ]
     for got, want in zip(*outputs, strict=True):
@@ -375,3 +419,15 @@ def test_crops_sample_bilinearly_and_fill_outside() -> None:
     np.testing.assert_allclose(
         outside[0, 2, 2], image[4:6, 4:6].astype(np.float32).mean(axis=(0, 1)), atol=0.6
     )
+
+
+@pytest.mark.parametrize("height", [1, 255, 256, 257, 600])
+def test_row_integral_holds_the_exact_running_sums(height: int) -> None:
+    # Blocks of 256 rows: heights at, just under and just over a block's end, and several blocks.
+    image = np.full((height, 5, 3), 255, np.uint8)
+    image[::7] = np.random.default_rng(height).integers(0, 256, (len(image[::7]), 5, 3), dtype=np.uint8)
+    exact = np.concatenate([np.zeros((1, 5, 3)), np.cumsum(image, axis=0, dtype=np.int64)])
+    rows = np.arange(height + 1)
+    integral = cascade.RowIntegral(image)
+    np.testing.assert_array_equal(integral.rows(rows, 0, 5), exact)
+    np.testing.assert_array_equal(integral.rows(rows[::3], 1, 4), exact[::3, 1:4])

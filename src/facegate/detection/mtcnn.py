@@ -35,8 +35,10 @@ NMS_ONET = 0.7  # over the smaller box
 # image): PNet's time grows with them, and a tiny `min_face_size` upsamples (1 = 12x per side).
 MAX_PYRAMID_PIXELS = 32_000_000
 # Level pixels per PNet run: larger levels run in overlapping tiles (exact, cascade.pnet_tiles),
-# so PNet's activations (about 200 bytes a level pixel in ONNX Runtime) stay bounded, each
-# buffer under runtime's mmap threshold.
+# so that a run's buffers stay bounded. ONNX Runtime plans them as one block (its memory
+# pattern), about 90 bytes a level pixel (24 MB a tile): under runtime's mmap threshold, so the
+# block is reused from the heap run after run rather than mapped and faulted in each time
+# (BENCHMARKS.md, issue 29).
 TILE_PIXELS = 1 << 18
 # Tiles are full rows up to this many rows' worth of width; wider levels are tiled across too.
 MIN_TILE_ROWS = 128
@@ -45,10 +47,10 @@ MIN_TILE_ROWS = 128
 # the image size (the RNet and ONet crops with it).
 MAX_PROPOSALS_PER_LEVEL = 10_000
 MAX_CANDIDATES = 5_000
-# Crop pixels per RNet/ONet run (256 crops of RNet's 24 x 24, 64 of ONet's 48 x 48), to bound
-# the batch's activations (about 350 bytes a crop pixel), each buffer under runtime's mmap
-# threshold.
-MAX_BATCH_PIXELS = 64 * 48 * 48
+# Crop pixels per RNet/ONet run (128 crops of RNet's 24 x 24, 32 of ONet's 48 x 48), to bound
+# the batch's buffers: one block of about 230 (RNet) or 365 (ONet) bytes a crop pixel, under
+# runtime's mmap threshold like PNet's (64 ONet crops took 54 MB, mapped afresh every run).
+MAX_BATCH_PIXELS = 32 * 48 * 48
 # What a pyramid level costs besides its pixels (NumPy and ONNX Runtime calls), in pixels, for
 # sharing the levels out evenly among the lanes.
 LEVEL_OVERHEAD_PIXELS = 5_000

@@ -63,20 +63,56 @@ class _Graph:
 
     def conv_prelu(self, x: str, *, normalise_input: bool = False) -> str:
         kernel, bias, slope = self.take(), self.take(), self.take()
-        weight = kernel.transpose(3, 2, 0, 1)  # Keras (h, w, in, out) -> ONNX (out, in, h, w)
+        y = self._conv(x, *self._onnx_kernel(kernel, bias, normalise_input), channels=len(bias))
+        # Keras shares the slope over height and width: one value per channel.
+        return self.prelu(y, np.pad(slope.reshape(-1), (0, self._padded_channels)).reshape(-1, 1, 1))
+
+    def conv_prelu_pool(self, x: str, size: int, *, same: bool, normalise_input: bool = False) -> str:
+        """Convolution, PReLU and max pooling, pooled before the PReLU: the PReLU's passes then
+        run on a quarter of the pixels, and no buffer but the convolution's output has the input's.
+
+        Pooling commutes with a function that never decreases: PReLU with a slope >= 0. With a
+        slope a < 0, PReLU falls, then rises, so its largest value over a window is
+        `max(max x, a * min x)` = `max x + relu(-a * max(-x) - max x)`. Such channels also come
+        out of the convolution negated (negated weights and bias: exactly -x), in the slots that
+        the channel padding fills with zeros (PNet's first layer: 6 of its 10 channels, 6 free).
+        """
+        kernel, bias, slope = self.take(), self.take(), self.take()
+        weight, bias = self._onnx_kernel(kernel, bias, normalise_input)
+        slope = slope.reshape(-1)
+        negative = np.flatnonzero(slope < 0)
+        weight, bias = np.concatenate([weight, -weight[negative]]), np.concatenate([bias, -bias[negative]])
+        pooled = self.max_pool(self._conv(x, weight, bias, channels=len(slope)), size, same=same)
+        # A 1x1 convolution: kappa * x (as `prelu`) where the slope is >= 0; where it is < 0,
+        # -a * max(-x) - max x from the negated copy.
+        channels = len(slope) + self._padded_channels
+        mix = np.zeros((channels, channels), np.float32)
+        mix[: len(slope), : len(slope)] = np.diag(_kappa(slope))
+        mix[negative, negative] = -1
+        mix[negative, len(slope) + np.arange(len(negative))] = -slope[negative]
+        (scaled,) = self.node("Conv", [pooled, self.constant(mix[:, :, None, None])])
+        return self._add_relu(pooled, scaled, np.pad(slope > 1, (0, channels - len(slope))).reshape(-1, 1, 1))
+
+    def _onnx_kernel(
+        self, kernel: np.ndarray, bias: np.ndarray, normalise_input: bool
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """An (out, in, h, w) kernel and its bias from Keras' (h, w, in, out) one, with zero
+        inputs for the channels the last layer padded."""
+        weight = kernel.transpose(3, 2, 0, 1)
         if normalise_input:
             bias = bias - weight.sum(axis=(1, 2, 3)) * (PIXEL_MEAN / PIXEL_SCALE)
             weight = weight / PIXEL_SCALE
-        weight = self._pad_input_channels(weight)
-        # Padded channels are 0 after the convolution (zero kernel and bias) and stay 0 after
-        # PReLU and pooling.
+        return self._pad_input_channels(weight), bias
+
+    def _conv(self, x: str, weight: np.ndarray, bias: np.ndarray, *, channels: int) -> str:
+        """A convolution whose output channels are padded with zeros (zero kernel and bias) to a
+        multiple of CHANNEL_BLOCK; the next kernel gives every channel past the first `channels`
+        zero weights (the padding stays 0 through PReLU and pooling)."""
         extra = -len(bias) % CHANNEL_BLOCK
         weight = np.pad(weight, ((0, extra), (0, 0), (0, 0), (0, 0)))
-        bias, slope = np.pad(bias, (0, extra)), np.pad(slope.reshape(-1), (0, extra))
-        self._padded_channels = extra
-        (y,) = self.node("Conv", [x, self.constant(weight), self.constant(bias)])
-        # Keras shares the slope over height and width: one value per channel.
-        return self.prelu(y, slope.reshape(-1, 1, 1))
+        self._padded_channels = len(bias) + extra - channels
+        (y,) = self.node("Conv", [x, self.constant(weight), self.constant(np.pad(bias, (0, extra)))])
+        return y
 
     def _pad_input_channels(self, weight: np.ndarray) -> np.ndarray:
         """An (out, in, h, w) kernel with zero inputs for the channels the last layer padded."""
@@ -94,14 +130,15 @@ class _Graph:
         7.8, 8.8 and 3.4 ms with PRelu, 6.4, 4.4 and 2.1 ms like this (BENCHMARKS.md). Within float
         rounding of PRelu (below 1e-6 on the networks' outputs).
         """
-        exceeds_one = slope > 1
-        kappa = np.where(exceeds_one, 1 - slope, slope - 1).astype(np.float32)
-        (scaled,) = self.node("Mul", [x, self.constant(kappa)])
-        (negative_part,) = self.node("Relu", [scaled])
-        if exceeds_one.any():
-            sign = np.where(exceeds_one, -1, 1).astype(np.float32)
-            (negative_part,) = self.node("Mul", [negative_part, self.constant(sign)])
-        (y,) = self.node("Add", [x, negative_part])
+        (scaled,) = self.node("Mul", [x, self.constant(_kappa(slope))])
+        return self._add_relu(x, scaled, slope > 1)
+
+    def _add_relu(self, x: str, scaled: str, negate: np.ndarray) -> str:
+        """`x + sign * relu(scaled)`, sign = -1 where `negate`."""
+        (relu,) = self.node("Relu", [scaled])
+        if negate.any():
+            (relu,) = self.node("Mul", [relu, self.constant(np.where(negate, -1, 1).astype(np.float32))])
+        (y,) = self.node("Add", [x, relu])
         return y
 
     def max_pool(self, x: str, size: int, *, same: bool) -> str:
@@ -160,6 +197,11 @@ class _Graph:
         return model.SerializeToString()
 
 
+def _kappa(slope: np.ndarray) -> np.ndarray:
+    """The factor of `_Graph.prelu`'s relu term: slope - 1 where the slope is <= 1, else 1 - slope."""
+    return np.where(slope > 1, 1 - slope, slope - 1).astype(np.float32)
+
+
 def _nchw(graph: _Graph, x: str) -> str:
     (y,) = graph.node("Transpose", [x], perm=[0, 3, 1, 2])
     return y
@@ -169,8 +211,7 @@ def build_pnet(weights: list[np.ndarray]) -> bytes:
     """Fully convolutional: `image` float32 pixels (1, H, W, 3) -> `regression` (1, 4, h, w), `probability`
     (1, 1, h, w), one cell per 12x12 window at a stride of 2 pixels."""
     g = _Graph(weights)
-    x = g.conv_prelu(_nchw(g, "image"), normalise_input=True)
-    x = g.max_pool(x, 2, same=True)
+    x = g.conv_prelu_pool(_nchw(g, "image"), 2, same=True, normalise_input=True)
     x = g.conv_prelu(x)
     x = g.conv_prelu(x)
     regression, probability = g.heads(x, [4], conv=True)
