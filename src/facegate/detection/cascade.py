@@ -136,9 +136,11 @@ class RowIntegral:
         for block, start in enumerate(range(0, height + 1, block_rows)):
             self._within[start] = 0
             # numpy's cumsum over the first axis of a C-ordered array is several times slower
-            # than adding whole rows in a loop.
-            for row in range(start, min(start + block_rows, height + 1) - 1):
-                np.add(self._within[row], image[row], out=self._within[row + 1])
+            # than adding whole rows in a loop; converting the block's pixels once, not in every
+            # addition, takes another third off.
+            pixels = image[start : start + block_rows - 1].astype(np.uint16)
+            for row, pixel_row in enumerate(pixels, start):
+                np.add(self._within[row], pixel_row, out=self._within[row + 1])
             if start + block_rows <= height:
                 last = start + block_rows - 1
                 self._bases[block + 1] = self._bases[block] + self._within[last] + image[last]
@@ -146,12 +148,14 @@ class RowIntegral:
     def rows(self, indices: np.ndarray, first: int, last: int) -> np.ndarray:
         """(len(indices), last - first, 3) float32 entries at the increasing row `indices`, of
         the columns `first:last`."""
-        result = self._within[indices, first:last].astype(np.float32)
+        result = np.empty((len(indices), last - first, *self._within.shape[2:]), np.float32)
         blocks = indices // _INTEGRAL_BLOCK_ROWS
         # The indices increase: each block's rows are one slice, which gets its base in one add.
         bounds = np.flatnonzero(np.diff(blocks)) + 1
         for start, stop in zip([0, *bounds], [*bounds, len(indices)], strict=True):
-            result[start:stop] += self._bases[blocks[start], first:last]
+            result[start:stop] = self._within[indices[start:stop], first:last]
+            if blocks[start]:  # the first block's base is 0
+                result[start:stop] += self._bases[blocks[start], first:last]
         return result
 
 
