@@ -27,9 +27,9 @@ _M_ARENA_MAX = -8
 # most glibc accepts on 64-bit, and MTCNN's tiles and batches stay under it.
 _MMAP_THRESHOLD = 32 << 20
 # Free heap kept for the next request; beyond it, a request's memory goes back to the system.
-# A 1920x1080 crowd photo leaves about 250 MiB free: kept, the next one runs without re-faulting
-# it (1.2x the arena's CPU time; trimmed at 256 MiB it was 1.5x, BENCHMARKS.md).
-RETAINED_FREE_BYTES = 384 << 20
+# A 1920x1080 crowd photo leaves 140-210 MiB free: kept, the next one runs without re-faulting
+# it. A 36-megapixel photo or a tiny min_face_size leaves more, given back (BENCHMARKS.md).
+RETAINED_FREE_BYTES = 256 << 20
 
 
 class _MallInfo2(ctypes.Structure):
