@@ -2,8 +2,8 @@
 # Builds and runs the Compose stack from this checkout, for real, on this machine:
 #   deploy/smoke.sh up PORT    PostgreSQL + pgvector, two API replicas, the UI and nginx on
 #                              127.0.0.1:PORT (API under /api/); returns once every container is healthy
-#   deploy/smoke.sh down       removes every container, volume and image `up` made, and stops the
-#                              Docker engine if `up` started it
+#   deploy/smoke.sh down       removes every container and volume `up` made, and its images unless
+#                              they are the cache's (below), and stops the Docker engine if `up` started it
 #
 # Every container is on the host's network (deploy/smoke/docker-compose.smoke.yml), so the stack
 # takes the ports PORT (nginx), PORT+1 and PORT+2 (the API replicas), PORT+3 (UI), PORT+4 (PostgreSQL),
@@ -20,12 +20,17 @@
 # the one command that fixes it. `deploy/smoke.sh check` does only this.
 # Passed to the API replicas from the environment: APP_TOKEN (generated when unset, and printed),
 # FACEGATE_API_KEYS, RATE_LIMIT_PER_MINUTE, RATE_LIMIT_BURST.
-# Cached between runs in FACEGATE_SMOKE_CACHE (default .smoke-cache/, ignored by git): the Debian
-# root filesystem, the wheelhouse and the Compose binary. State of a running stack: FACEGATE_SMOKE_RUN (/tmp/facegate-smoke).
+# Cached between runs, per user like pip's cache, in FACEGATE_SMOKE_CACHE (default
+# ${XDG_CACHE_HOME:-~/.cache}/facegate/smoke, so a fresh clone finds it warm): the Debian root
+# filesystem, the wheelhouse, the Compose binary and, when this script starts the engine, the engine's
+# data: its images are the builds' layer cache, so a run rebuilds only the layers whose inputs changed
+# (Dockerfile lines, files copied in, pyproject.toml, the wheelhouse, the root filesystem), the
+# project's code last. `down` keeps those images there and deletes the stack's containers and volumes.
+# State of a running stack: FACEGATE_SMOKE_RUN (/tmp/facegate-smoke).
 set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
-CACHE=${FACEGATE_SMOKE_CACHE:-$REPO/.smoke-cache}
+CACHE=${FACEGATE_SMOKE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/facegate/smoke}
 RUN_DIR=${FACEGATE_SMOKE_RUN:-/tmp/facegate-smoke}  # short: the engine's socket lives here
 STATE=$RUN_DIR/state
 PROJECT=facegate-smoke
@@ -116,12 +121,24 @@ start_engine() {
             die "apt-get install docker.io failed (its error is above)"
     fi
     [ "$(id -u)" -eq 0 ] || die "no Docker engine answers and starting dockerd needs root"
-    log "starting dockerd in $RUN_DIR"
+    # The engine's data (its images: the layer cache) is in the cache, for one engine at a time:
+    # dockerd inherits the lock's descriptor and so holds the lock while it runs. A run beside it gets
+    # data of its own in RUN_DIR, which `down` deletes.
+    local lock
+    DATA_ROOT=$RUN_DIR/data
+    exec {lock}>>"$CACHE/engine.lock"
+    if flock -n "$lock"; then
+        DATA_ROOT=$CACHE/engine
+    else
+        log "another run's engine uses $CACHE/engine: building without its layer cache"
+    fi
+    log "starting dockerd in $RUN_DIR (data in $DATA_ROOT)"
     # No bridge and no iptables rules: every container uses the host's network.
-    setsid dockerd --data-root "$RUN_DIR/data" --exec-root "$RUN_DIR/exec" --pidfile "$RUN_DIR/dockerd.pid" \
+    setsid dockerd --data-root "$DATA_ROOT" --exec-root "$RUN_DIR/exec" --pidfile "$RUN_DIR/dockerd.pid" \
         -H "unix://$RUN_DIR/docker.sock" --iptables=false --ip-masq=false --bridge=none \
         >"$RUN_DIR/dockerd.log" 2>&1 </dev/null &
     echo "$!" >"$RUN_DIR/dockerd.started"
+    exec {lock}>&-
     export DOCKER_HOST="unix://$RUN_DIR/docker.sock"
     for _ in $(seq 60); do
         engine_answers && return 0
@@ -193,7 +210,34 @@ wheelhouse() {
     echo "$wheels"
 }
 
-free_port() { "$(python_bin)" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+import_rootfs() {
+    # Each `docker import` makes a new image, and so invalidates every layer built on it: only when
+    # the engine's image is not of this tarball.
+    local tarball=$1 digest label=org.facegate.smoke.rootfs
+    digest=$(sha256sum "$tarball" | cut -d' ' -f1)
+    if [ "$(docker image inspect -f "{{index .Config.Labels \"$label\"}}" "$PREFIX-rootfs:$TAG" 2>/dev/null)" != "$digest" ]; then
+        log "importing the root filesystem"
+        docker import --change "LABEL $label=$digest" "$tarball" "$PREFIX-rootfs:$TAG" >/dev/null
+    fi
+}
+
+wheels_port() {
+    # The wheelhouse's URL is part of the Python stand-in image (pip's PIP_FIND_LINKS), so of the layer
+    # cache: the same port run after run (the first free one from 28600; any free port past 28699).
+    # SO_REUSEADDR as http.server binds: the last run's connections in TIME_WAIT do not take the port.
+    "$(python_bin)" - <<'PY'
+import socket
+for port in [*range(28600, 28700), 0]:
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        print(probe.getsockname()[1])
+        break
+PY
+}
 
 build() {
     local tag="${*: -2:1}" log_file  # the image (-t NAME) names the log
@@ -220,20 +264,24 @@ python_context() {
 }
 
 build_images() {
-    local tarball wheels port server python_dir
+    local tarball wheels port server python_dir files_lock
+    # Runs from two clones at once share the cache: one makes its files while the other waits.
+    exec {files_lock}>>"$CACHE/files.lock"
+    flock -w "$STEP_TIMEOUT" "$files_lock" || die "another run held $CACHE/files.lock for $STEP_TIMEOUT s"
     tarball=$(rootfs_tarball)
     wheels=$(wheelhouse)
+    exec {files_lock}>&-
     python_dir=$(python_context)
-    log "importing the root filesystem"
-    docker import "$tarball" "$PREFIX-rootfs:$TAG" >/dev/null
-    port=$(free_port)
+    import_rootfs "$tarball"
+    port=$(wheels_port)
     "$(python_bin)" -m http.server --bind 127.0.0.1 --directory "$wheels" "$port" >"$RUN_DIR/wheels.log" 2>&1 &
     server=$!
     # shellcheck disable=SC2064  # the pid is known now
     trap "kill $server 2>/dev/null || true" EXIT
     local smoke="$REPO/deploy/smoke"
     build -f "$smoke/python.Dockerfile" --build-arg "ROOTFS=$PREFIX-rootfs:$TAG" \
-        --build-arg "WHEELS_URL=http://127.0.0.1:$port/" -t "$PREFIX-python:$TAG" "$python_dir"
+        --build-arg "WHEELS_URL=http://127.0.0.1:$port/" --build-arg "WHEELHOUSE=$(cat "$wheels/.stamp")" \
+        -t "$PREFIX-python:$TAG" "$python_dir"
     build -f "$smoke/postgres.Dockerfile" --build-arg "PYTHON=$PREFIX-python:$TAG" -t "$PREFIX-postgres:$TAG" "$smoke"
     build -f "$smoke/nginx.Dockerfile" --build-arg "ROOTFS=$PREFIX-rootfs:$TAG" -t "$PREFIX-nginx:$TAG" "$smoke"
     # The context the project's Dockerfile.dockerignore allows (the classic builder does not read it).
@@ -284,6 +332,7 @@ up() {
     fi
     echo "DOCKER_HOST=${DOCKER_HOST:-}" >"$STATE"
     echo "STARTED_ENGINE=$started" >>"$STATE"
+    echo "DATA_ROOT=${DATA_ROOT:-}" >>"$STATE"
     : "${APP_TOKEN:=$(openssl rand -hex 24 2>/dev/null || "$(python_bin)" -c 'import secrets; print(secrets.token_hex(24))')}"
     POSTGRES_PASSWORD=$("$(python_bin)" -c 'import secrets; print(secrets.token_hex(24))')
     write_compose_env "$port"
@@ -302,18 +351,26 @@ down() {
         log "no smoke stack is up"
         return 0
     fi
-    local docker_host started
+    local docker_host started data_root
     docker_host=$(sed -n 's/^DOCKER_HOST=//p' "$STATE")
     started=$(sed -n 's/^STARTED_ENGINE=//p' "$STATE")
+    data_root=$(sed -n 's/^DATA_ROOT=//p' "$STATE")
     if [ -n "$docker_host" ]; then export DOCKER_HOST="$docker_host"; else unset DOCKER_HOST; fi
     if engine_answers; then
         [ -f "$RUN_DIR/compose.env" ] && compose down --volumes --remove-orphans --timeout 20 || true
-        for image in "${IMAGES[@]}"; do
-            docker image rm -f "$image:$TAG" >/dev/null 2>&1 || true
-        done
+        if [ "$data_root" = "$CACHE/engine" ]; then
+            # The images stay: they are the next run's layer cache. Those no tag reaches any more
+            # (earlier builds) go.
+            docker image prune --force >/dev/null 2>&1 || true
+        else
+            for image in "${IMAGES[@]}"; do
+                docker image rm -f "$image:$TAG" >/dev/null 2>&1 || true
+            done
+        fi
     fi
     [ "$started" = 1 ] && stop_engine
     rm -f "$STATE" "$RUN_DIR"/compose.env "$RUN_DIR"/context.tar "$RUN_DIR"/*.log "$RUN_DIR"/dockerd.pid
+    rm -rf "$RUN_DIR"/python-context
     rmdir "$RUN_DIR" 2>/dev/null || true
     log "down"
 }

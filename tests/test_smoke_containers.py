@@ -1,9 +1,11 @@
 """The Compose stack built and run for real: `deploy/smoke.sh up PORT`, requests from outside, `down`.
 
 Two API replicas behind nginx, the UI and PostgreSQL with pgvector, each container on the host's
-network (ports PORT to PORT+4 on loopback). Slow: building the images takes minutes (about 8 cold,
-5 with the root filesystem and wheels cached in .smoke-cache/). Skipped only where no Docker engine
-answers and none can be started (root, with dockerd installed or apt to install it).
+network (ports PORT to PORT+4 on loopback). Slow the first time on a machine: the root filesystem,
+wheelhouse and five image builds take minutes; then smoke.sh's per-user cache (~/.cache/facegate/smoke,
+its engine's images included) leaves only the layers whose inputs changed to build. Skipped only
+where no Docker engine answers and none can be started (root, with dockerd installed or apt to
+install it).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from tests.servers import free_port
 from tests.test_smoke_script import COMPOSE_WHEELS, bare_python
 
 SMOKE = REPO / "deploy" / "smoke.sh"
-# Cold: debootstrap (~3 min) + wheelhouse + five builds + start; a bound, not an expectation.
+# Cold: debootstrap (~2 min) + wheelhouse + five builds + start; a bound, not an expectation.
 UP_TIMEOUT_S = 1800
 RUN_DIR = Path(f"/tmp/facegate-smoke-test-{os.getpid()}")  # short: the engine's sockets live here
 ADMIN_KEY = "smoke-admin-" + uuid.uuid4().hex

@@ -7,6 +7,10 @@ ARG ROOTFS
 FROM ${ROOTFS}
 RUN python3 -m venv /usr/local/python
 ARG WHEELS_URL
+# The wheelhouse's stamp (pyproject.toml's digest): the images that pip-install from it are rebuilt
+# when it changes, not taken from the layer cache.
+ARG WHEELHOUSE
+LABEL org.facegate.smoke.wheelhouse=${WHEELHOUSE}
 ENV PATH=/usr/local/python/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     LANG=C.UTF-8 \
     PIP_NO_INDEX=1 \
