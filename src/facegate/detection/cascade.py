@@ -91,7 +91,7 @@ class AreaPyramid:
     def __init__(self, image: np.ndarray) -> None:
         self._height, self._width = image.shape[:2]
         self._image = image
-        self._cumulative_rows = RowIntegral(image)
+        self._row_integral = RowIntegral(image)
 
     def level(
         self, height: int, width: int, rows: Span | None = None, cols: Span | None = None
@@ -102,7 +102,7 @@ class AreaPyramid:
         index, weight = _column_taps(self._width, width, left, right)
         # Only the input columns this tile's cells cover: a tile costs its own size, not the image's.
         first, last = int(index.min()), int(index.max()) + 1
-        sums = _row_sums(self._cumulative_rows, self._image, height, top, bottom, (first, last))
+        sums = _row_sums(self._row_integral, self._image, height, top, bottom, (first, last))
         index -= first
         # Weights come repeated per channel, with the area normalisation folded in, so that each
         # product runs along whole rows: numpy broadcasting a (width, 1) weight over (width, 3)

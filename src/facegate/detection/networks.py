@@ -63,7 +63,9 @@ class _Graph:
 
     def conv_prelu(self, x: str, *, normalise_input: bool = False) -> str:
         kernel, bias, slope = self.take(), self.take(), self.take()
-        y = self._conv(x, *self._onnx_kernel(kernel, bias, normalise_input), channels=len(bias))
+        y = self._conv(
+            x, *self._onnx_kernel(kernel, bias, normalise_input=normalise_input), channels=len(bias)
+        )
         # Keras shares the slope over height and width: one value per channel.
         return self.prelu(y, np.pad(slope.reshape(-1), (0, self._padded_channels)).reshape(-1, 1, 1))
 
@@ -78,7 +80,7 @@ class _Graph:
         the channel padding fills with zeros (PNet's first layer: 6 of its 10 channels, 6 free).
         """
         kernel, bias, slope = self.take(), self.take(), self.take()
-        weight, bias = self._onnx_kernel(kernel, bias, normalise_input)
+        weight, bias = self._onnx_kernel(kernel, bias, normalise_input=normalise_input)
         slope = slope.reshape(-1)
         negative = np.flatnonzero(slope < 0)
         weight, bias = np.concatenate([weight, -weight[negative]]), np.concatenate([bias, -bias[negative]])
@@ -94,7 +96,7 @@ class _Graph:
         return self._add_relu(pooled, scaled, np.pad(slope > 1, (0, channels - len(slope))).reshape(-1, 1, 1))
 
     def _onnx_kernel(
-        self, kernel: np.ndarray, bias: np.ndarray, normalise_input: bool
+        self, kernel: np.ndarray, bias: np.ndarray, *, normalise_input: bool = False
     ) -> tuple[np.ndarray, np.ndarray]:
         """An (out, in, h, w) kernel and its bias from Keras' (h, w, in, out) one, with zero
         inputs for the channels the last layer padded."""
@@ -172,7 +174,7 @@ class _Graph:
         biases.append(class_bias[1:] - class_bias[:1])
         kernel, bias = np.concatenate(kernels, axis=-1), np.concatenate(biases)
         if conv:
-            weight = self._pad_input_channels(kernel.transpose(3, 2, 0, 1))
+            weight, bias = self._onnx_kernel(kernel, bias)
             (y,) = self.node("Conv", [x, self.constant(weight), self.constant(bias)])
         else:
             (y,) = self.node("Gemm", [x, self.constant(kernel), self.constant(bias)])
