@@ -15,6 +15,10 @@ from facegate.gallery import DEFAULT_COLLECTION
 
 _Threshold = Annotated[float, Query(ge=0.0, le=1.0, allow_inf_nan=False)]
 
+# A page of a list (people, unknown visitors): where it starts and how many rows it holds.
+PageOffset = Annotated[int, Query(ge=0, le=2**31)]
+PageLimit = Annotated[int, Query(ge=1, le=500)]
+
 
 def detection_params(
     min_face_size: Annotated[

@@ -250,13 +250,18 @@ def _person(value: dict[str, Any], number: int, dim: int) -> PortablePerson:
     )
 
 
+def _base64_field(value: dict[str, Any], key: str, number: int, what: str) -> bytes:
+    """The bytes of the base64 string field `key`; TransferFileError naming `what` if it is not base64."""
+    try:
+        return base64.b64decode(_field(value, key, str, number), validate=True)
+    except binascii.Error as exc:
+        raise TransferFileError(f"line {number}: {what} is not base64 ({exc})") from exc
+
+
 def _face(value: object, number: int, dim: int) -> PortableFace:
     if not isinstance(value, dict):
         raise TransferFileError(f"line {number}: a face must be a JSON object")
-    try:
-        raw = base64.b64decode(_field(value, "embedding", str, number), validate=True)
-    except binascii.Error as exc:
-        raise TransferFileError(f"line {number}: an embedding is not base64 ({exc})") from exc
+    raw = _base64_field(value, "embedding", number, "an embedding")
     if len(raw) != 4 * dim:
         raise TransferFileError(
             f"line {number}: an embedding has {len(raw)} bytes, not {4 * dim} ({dim} float32)"
@@ -289,10 +294,7 @@ def _finite(values: list[Any], count: int, number: int, rule: str) -> list[float
 def _chip(value: object, number: int) -> FaceChip:
     if not isinstance(value, dict):
         raise TransferFileError(f"line {number}: a chip must be a JSON object or null")
-    try:
-        jpeg = base64.b64decode(_field(value, "jpeg", str, number), validate=True)
-    except binascii.Error as exc:
-        raise TransferFileError(f"line {number}: a chip's jpeg is not base64 ({exc})") from exc
+    jpeg = _base64_field(value, "jpeg", number, "a chip's jpeg")
     try:
         with Image.open(io.BytesIO(jpeg)) as picture:  # reads the header only: cheap
             kind, size = picture.format, picture.size

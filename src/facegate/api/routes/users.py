@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, Upload
 from facegate.api.auth import Scope, require
 from facegate.api.deps import ServicesDep, infer, query, read_image
 from facegate.api.forms import StrictFormRoute
-from facegate.api.params import CollectionDep, PathId
+from facegate.api.params import CollectionDep, PageLimit, PageOffset, PathId
 from facegate.api.schemas import KEYED_ERRORS, error_responses
 from facegate.gallery import FaceRecord, UserRecord
 from facegate.names import clean_name
@@ -117,8 +117,8 @@ async def register(
 async def list_users(
     services: ServicesDep,
     collection: CollectionDep,
-    offset: Annotated[int, Query(ge=0, le=2**31)] = 0,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: PageOffset = 0,
+    limit: PageLimit = 50,
 ) -> UserList:
     """The collection's people by id, a page at a time."""
     users, total = await query(lambda: services.gallery.list_users(offset, limit, collection))

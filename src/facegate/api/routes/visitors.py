@@ -3,14 +3,12 @@ enrol, add to someone, or forget. Reading takes the `audit` scope; changing the 
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Query
+from fastapi import APIRouter
 from fastapi.responses import Response
 
 from facegate.api.auth import Scope, require
 from facegate.api.deps import Services, ServicesDep, infer, query
-from facegate.api.params import CollectionDep, PathId
+from facegate.api.params import CollectionDep, PageLimit, PageOffset, PathId
 from facegate.api.schemas import KEYED_ERRORS, error_responses
 from facegate.pipeline import EmbeddedFace
 from facegate.schemas import Rename, Visitor, VisitorAdded, VisitorForgotten, VisitorList
@@ -27,8 +25,8 @@ UserId = PathId
 async def list_visitors(
     services: ServicesDep,
     collection: CollectionDep,
-    offset: Annotated[int, Query(ge=0, le=2**31)] = 0,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: PageOffset = 0,
+    limit: PageLimit = 50,
 ) -> VisitorList:
     """The collection's unknown visitors, most recently seen first, with how often they came."""
     records, total = await query(lambda: services.visitors.page(collection, offset, limit))
