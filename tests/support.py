@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+import onnx
 import psycopg
 from fastapi.testclient import TestClient
 from PIL import Image
@@ -45,6 +46,22 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.now
+
+
+def io_signature(
+    model: onnx.ModelProto,
+) -> tuple[tuple[str, int, list[int | str]], tuple[str, list[int | str]]]:
+    """A one-input, one-output model's (input name, element type, dims) and (output name, dims),
+    each dim a size or a symbolic name."""
+    (graph_input,), (graph_output,) = model.graph.input, model.graph.output
+
+    def dims(value: onnx.ValueInfoProto) -> list[int | str]:
+        return [d.dim_value or d.dim_param for d in value.type.tensor_type.shape.dim]
+
+    return (graph_input.name, graph_input.type.tensor_type.elem_type, dims(graph_input)), (
+        graph_output.name,
+        dims(graph_output),
+    )
 
 
 # --- databases and apps under test ---------------------------------------------------------------

@@ -19,6 +19,7 @@ from facegate.embedding.dlib_resnet import DlibEmbedder, DlibOnnxEmbedder
 from facegate.embedding.models import RESNET_PATH
 from facegate.imaging import load_image_file
 from tests.data import FACES
+from tests.support import io_signature
 
 LFW = FACES / "lfw"
 LFW_IMAGES = 40
@@ -73,14 +74,9 @@ def test_model_file_is_read_completely() -> None:
 
 def test_graph_signature(tmp_path: Path) -> None:
     model = onnx.load_from_string(converted_model(RESNET_PATH, tmp_path))
-    (graph_input,), (graph_output,) = model.graph.input, model.graph.output
-    dims = [d.dim_value or d.dim_param for d in graph_input.type.tensor_type.shape.dim]
-    assert (graph_input.name, graph_input.type.tensor_type.elem_type, dims) == (
-        "chips",
-        onnx.TensorProto.UINT8,
-        ["N", 150, 150, 3],
-    )
-    assert graph_output.name == "descriptors"
+    graph_input, (output_name, _) = io_signature(model)
+    assert graph_input == ("chips", onnx.TensorProto.UINT8, ["N", 150, 150, 3])
+    assert output_name == "descriptors"
     ops = [node.op_type for node in model.graph.node]
     # Affine layers are folded into the convolutions: the only Mul is the input's 1/256 scale.
     assert (ops.count("Conv"), ops.count("Mul"), ops.count("Add")) == (29, 1, 14)

@@ -21,7 +21,7 @@ from facegate.embedding.tf_graph import parse_graph
 from facegate.faces import Face
 from facegate.imaging import load_image_file
 from tests.data import FACES
-from tests.support import assert_unit_and_people_apart
+from tests.support import assert_unit_and_people_apart, io_signature
 
 PORTRAITS = FACES / "portraits"
 # Two photos each of three people: within a person the faces must be nearer than across people.
@@ -79,14 +79,9 @@ def crops(portrait_faces: dict[str, list[tuple[np.ndarray, list[Face]]]]) -> np.
 @needs_facenet
 def test_graph_signature_and_folds(models_dir: Path) -> None:
     model = onnx.load_from_string(converted_model(GRAPH, models_dir))
-    (graph_input,), (graph_output,) = model.graph.input, model.graph.output
-    dims = [d.dim_value or d.dim_param for d in graph_input.type.tensor_type.shape.dim]
-    assert (graph_input.name, graph_input.type.tensor_type.elem_type, dims) == (
-        "crops",
-        onnx.TensorProto.UINT8,
-        ["N", 160, 160, 3],
-    )
-    assert [d.dim_value or d.dim_param for d in graph_output.type.tensor_type.shape.dim] == ["N", 512]
+    graph_input, (_, output_dims) = io_signature(model)
+    assert graph_input == ("crops", onnx.TensorProto.UINT8, ["N", 160, 160, 3])
+    assert output_dims == ["N", 512]
     ops = [node.op_type for node in model.graph.node]
     tf_ops = [node.op for node in parse_graph(GRAPH.read_bytes()).values()]
     # Every convolution carries its bias (no separate Add), the batch norm is gone into the MatMul,

@@ -21,7 +21,7 @@ from facegate.faces import Face
 from facegate.imaging import load_image_file
 from facegate.runtime import RuntimeOptions
 from tests.data import FACES
-from tests.support import assert_unit_and_people_apart
+from tests.support import assert_unit_and_people_apart, io_signature
 
 PORTRAITS = FACES / "portraits"
 # Two photos each of three people: within a person the faces must be nearer than across people.
@@ -134,14 +134,9 @@ def test_not_a_tflite_file_is_refused(data: bytes) -> None:
 
 def test_graph_signature_and_folds(mobilefacenet_tflite: Path, models_dir: Path) -> None:
     model = onnx.load_from_string(converted_model(mobilefacenet_tflite, models_dir))
-    (graph_input,), (graph_output,) = model.graph.input, model.graph.output
-    dims = [d.dim_value or d.dim_param for d in graph_input.type.tensor_type.shape.dim]
-    assert (graph_input.name, graph_input.type.tensor_type.elem_type, dims) == (
-        "crops",
-        onnx.TensorProto.UINT8,
-        ["N", 112, 112, 3],
-    )
-    assert [d.dim_value or d.dim_param for d in graph_output.type.tensor_type.shape.dim] == ["N", 192]
+    graph_input, (_, output_dims) = io_signature(model)
+    assert graph_input == ("crops", onnx.TensorProto.UINT8, ["N", 112, 112, 3])
+    assert output_dims == ["N", 192]
     ops = [node.op_type for node in model.graph.node]
     # 52 convolutions less two merged pairs, and two 1 × 1 depthwise ones per PReLU (33); the input
     # normalisation is in the first convolution (no Sub/Mul/Div left).
