@@ -4,6 +4,7 @@ by Streamlit's AppTest against a real API (EVENTS=faces) over real HTTP."""
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -13,9 +14,11 @@ from facegate.faces import DetectionParams
 from facegate.ui.client import ApiClient, ApiError
 from tests.data import FACES
 from tests.servers import api_server
-from tests.test_ui import BIDEN, DEFAULT, OBAMA, TOKEN, labelled, photo_of, start_ui, texts
+from tests.test_ui import BIDEN, DEFAULT, OBAMA, TOKEN, api, labelled, photo_of, start_ui, texts
 
-__all__ = ["start_ui"]  # the fixture, shared with the other UI pages' tests
+__all__ = ["api", "start_ui"]  # the fixtures, shared with the other UI pages' tests
+
+WRITE_TIMEOUT_S = 60
 
 
 @pytest.fixture(scope="module")
@@ -24,20 +27,16 @@ def api_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield url
 
 
-@pytest.fixture
-def api(api_url: str) -> Iterator[ApiClient]:
-    client = ApiClient(api_url, TOKEN)
-    yield client
-    client.close()
-
-
 def logged(api: ApiClient, count: int) -> list[dict]:
     """The newest events, once the API's background writer has written `count` of them."""
-    for _ in range(600):  # the writer is a thread of the API's process: written within moments
+    # The writer is a thread of the API's process: written within moments, later on a busy machine.
+    deadline = time.monotonic() + WRITE_TIMEOUT_S
+    while time.monotonic() < deadline:
         events = api.events(DEFAULT)
         if len(events) >= count:
             return events
-    raise AssertionError(f"fewer than {count} events were written")
+        time.sleep(0.02)
+    raise AssertionError(f"fewer than {count} events were written in {WRITE_TIMEOUT_S} s")
 
 
 def test_activity_lists_decisions_and_enrols_an_unknown_visitor(
