@@ -251,6 +251,8 @@ def nms(boxes: np.ndarray, threshold: float, *, over_min: bool = False) -> np.nd
     union, or over the smaller of the two boxes when `over_min`.
     """
     count = len(boxes)
+    if count < 2:  # nothing to overlap
+        return np.arange(count)
     areas = box_areas(boxes)
     keep = np.ones(count, dtype=bool)
     block_size = max(1, min(_NMS_BLOCK, _NMS_BLOCK_ENTRIES // max(count, 1)))
