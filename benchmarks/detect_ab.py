@@ -12,7 +12,10 @@ page faults per detection, and the ratio of the first version's time to each ver
 whether every version found the same faces (the largest difference of a box or score). With
 `--reference PYTHON` (a Python with the `reference` extra, mtcnn[tensorflow], installed: keep it in
 its own virtualenv), the original TensorFlow MTCNN runs as one more version, in its own process,
-and each version's speed-up over it is printed too. Each of our detections is followed by the
+and each version's speed-up over it is printed too. It runs its rounds alone, after ours have ended
+and their processes are gone: interleaved with it (a process of 1 GB that fills the caches with
+TensorFlow's), our versions took 15-30 % more CPU and wall time per detection than with it absent,
+the same versions in the same minute (BENCHMARKS.md). Each of our detections is followed by the
 memory release the API does after a request. Prints; writes nothing.
 """
 
@@ -153,17 +156,14 @@ def main() -> None:
     sources = dict(version.split("=", 1) for version in args.versions)
     print(cpu_line())
     print(f"load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
-    processes = {name: start(source, args.threads) for name, source in sources.items()}
-    if args.reference:
-        processes[REFERENCE] = start(REFERENCE, args.threads, args.reference)
     labels = list(photos())
-    answers: dict[tuple[str, str], list[Answer]] = {(n, label): [] for n in processes for label in labels}
-    for round_ in range(args.rounds):
-        order = list(processes) if round_ % 2 == 0 else list(processes)[::-1]
-        for label in labels:
-            for name in order:
-                answers[(name, label)].append(ask(processes[name], label, args.calls))
+    answers = run_rounds(
+        {name: start(source, args.threads) for name, source in sources.items()}, labels, args
+    )
+    if args.reference:
+        answers |= run_rounds({REFERENCE: start(REFERENCE, args.threads, args.reference)}, labels, args)
     print(f"load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    names = list(sources) + ([REFERENCE] if args.reference else [])
     columns = (
         "photo | version | wall ms | CPU ms | page faults | first / this (wall, CPU) | ref. / this (wall)"
     )
@@ -174,7 +174,7 @@ def main() -> None:
             name: [
                 statistics.median(getattr(a, key) for a in answers[(name, label)]) for key in ("wall", "cpu")
             ]
-            for name in processes
+            for name in names
         }
         first_wall, first_cpu = next(iter(medians.values()))
         for name, (wall, cpu) in medians.items():
@@ -183,13 +183,27 @@ def main() -> None:
             versus = f"{medians[REFERENCE][0] / wall:.1f}x" if REFERENCE in medians else "n/a"
             times = f"{wall * 1000:.1f} | {cpu * 1000:.1f} | {faults:.0f}"
             print(f"| {label} | {name} | {times} | {ratios} | {versus} |")
-        faces = [answers[(name, label)][-1].faces for name in processes]
+        faces = [answers[(name, label)][-1].faces for name in names]
         same = all(len(f) == len(faces[0]) for f in faces)
         print(f"| {label} | same face count: {same}, largest difference {largest_difference(faces):.2g} |")
+
+
+def run_rounds(
+    processes: dict[str, subprocess.Popen[str]], labels: list[str], args: argparse.Namespace
+) -> dict[tuple[str, str], list[Answer]]:
+    """Each version's answers per photo, the versions taking turns within every round; then the
+    processes end."""
+    answers: dict[tuple[str, str], list[Answer]] = {(n, label): [] for n in processes for label in labels}
+    for round_ in range(args.rounds):
+        order = list(processes) if round_ % 2 == 0 else list(processes)[::-1]
+        for label in labels:
+            for name in order:
+                answers[(name, label)].append(ask(processes[name], label, args.calls))
     for process in processes.values():
         assert process.stdin is not None
         process.stdin.close()
         process.wait()
+    return answers
 
 
 if __name__ == "__main__":
