@@ -33,8 +33,7 @@ if [ ${#apt_packages[@]} -gt 0 ]; then
 fi
 
 # uv installs what pip would, from the same places, in seconds where pip takes a minute (it installs
-# in parallel from its per-user cache and compiles no bytecode ahead of use); but it reads no pip
-# configuration. This passes on pip's settings here (its config files and PIP_* variables: indexes,
+# and compiles in parallel, from its per-user cache); but it reads no pip configuration. This passes on pip's settings here (its config files and PIP_* variables: indexes,
 # local wheels, constraints, certificates; a variable wins over a file, [install] over [global]),
 # and lets uv pick the best version across all indexes, as pip does.
 pip_settings_for_uv() {
@@ -77,8 +76,11 @@ extras=ui
 stamp=".venv/.facegate-installed-$extras"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     echo "Installing FaceGate and its dependencies into .venv (the first run on a machine takes longest)"
+    # Bytecode compiled now, as pip does: where PYTHONDONTWRITEBYTECODE is set (CI images often set
+    # it), every process of the suite would otherwise compile numpy, FastAPI, ONNX... again (a second each).
     if .venv/bin/python -m pip install -q uv && pip_settings_for_uv \
-        && .venv/bin/uv pip install -q --python .venv/bin/python "${uv_options[@]}" -e ".[$extras]"; then
+        && .venv/bin/uv pip install -q --python .venv/bin/python --compile-bytecode "${uv_options[@]}" \
+            -e ".[$extras]"; then
         :
     else
         echo "warning: no install with uv; installing with pip instead (a minute or more)" >&2
