@@ -110,21 +110,33 @@ if [ "$purpose" = gpu ]; then
     "$py" -c 'import onnxruntime as ort; print("ONNX Runtime", ort.__version__, "providers:", ort.get_available_providers())'
 fi
 
+# Wheels that tests install without network, made by `pip wheel ARGS` once per user and key (the
+# inputs they come from, and this Python), like pip's cache, and copied into .venv/NAME: a fresh
+# clone's set-up downloads and builds nothing. Usage: cached_wheels NAME KEY ARGS...
+cached_wheels() {
+    local name=$1 key store staging
+    key=$( { echo "$2"; .venv/bin/python -VV; } | sha256sum | cut -c1-16)
+    shift 2
+    store="${XDG_CACHE_HOME:-$HOME/.cache}/facegate/wheels/$name-$key"
+    if [ ! -f "$store/.complete" ]; then
+        echo "Downloading the wheels of $name into $store"
+        mkdir -p "$(dirname "$store")"
+        staging=$(mktemp -d "$store.XXXXXX")  # moved into place whole: a concurrent set-up sees all or none
+        .venv/bin/python -m pip wheel -q -w "$staging" "$@"
+        rm -f "$staging"/facegate_client-*.whl  # tests/test_client.py builds the client from the working tree
+        touch "$staging/.complete"
+        rm -rf "$store"  # an incomplete one (a set-up stopped half-way)
+        mv -T "$staging" "$store" 2>/dev/null || rm -rf "$staging"
+    fi
+    rm -rf ".venv/$name"
+    cp -r "$store" ".venv/$name"
+}
+
 if [ "$purpose" = test ]; then
-    # tests/test_client.py installs the client alone into a fresh virtualenv without network:
-    # from the wheels of its dependencies and of its build backend, downloaded here once.
-    wheelhouse=.venv/client-wheelhouse
-    if [ ! -f "$wheelhouse/.complete" ] || [ client/pyproject.toml -nt "$wheelhouse/.complete" ]; then
-        echo "Downloading the Python client's dependencies into $wheelhouse"
-        .venv/bin/python -m pip wheel -q -w "$wheelhouse" ./client hatchling
-        rm -f "$wheelhouse"/facegate_client-*.whl  # the test builds the client from the working tree
-        touch "$wheelhouse/.complete"
-    fi
-    # tests/test_smoke_script.py lets deploy/smoke.sh install the Compose binary without network.
-    compose_wheels=.venv/compose-wheelhouse
-    if [ ! -f "$compose_wheels/.complete" ] || [ pyproject.toml -nt "$compose_wheels/.complete" ]; then
-        .venv/bin/python -m pip wheel -q --no-deps -w "$compose_wheels" \
-            "$(PYTHON=.venv/bin/python deploy/smoke.sh _compose_requirement)"
-        touch "$compose_wheels/.complete"
-    fi
+    # tests/test_client.py installs the client alone into a fresh virtualenv: from the wheels of its
+    # dependencies and of its build backend.
+    cached_wheels client-wheelhouse "$(cat client/pyproject.toml)" ./client hatchling
+    # tests/test_smoke_script.py lets deploy/smoke.sh install the Compose binary (the test extra's pin).
+    cached_wheels compose-wheelhouse "$(cat pyproject.toml)" --no-deps \
+        "$(PYTHON=.venv/bin/python deploy/smoke.sh _compose_requirement)"
 fi
