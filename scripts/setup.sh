@@ -33,9 +33,10 @@ if [ ${#apt_packages[@]} -gt 0 ]; then
 fi
 
 # uv installs what pip would, from the same places, in seconds where pip takes a minute (it installs
-# and compiles in parallel, from its per-user cache); but it reads no pip configuration. This passes on pip's settings here (its config files and PIP_* variables: indexes,
-# local wheels, constraints, certificates; a variable wins over a file, [install] over [global]),
-# and lets uv pick the best version across all indexes, as pip does.
+# and compiles in parallel, from its per-user cache); but it reads no pip configuration. This passes
+# on pip's settings here (its config files and PIP_* variables: indexes, local wheels, constraints,
+# certificates; a variable wins over a file, [install] over [global]), and lets uv pick the best
+# version across all indexes, as pip does.
 pip_settings_for_uv() {
     local line key value rank url location file
     local -A setting=() ranks=()
@@ -123,7 +124,8 @@ cached_wheels() {
         mkdir -p "$(dirname "$store")"
         staging=$(mktemp -d "$store.XXXXXX")  # moved into place whole: a concurrent set-up sees all or none
         .venv/bin/python -m pip wheel -q -w "$staging" "$@"
-        rm -f "$staging"/facegate_client-*.whl  # tests/test_client.py builds the client from the working tree
+        # The client's own wheel goes: tests/test_client.py builds the client from the working tree.
+        rm -f "$staging"/facegate_client-*.whl
         touch "$staging/.complete"
         rm -rf "$store"  # an incomplete one (a set-up stopped half-way)
         mv -T "$staging" "$store" 2>/dev/null || rm -rf "$staging"
