@@ -70,7 +70,25 @@ pip_settings_for_uv() {
     return 0
 }
 
-[ -x .venv/bin/python ] || "$python" -m venv .venv
+# uv itself lives in the per-user cache, installed there the first time with the virtualenv's pip:
+# a fresh clone's virtualenv is then made by uv in a fraction of a second (venv's ensurepip: 4 s).
+uv_dir=${XDG_CACHE_HOME:-$HOME/.cache}/facegate/uv
+uv=$uv_dir/bin/uv
+install_uv() {
+    local staging
+    [ -x "$uv" ] && return 0
+    mkdir -p "$(dirname "$uv_dir")"
+    staging=$(mktemp -d "$uv_dir.XXXXXX")  # moved into place whole: a concurrent set-up sees all or none
+    .venv/bin/python -m pip install -q --target "$staging" uv || { rm -rf "$staging"; return 1; }
+    rm -rf "$uv_dir"  # an incomplete one
+    mv -T "$staging" "$uv_dir" 2>/dev/null || rm -rf "$staging"
+}
+
+if [ ! -x .venv/bin/python ]; then
+    base_python=$("$python" -c 'import sys; print(sys.executable)')
+    [ -x "$uv" ] && "$uv" venv -q --seed --no-python-downloads --python "$base_python" .venv \
+        || "$python" -m venv .venv
+fi
 extras=ui
 [ "$purpose" = test ] && extras=ui,test
 [ "$purpose" = docs ] && extras=ui,docs
@@ -79,8 +97,8 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     echo "Installing FaceGate and its dependencies into .venv (the first run on a machine takes longest)"
     # Bytecode compiled now, as pip does: where PYTHONDONTWRITEBYTECODE is set (CI images often set
     # it), every process of the suite would otherwise compile numpy, FastAPI, ONNX... again (a second each).
-    if .venv/bin/python -m pip install -q uv && pip_settings_for_uv \
-        && .venv/bin/uv pip install -q --python .venv/bin/python --compile-bytecode "${uv_options[@]}" \
+    if install_uv && pip_settings_for_uv \
+        && "$uv" pip install -q --python .venv/bin/python --compile-bytecode "${uv_options[@]}" \
             -e ".[$extras]"; then
         :
     else
