@@ -32,15 +32,80 @@ if [ ${#apt_packages[@]} -gt 0 ]; then
     fi
 fi
 
-[ -x .venv/bin/python ] || "$python" -m venv .venv
+# uv installs what pip would, from the same places, in seconds where pip takes a minute (it installs
+# and compiles in parallel, from its per-user cache); but it reads no pip configuration. This passes
+# on pip's settings here (its config files and PIP_* variables: indexes, local wheels, constraints,
+# certificates; a variable wins over a file, [install] over [global]), and lets uv pick the best
+# version across all indexes, as pip does.
+pip_settings_for_uv() {
+    local line key value rank url location file
+    local -A setting=() ranks=()
+    while IFS= read -r line; do
+        key=${line%%=*}
+        value=${line#*=}
+        value=${value#\'}
+        value=${value%\'}
+        case "$key" in
+            :env:.*) rank=3 ;;
+            install.*) rank=2 ;;
+            global.*) rank=1 ;;
+            *) continue ;;
+        esac
+        key=${key#*.}
+        if [ "${ranks[$key]:-0}" -lt "$rank" ]; then
+            setting[$key]=$value
+            ranks[$key]=$rank
+        fi
+    done < <(.venv/bin/python -m pip config list)
+    uv_options=(--index-strategy unsafe-best-match)
+    [ -n "${setting[index-url]:-}" ] && uv_options+=(--index-url "${setting[index-url]}")
+    for url in ${setting[extra-index-url]:-}; do uv_options+=(--extra-index-url "$url"); done
+    for location in ${setting[find-links]:-}; do uv_options+=(--find-links "$location"); done
+    for file in ${setting[constraint]:-}; do uv_options+=(--constraint "$file"); done
+    case "${setting[no-index]:-}" in 1 | true | yes | on) uv_options+=(--no-index) ;; esac
+    if [ -n "${setting[cert]:-}" ]; then export SSL_CERT_FILE="${setting[cert]}"; fi
+    if [ -n "${setting[default-timeout]:-${setting[timeout]:-}}" ]; then
+        export UV_HTTP_TIMEOUT="${setting[default-timeout]:-${setting[timeout]}}"
+    fi
+    return 0
+}
+
+# uv itself lives in the per-user cache, installed there the first time with the virtualenv's pip:
+# a fresh clone's virtualenv is then made by uv in a fraction of a second (venv's ensurepip: 4 s).
+uv_dir=${XDG_CACHE_HOME:-$HOME/.cache}/facegate/uv
+uv=$uv_dir/bin/uv
+install_uv() {
+    local staging
+    [ -x "$uv" ] && return 0
+    mkdir -p "$(dirname "$uv_dir")"
+    staging=$(mktemp -d "$uv_dir.XXXXXX")  # moved into place whole: a concurrent set-up sees all or none
+    .venv/bin/python -m pip install -q --target "$staging" uv || { rm -rf "$staging"; return 1; }
+    rm -rf "$uv_dir"  # an incomplete one
+    mv -T "$staging" "$uv_dir" 2>/dev/null || rm -rf "$staging"
+}
+
+if [ ! -x .venv/bin/python ]; then
+    base_python=$("$python" -c 'import sys; print(sys.executable)')
+    [ -x "$uv" ] && "$uv" venv -q --seed --no-python-downloads --python "$base_python" .venv \
+        || "$python" -m venv .venv
+fi
 extras=ui
 [ "$purpose" = test ] && extras=ui,test
 [ "$purpose" = docs ] && extras=ui,docs
 stamp=".venv/.facegate-installed-$extras"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-    echo "Installing FaceGate and its dependencies into .venv (first run takes a few minutes)"
-    .venv/bin/python -m pip install -q --upgrade pip
-    .venv/bin/python -m pip install -q -e ".[$extras]"
+    echo "Installing FaceGate and its dependencies into .venv (the first run on a machine takes longest)"
+    # Bytecode compiled now, as pip does: where PYTHONDONTWRITEBYTECODE is set (CI images often set
+    # it), every process of the suite would otherwise compile numpy, FastAPI, ONNX... again (a second each).
+    if install_uv && pip_settings_for_uv \
+        && "$uv" pip install -q --python .venv/bin/python --compile-bytecode "${uv_options[@]}" \
+            -e ".[$extras]"; then
+        :
+    else
+        echo "warning: no install with uv; installing with pip instead (a minute or more)" >&2
+        .venv/bin/python -m pip install -q --upgrade pip
+        .venv/bin/python -m pip install -q -e ".[$extras]"
+    fi
     touch "$stamp"
 fi
 
@@ -64,21 +129,34 @@ if [ "$purpose" = gpu ]; then
     "$py" -c 'import onnxruntime as ort; print("ONNX Runtime", ort.__version__, "providers:", ort.get_available_providers())'
 fi
 
+# Wheels that tests install without network, made by `pip wheel ARGS` once per user and key (the
+# inputs they come from, and this Python), like pip's cache, and copied into .venv/NAME: a fresh
+# clone's set-up downloads and builds nothing. Usage: cached_wheels NAME KEY ARGS...
+cached_wheels() {
+    local name=$1 key store staging
+    key=$( { echo "$2"; .venv/bin/python -VV; } | sha256sum | cut -c1-16)
+    shift 2
+    store="${XDG_CACHE_HOME:-$HOME/.cache}/facegate/wheels/$name-$key"
+    if [ ! -f "$store/.complete" ]; then
+        echo "Downloading the wheels of $name into $store"
+        mkdir -p "$(dirname "$store")"
+        staging=$(mktemp -d "$store.XXXXXX")  # moved into place whole: a concurrent set-up sees all or none
+        .venv/bin/python -m pip wheel -q -w "$staging" "$@"
+        # The client's own wheel goes: tests/test_client.py builds the client from the working tree.
+        rm -f "$staging"/facegate_client-*.whl
+        touch "$staging/.complete"
+        rm -rf "$store"  # an incomplete one (a set-up stopped half-way)
+        mv -T "$staging" "$store" 2>/dev/null || rm -rf "$staging"
+    fi
+    rm -rf ".venv/$name"
+    cp -r "$store" ".venv/$name"
+}
+
 if [ "$purpose" = test ]; then
-    # tests/test_client.py installs the client alone into a fresh virtualenv without network:
-    # from the wheels of its dependencies and of its build backend, downloaded here once.
-    wheelhouse=.venv/client-wheelhouse
-    if [ ! -f "$wheelhouse/.complete" ] || [ client/pyproject.toml -nt "$wheelhouse/.complete" ]; then
-        echo "Downloading the Python client's dependencies into $wheelhouse"
-        .venv/bin/python -m pip wheel -q -w "$wheelhouse" ./client hatchling
-        rm -f "$wheelhouse"/facegate_client-*.whl  # the test builds the client from the working tree
-        touch "$wheelhouse/.complete"
-    fi
-    # tests/test_smoke_script.py lets deploy/smoke.sh install the Compose binary without network.
-    compose_wheels=.venv/compose-wheelhouse
-    if [ ! -f "$compose_wheels/.complete" ] || [ pyproject.toml -nt "$compose_wheels/.complete" ]; then
-        .venv/bin/python -m pip wheel -q --no-deps -w "$compose_wheels" \
-            "$(PYTHON=.venv/bin/python deploy/smoke.sh _compose_requirement)"
-        touch "$compose_wheels/.complete"
-    fi
+    # tests/test_client.py installs the client alone into a fresh virtualenv: from the wheels of its
+    # dependencies and of its build backend.
+    cached_wheels client-wheelhouse "$(cat client/pyproject.toml)" ./client hatchling
+    # tests/test_smoke_script.py lets deploy/smoke.sh install the Compose binary (the test extra's pin).
+    cached_wheels compose-wheelhouse "$(cat pyproject.toml)" --no-deps \
+        "$(PYTHON=.venv/bin/python deploy/smoke.sh _compose_requirement)"
 fi

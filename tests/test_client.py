@@ -7,6 +7,7 @@ import io
 import logging
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -394,12 +395,17 @@ def test_network_errors_are_retried_for_idempotent_calls_only(caplog: pytest.Log
         assert caplog.records == []
 
 
-def test_timeout(api_url: str) -> None:
-    with (
-        FaceGateClient(api_url, api_key=TOKEN, timeout=httpx.Timeout(10.0, read=0.001)) as hasty,
-        pytest.raises(RequestTimeoutError) as caught,
-    ):
-        hasty.detect(SMALL_OBAMA)
+def test_timeout() -> None:
+    """A server that takes the request and never answers. (The service itself with a 1 ms read
+    timeout was no sure test: on a busy machine the client could be descheduled for longer than
+    the detection took, and find the answer waiting.)"""
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # connects are queued, never answered
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        with (
+            FaceGateClient(url, api_key=TOKEN, timeout=httpx.Timeout(10.0, read=0.2)) as hasty,
+            pytest.raises(RequestTimeoutError) as caught,
+        ):
+            hasty.detect(SMALL_OBAMA)
     assert isinstance(caught.value, NetworkError)
     assert "did not answer in time" in str(caught.value)
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import selectors
+import shutil
 import signal
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -30,11 +32,21 @@ def environment(data: Path, **extra: str) -> dict[str, str]:
     return {"APP_TOKEN": KEY, "FACEGATE_DATA_DIR": str(data), **extra}
 
 
-@pytest.fixture
-def guarded(data_dir: Path, tmp_path: Path) -> Iterator[LiveServer]:
-    env = environment(data_dir, HEADER_TIMEOUT=str(HEADER_TIMEOUT), MAX_CONNECTIONS=str(MAX_CONNECTIONS))
-    with LiveServer(env, tmp_path / "server.log") as live:
-        yield live
+@pytest.fixture(scope="module")
+def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """One service for the module's socket tests (starting one costs seconds of CPU): each test
+    ends with every connection it opened closed and checks that the service still answers.
+
+    Its data lives outside pytest's folder, as `data_dir`'s does: a concurrent pytest session makes
+    that folder private again, and PostgreSQL runs as the `pgserver` user when we are root.
+    """
+    data = Path(tempfile.mkdtemp(prefix="facegate-test-connections-"))
+    env = environment(data, HEADER_TIMEOUT=str(HEADER_TIMEOUT), MAX_CONNECTIONS=str(MAX_CONNECTIONS))
+    try:
+        with LiveServer(env, tmp_path_factory.mktemp("connections") / "server.log") as live:
+            yield live
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
 
 
 def stalled(port: int, count: int, payload: bytes = PARTIAL) -> list[socket.socket]:

