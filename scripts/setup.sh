@@ -70,19 +70,25 @@ pip_settings_for_uv() {
     return 0
 }
 
+# Makes the per-user cache folder DIR by `FILL STAGING ARGS...` in a temporary folder that is then
+# moved into place whole: a concurrent set-up sees all of it or none, and one stopped half-way
+# leaves no half. Usage: fill_cache_dir DIR FILL ARGS...
+fill_cache_dir() {
+    local dir=$1 fill=$2 staging
+    shift 2
+    mkdir -p "$(dirname "$dir")"
+    staging=$(mktemp -d "$dir.XXXXXX")
+    "$fill" "$staging" "$@" || { rm -rf "$staging"; return 1; }
+    rm -rf "$dir"  # an incomplete one
+    mv -T "$staging" "$dir" 2>/dev/null || rm -rf "$staging"
+}
+
 # uv itself lives in the per-user cache, installed there the first time with the virtualenv's pip:
 # a fresh clone's virtualenv is then made by uv in a fraction of a second (venv's ensurepip: 4 s).
 uv_dir=${XDG_CACHE_HOME:-$HOME/.cache}/facegate/uv
 uv=$uv_dir/bin/uv
-install_uv() {
-    local staging
-    [ -x "$uv" ] && return 0
-    mkdir -p "$(dirname "$uv_dir")"
-    staging=$(mktemp -d "$uv_dir.XXXXXX")  # moved into place whole: a concurrent set-up sees all or none
-    .venv/bin/python -m pip install -q --target "$staging" uv || { rm -rf "$staging"; return 1; }
-    rm -rf "$uv_dir"  # an incomplete one
-    mv -T "$staging" "$uv_dir" 2>/dev/null || rm -rf "$staging"
-}
+pip_install_uv() { .venv/bin/python -m pip install -q --target "$1" uv; }
+install_uv() { [ -x "$uv" ] || fill_cache_dir "$uv_dir" pip_install_uv; }
 
 if [ ! -x .venv/bin/python ]; then
     base_python=$("$python" -c 'import sys; print(sys.executable)')
@@ -133,23 +139,23 @@ fi
 # inputs they come from, and this Python), like pip's cache, and copied into .venv/NAME: a fresh
 # clone's set-up downloads and builds nothing. Usage: cached_wheels NAME KEY ARGS...
 cached_wheels() {
-    local name=$1 key store staging
+    local name=$1 key store
     key=$( { echo "$2"; .venv/bin/python -VV; } | sha256sum | cut -c1-16)
     shift 2
     store="${XDG_CACHE_HOME:-$HOME/.cache}/facegate/wheels/$name-$key"
     if [ ! -f "$store/.complete" ]; then
         echo "Downloading the wheels of $name into $store"
-        mkdir -p "$(dirname "$store")"
-        staging=$(mktemp -d "$store.XXXXXX")  # moved into place whole: a concurrent set-up sees all or none
-        .venv/bin/python -m pip wheel -q -w "$staging" "$@"
-        # The client's own wheel goes: tests/test_client.py builds the client from the working tree.
-        rm -f "$staging"/facegate_client-*.whl
-        touch "$staging/.complete"
-        rm -rf "$store"  # an incomplete one (a set-up stopped half-way)
-        mv -T "$staging" "$store" 2>/dev/null || rm -rf "$staging"
+        fill_cache_dir "$store" pip_wheels "$@"
     fi
     rm -rf ".venv/$name"
     cp -r "$store" ".venv/$name"
+}
+# The client's own wheel goes: tests/test_client.py builds the client from the working tree.
+pip_wheels() {
+    local folder=$1
+    shift
+    .venv/bin/python -m pip wheel -q -w "$folder" "$@" && rm -f "$folder"/facegate_client-*.whl \
+        && touch "$folder/.complete"
 }
 
 if [ "$purpose" = test ]; then
