@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import re
-import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -16,6 +14,7 @@ from psycopg import sql
 from facegate.config import Settings
 from facegate.gallery import EmbeddedServer, Gallery
 from tests.data import FACES, REFERENCE
+from tests.servers import service_data_dir
 from tests.support import (
     API_KEY,
     GALLERY_TEST_DIM,
@@ -75,22 +74,10 @@ def pytest_make_parametrize_id(val: object) -> str | None:
 # ============================================================================================
 
 
-@contextmanager
-def _postgres_temp_dir() -> Iterator[Path]:
-    """A temporary directory for PostgreSQL data, outside pytest's tmp_path.
-
-    PostgreSQL runs as another user (`pgserver`) when we are root, and pytest makes its base
-    directory private (mode 0700) again at every session start and deletes older sessions' ones,
-    even while a parallel session still uses them.
-    """
-    with tempfile.TemporaryDirectory(prefix="facegate-test-pg-") as directory:
-        yield Path(directory)
-
-
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[EmbeddedServer]:
     """The embedded PostgreSQL server of this test session, in a temporary data directory."""
-    with _postgres_temp_dir() as directory:
+    with service_data_dir("facegate-test-pg-") as directory:
         server = EmbeddedServer(directory / "pg")
         server.start()
         yield server
@@ -100,7 +87,7 @@ def pg_server() -> Iterator[EmbeddedServer]:
 @pytest.fixture
 def pgdata_dir() -> Iterator[Path]:
     """A fresh directory for a test's own embedded server (`<dir>/pg`)."""
-    with _postgres_temp_dir() as directory:
+    with service_data_dir("facegate-test-pg-") as directory:
         yield directory
 
 

@@ -147,6 +147,22 @@ def wait_until_up(url: str, server: Child, timeout: float, *, any_status: bool =
 
 
 @contextmanager
+def service_data_dir(prefix: str) -> Iterator[Path]:
+    """A temporary folder for a service's data (its embedded PostgreSQL), outside pytest's folder,
+    deleted afterwards.
+
+    As root, pgserver runs PostgreSQL as a `pgserver` user that must traverse the parent folders,
+    and every pytest session that starts makes /tmp/pytest-of-root private again (0700) and
+    deletes older sessions' folders, even while a parallel session still uses them.
+    """
+    data = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield data
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
+
+
+@contextmanager
 def api_server(work: Path, token: str, root_path: str = "", **settings: str) -> Iterator[str]:
     """The API with its own embedded PostgreSQL (plus `settings`, env var names as keywords); yields
     its base URL. Its log goes to `work`."""
@@ -160,26 +176,19 @@ def api_process(
 ) -> Iterator[tuple[str, Child]]:
     """`api_server`, yielding its process too; `address_space`: the bytes of virtual memory it (and
     the PostgreSQL it starts) may map, so that a runaway request fails there, not the machine.
-
-    The database lives outside pytest's folder: as root, pgserver runs PostgreSQL as a `pgserver`
-    user that must traverse the parent folders, and every pytest session that starts makes
-    /tmp/pytest-of-root private again (0700), which breaks a concurrent session's server.
-    """
-    data = Path(tempfile.mkdtemp(prefix="facegate-test-api-"))
+    Its database lives in a `service_data_dir`."""
     port = free_port()
-    env = clean_env(APP_TOKEN=token, FACEGATE_DATA_DIR=str(data), API_ROOT_PATH=root_path, **settings)
     limit = [] if address_space is None else ["prlimit", f"--as={address_space}", "--"]  # it execs: same pid
     command = [
         *limit, sys.executable, "-m", "uvicorn", "--factory", "facegate.api.app:create_app",
         "--host", "127.0.0.1", "--port", str(port),
     ]  # fmt: skip
-    try:
+    with service_data_dir("facegate-test-api-") as data:
+        env = clean_env(APP_TOKEN=token, FACEGATE_DATA_DIR=str(data), API_ROOT_PATH=root_path, **settings)
         with child("api", command, work, env) as server:
             url = f"http://127.0.0.1:{port}"
             wait_until_up(f"{url}/health", server, API_START_TIMEOUT)
             yield url, server
-    finally:
-        shutil.rmtree(data, ignore_errors=True)
 
 
 class LiveServer:

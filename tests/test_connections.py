@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import selectors
-import shutil
 import signal
 import socket
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -19,7 +17,7 @@ import psutil
 import pytest
 
 from facegate.api.connections import MAX_HEADER_BYTES, MAX_HEADERS
-from tests.servers import LiveServer
+from tests.servers import LiveServer, service_data_dir
 
 KEY = "connections-test-key"
 HEADER_TIMEOUT = 4.0
@@ -37,16 +35,12 @@ def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     """One service for the module's socket tests (starting one costs seconds of CPU): each test
     ends with every connection it opened closed and checks that the service still answers.
 
-    Its data lives outside pytest's folder, as `data_dir`'s does: a concurrent pytest session makes
-    that folder private again, and PostgreSQL runs as the `pgserver` user when we are root.
+    Its data lives in a `service_data_dir`, as `data_dir`'s does outside pytest's folder.
     """
-    data = Path(tempfile.mkdtemp(prefix="facegate-test-connections-"))
-    env = environment(data, HEADER_TIMEOUT=str(HEADER_TIMEOUT), MAX_CONNECTIONS=str(MAX_CONNECTIONS))
-    try:
+    with service_data_dir("facegate-test-connections-") as data:
+        env = environment(data, HEADER_TIMEOUT=str(HEADER_TIMEOUT), MAX_CONNECTIONS=str(MAX_CONNECTIONS))
         with LiveServer(env, tmp_path_factory.mktemp("connections") / "server.log") as live:
             yield live
-    finally:
-        shutil.rmtree(data, ignore_errors=True)
 
 
 def stalled(port: int, count: int, payload: bytes = PARTIAL) -> list[socket.socket]:

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -20,7 +18,7 @@ import pytest
 
 from facegate.gallery.store import UNAVAILABLE
 from tests.data import FACES
-from tests.servers import LiveServer
+from tests.servers import LiveServer, service_data_dir
 
 KEY = "faults-test-key"
 AUTH = {"X-API-Key": KEY}
@@ -68,14 +66,11 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     Its own TMPDIR gives it its own pgserver start-up lock (`pgserver_lock`): the outage test holds
     it for seconds, and pgserver's default one, in /tmp, is every embedded server's on the machine.
     """
-    data = Path(tempfile.mkdtemp(prefix="facegate-test-faults-"))
-    (data / "tmp").mkdir()
-    env = {"MAX_CONCURRENT_INFERENCE": "1", "MAX_INFERENCE_QUEUE": "2", "TMPDIR": str(data / "tmp")}
-    try:
+    with service_data_dir("facegate-test-faults-") as data:
+        (data / "tmp").mkdir()
+        env = {"MAX_CONCURRENT_INFERENCE": "1", "MAX_INFERENCE_QUEUE": "2", "TMPDIR": str(data / "tmp")}
         with live_server(data / "data", tmp_path_factory.mktemp("faults") / "server.log", **env) as live:
             yield live
-    finally:
-        shutil.rmtree(data, ignore_errors=True)
 
 
 def test_a_burst_is_queued_up_to_the_bound_and_the_rest_refused(service: LiveServer) -> None:
