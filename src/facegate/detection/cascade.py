@@ -8,9 +8,15 @@ TensorFlow's `crop_and_resize` on the reference's normalised coordinates.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
+import numba
 import numpy as np
+from numba.core.typing import Signature
+
+log = logging.getLogger(__name__)
 
 SCALE_FACTOR = 0.709
 PNET_WINDOW = 12
@@ -18,12 +24,7 @@ PNET_STRIDE = 2
 
 # Fill value of crop samples outside the image: the reference pads its normalised image with 0,
 # which is this pixel value.
-OUTSIDE_PIXEL = 127.5
-
-# NMS blocks: columns of the pairwise IoU matrix computed at a time, and at most this many of
-# its entries, to bound memory (each of the block's temporaries is 4 bytes an entry).
-_NMS_BLOCK = 1024
-_NMS_BLOCK_ENTRIES = 2_000_000
+OUTSIDE_PIXEL = np.float32(127.5)
 
 Span = tuple[int, int]  # (start, stop) along one side of a level
 
@@ -83,15 +84,15 @@ class AreaPyramid:
     covered fraction. Pillow's BOX filter rounds that coverage to whole pixels, which moves
     PNet's scores enough to lose or add borderline faces against the reference.
 
-    Rows come from an integral along y computed once for all levels; columns are then a few
-    weighted gathers per level (one per input column a cell can touch), since a cumulative sum
-    along x would have to be redone for every level and numpy's is slow on that axis.
+    Rows come from an integral along y computed once for all levels (RowIntegral); columns are
+    then a few weighted taps per output pixel (one per input column a cell can touch). Both run as
+    compiled loops (numba), a row of the level at a time: in NumPy the same arithmetic took 4-5x
+    longer, in passes over whole temporary arrays (BENCHMARKS.md, issue 29).
     """
 
     def __init__(self, image: np.ndarray) -> None:
         self._height, self._width = image.shape[:2]
-        self._image = image
-        self._row_integral = RowIntegral(image)
+        self._integral = RowIntegral(image)
 
     def level(
         self, height: int, width: int, rows: Span | None = None, cols: Span | None = None
@@ -100,18 +101,23 @@ class AreaPyramid:
         bit for bit the same values; several threads may ask for levels at once."""
         (top, bottom), (left, right) = rows or (0, height), cols or (0, width)
         index, weight = _column_taps(self._width, width, left, right)
-        # Only the input columns this tile's cells cover: a tile costs its own size, not the image's.
-        first, last = int(index.min()), int(index.max()) + 1
-        sums = _row_sums(self._row_integral, self._image, height, top, bottom, (first, last))
-        index -= first
-        # Weights come repeated per channel, with the area normalisation folded in, so that each
-        # product runs along whole rows: numpy broadcasting a (width, 1) weight over (width, 3)
-        # pixels works three values at a time and is several times slower.
-        weight = np.repeat(weight * np.float32(height * width / (self._height * self._width)), 3, axis=1)
-        level = np.take(sums, index[0], axis=1).reshape(bottom - top, -1) * weight[0]
-        for tap_index, tap_weight in zip(index[1:], weight[1:], strict=True):
-            level += np.take(sums, tap_index, axis=1).reshape(bottom - top, -1) * tap_weight
-        return level.reshape(bottom - top, right - left, 3)
+        # The area normalisation folded into the column weights.
+        weight *= np.float32(height * width / (self._height * self._width))
+        edges = _cell_edges(self._height, height)[top : bottom + 1]
+        below = np.minimum(edges.astype(np.intp), self._height - 1)
+        level = np.empty((bottom - top, right - left, 3), np.float32)
+        integral = self._integral
+        _area_level(
+            integral.pixels,
+            integral.within,
+            integral.bases,
+            below,
+            (edges - below).astype(np.float32),
+            index,
+            weight,
+            level.reshape(bottom - top, -1),
+        )
+        return level
 
 
 # Rows per block of RowIntegral: the sum of fewer 8-bit rows than this fits in 16 bits.
@@ -121,65 +127,130 @@ _INTEGRAL_BLOCK_ROWS = 256
 class RowIntegral:
     """Sums over an image's first rows (entry i sums rows 0 to i - 1), in 6 bytes a pixel.
 
-    Entry i is the sum of the whole blocks of _INTEGRAL_BLOCK_ROWS rows above it (float32, one
-    row per block) plus that of the rows since its block began (uint16: at most 255 rows of at
-    most 255). Both are whole numbers, exact in float32 below 2**24 (images under 65,793 rows),
-    so entries come out as a float32 running sum would give them, in half its memory (a float32
-    one took 432 MB for a 36-megapixel photo).
+    Entry i is the sum of the whole blocks of _INTEGRAL_BLOCK_ROWS rows above it (`bases`,
+    float32, one row per block) plus that of the rows since its block began (`within`, uint16:
+    at most 255 rows of at most 255). Both are whole numbers, exact in float32 below 2**24
+    (images under 65,793 rows), so entries come out as a float32 running sum would give them, in
+    half its memory (a float32 one took 432 MB for a 36-megapixel photo). Rows are flattened to
+    width x 3 values.
     """
 
     def __init__(self, image: np.ndarray) -> None:
-        height, block_rows = image.shape[0], _INTEGRAL_BLOCK_ROWS
-        self._within = np.empty((height + 1, *image.shape[1:]), np.uint16)
-        self._bases = np.empty((height // block_rows + 1, *image.shape[1:]), np.float32)
-        self._bases[0] = 0
-        for block, start in enumerate(range(0, height + 1, block_rows)):
-            self._within[start] = 0
-            # numpy's cumsum over the first axis of a C-ordered array is several times slower
-            # than adding whole rows in a loop; converting the block's pixels once, not in every
-            # addition, takes another third off.
-            pixels = image[start : start + block_rows - 1].astype(np.uint16)
-            for row, pixel_row in enumerate(pixels, start):
-                np.add(self._within[row], pixel_row, out=self._within[row + 1])
-            if start + block_rows <= height:
-                last = start + block_rows - 1
-                self._bases[block + 1] = self._bases[block] + self._within[last] + image[last]
+        height = image.shape[0]
+        self.pixels = np.ascontiguousarray(image).reshape(height, -1)
+        self.within = np.empty((height + 1, self.pixels.shape[1]), np.uint16)
+        self.bases = np.empty((height // _INTEGRAL_BLOCK_ROWS + 1, self.pixels.shape[1]), np.float32)
+        _running_sums(self.pixels, self.within, self.bases)
 
-    def rows(self, indices: np.ndarray, first: int, last: int) -> np.ndarray:
-        """(len(indices), last - first, 3) float32 entries at the increasing row `indices`, of
-        the columns `first:last`."""
-        result = np.empty((len(indices), last - first, *self._within.shape[2:]), np.float32)
-        blocks = indices // _INTEGRAL_BLOCK_ROWS
-        # The indices increase: each block's rows are one slice, which gets its base in one add.
-        bounds = np.flatnonzero(np.diff(blocks)) + 1
-        for start, stop in zip([0, *bounds], [*bounds, len(indices)], strict=True):
-            result[start:stop] = self._within[indices[start:stop], first:last]
-            if blocks[start]:  # the first block's base is 0
-                result[start:stop] += self._bases[blocks[start], first:last]
-        return result
+
+@numba.njit(inline="always")
+def _lerp(a: np.float32, b: np.float32, weight: np.float32) -> np.float32:
+    return a + (b - a) * weight
+
+
+# The image's pixels, which may be a read-only array (one made from a Pillow image is).
+_PIXELS = numba.types.Array(numba.uint8, 2, "C", readonly=True)
+
+
+def _compiled(signature: Signature | list[Signature]) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """numba's compiled loop for `signature`, built when this module is imported, without the GIL
+    (the lanes run it in parallel) and with NumPy's division by zero (inf or NaN, no exception).
+    Its machine code is cached beside this file or in the user's cache folder (NUMBA_CACHE_DIR
+    elsewhere), so only a machine's first process compiles (about 2 s); where numba finds no
+    writable place it compiles in every process instead."""
+
+    def compile_loop(function: Callable[..., None]) -> Callable[..., None]:
+        try:
+            return numba.njit(signature, cache=True, nogil=True, error_model="numpy")(function)
+        except RuntimeError:  # "cannot cache function ...: no locator available"
+            log.warning("no writable cache folder for numba: %s compiled in this process", function.__name__)
+            return numba.njit(signature, nogil=True, error_model="numpy")(function)
+
+    return compile_loop
+
+
+@_compiled(numba.void(_PIXELS, numba.uint16[:, ::1], numba.float32[:, ::1]))
+def _running_sums(pixels: np.ndarray, within: np.ndarray, bases: np.ndarray) -> None:
+    """Fill RowIntegral's `within` and `bases` for the (H, W * 3) `pixels`."""
+    within[0] = 0
+    bases[0] = 0
+    for row in range(1, pixels.shape[0] + 1):
+        block, start = divmod(row, _INTEGRAL_BLOCK_ROWS)
+        if start:
+            for x in range(pixels.shape[1]):
+                within[row, x] = within[row - 1, x] + pixels[row - 1, x]
+        else:  # a new block: its base takes the rows so far, its running sum starts again
+            for x in range(pixels.shape[1]):
+                bases[block, x] = bases[block - 1, x] + np.float32(within[row - 1, x]) + pixels[row - 1, x]
+                within[row, x] = 0
+
+
+@_compiled(
+    numba.void(
+        _PIXELS,
+        numba.uint16[:, ::1],
+        numba.float32[:, ::1],
+        numba.intp[::1],
+        numba.float32[::1],
+        numba.intp[:, ::1],
+        numba.float32[:, ::1],
+        numba.float32[:, ::1],
+    )
+)
+def _area_level(
+    pixels: np.ndarray,
+    within: np.ndarray,
+    bases: np.ndarray,
+    below: np.ndarray,
+    fraction: np.ndarray,
+    index: np.ndarray,
+    weight: np.ndarray,
+    level: np.ndarray,
+) -> None:
+    """Fill `level` (rows, columns x 3) from the integral: output row r sums the input rows between
+    the edges r and r + 1 (input row `below` plus its covered `fraction`), output column j the
+    input columns `index[:, j]` times `weight[:, j]`.
+
+    The integral of piecewise-constant rows is piecewise linear: at a fractional edge it is the
+    integral at the row below plus the covered fraction of that row's pixels.
+    """
+    channels = 3
+    first = index.min() * channels
+    span = (index.max() + 1) * channels - first
+    previous = np.empty(span, np.float32)
+    current = np.empty(span, np.float32)
+    sums = np.empty(span, np.float32)
+    for edge in range(len(below)):
+        # Scalars and row slices taken out of the loops: otherwise LLVM, unable to rule out that
+        # the arrays overlap, reloads them every step and vectorises nothing (3x slower).
+        row, covered = below[edge], fraction[edge]
+        row_pixels, row_within = pixels[row, first : first + span], within[row, first : first + span]
+        row_base = bases[row // _INTEGRAL_BLOCK_ROWS, first : first + span]
+        for x in range(span):
+            current[x] = row_pixels[x] * covered + (np.float32(row_within[x]) + row_base[x])
+        if edge:
+            for x in range(span):
+                sums[x] = current[x] - previous[x]
+            out = level[edge - 1]
+            for column in range(index.shape[1]):
+                source, target = index[0, column] * channels - first, column * channels
+                tap_weight = weight[0, column]
+                out[target] = sums[source] * tap_weight
+                out[target + 1] = sums[source + 1] * tap_weight
+                out[target + 2] = sums[source + 2] * tap_weight
+            for tap in range(1, index.shape[0]):
+                for column in range(index.shape[1]):
+                    source, target = index[tap, column] * channels - first, column * channels
+                    tap_weight = weight[tap, column]
+                    out[target] += sums[source] * tap_weight
+                    out[target + 1] += sums[source + 1] * tap_weight
+                    out[target + 2] += sums[source + 2] * tap_weight
+        previous, current = current, previous
 
 
 def _cell_edges(size_in: int, size_out: int) -> np.ndarray:
     """Input coordinates of the `size_out + 1` edges of equal output cells."""
     return np.arange(size_out + 1) * (size_in / size_out)
-
-
-def _row_sums(
-    integral: RowIntegral, image: np.ndarray, size_out: int, start: int, stop: int, columns: Span
-) -> np.ndarray:
-    """(stop - start, W, 3) sums over the rows each of the output rows `start:stop` covers, of
-    the input `columns`, from the integral over rows.
-
-    The integral of piecewise-constant rows is piecewise linear: at a fractional cell edge it is
-    the integral at the row below plus the covered fraction of that row's pixels.
-    """
-    size_in = image.shape[0]
-    edges = _cell_edges(size_in, size_out)[start : stop + 1]
-    below = np.minimum(edges.astype(np.intp), size_in - 1)
-    first, last = columns
-    at_edges = image[below, first:last] * (edges - below).astype(np.float32)[:, None, None]
-    at_edges += integral.rows(below, first, last)
-    return np.diff(at_edges, axis=0)
 
 
 def _column_taps(size_in: int, size_out: int, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
@@ -250,26 +321,41 @@ def nms(boxes: np.ndarray, threshold: float, *, over_min: bool = False) -> np.nd
     A box is dropped when any better box overlaps it by more than `threshold`, measured over the
     union, or over the smaller of the two boxes when `over_min`.
     """
-    count = len(boxes)
-    if count < 2:  # nothing to overlap
-        return np.arange(count)
-    areas = box_areas(boxes)
-    keep = np.ones(count, dtype=bool)
-    block_size = max(1, min(_NMS_BLOCK, _NMS_BLOCK_ENTRIES // max(count, 1)))
-    for start in range(0, count, block_size):
-        stop = min(start + block_size, count)
-        better, block = boxes[:stop, None, :4], boxes[None, start:stop, :4]
-        width = np.minimum(better[..., 2], block[..., 2]) - np.maximum(better[..., 0], block[..., 0])
-        height = np.minimum(better[..., 3], block[..., 3]) - np.maximum(better[..., 1], block[..., 1])
-        inter = np.maximum(width, 0) * np.maximum(height, 0)
-        a, b = areas[:stop, None], areas[None, start:stop]
-        denominator = np.minimum(a, b) if over_min else a + b - inter
-        with np.errstate(divide="ignore", invalid="ignore"):
-            overlapping = inter / denominator > threshold
-        # Only better boxes (earlier rows) count.
-        overlapping &= np.arange(stop)[:, None] < np.arange(start, stop)[None, :]
-        keep[start:stop] = ~overlapping.any(axis=0)
+    keep = np.ones(len(boxes), dtype=bool)
+    if len(boxes) > 1:  # one box: nothing to overlap
+        # The overlap is compared in the boxes' own precision, as NumPy compares with a Python float.
+        _suppress(boxes, boxes.dtype.type(threshold), over_min, keep)
     return np.flatnonzero(keep)
+
+
+@numba.njit(inline="always")
+def _positive_part(value: float) -> float:
+    # `max(value, 0)` would compute in float64 (int and float32 promote to it) and round the
+    # overlap differently from NumPy's float32; `value - value` is 0 in the value's own type.
+    return value if value > 0 else value - value
+
+
+@_compiled(
+    [
+        numba.void(numba.types.Array(dtype, 2, "A", readonly=True), dtype, numba.bool_, numba.bool_[::1])
+        for dtype in (numba.float32, numba.float64)
+    ]
+)
+def _suppress(boxes: np.ndarray, threshold: float, over_min: bool, keep: np.ndarray) -> None:
+    """Clear `keep[i]` where a box before i overlaps box i by more than `threshold`."""
+    for i in range(1, len(boxes)):
+        x1, y1, x2, y2 = boxes[i, 0], boxes[i, 1], boxes[i, 2], boxes[i, 3]
+        area = (x2 - x1) * (y2 - y1)
+        for better in range(i):
+            width = min(boxes[better, 2], x2) - max(boxes[better, 0], x1)
+            height = min(boxes[better, 3], y2) - max(boxes[better, 1], y1)
+            inter = _positive_part(width) * _positive_part(height)
+            better_area = (boxes[better, 2] - boxes[better, 0]) * (boxes[better, 3] - boxes[better, 1])
+            denominator = min(better_area, area) if over_min else better_area + area - inter
+            # 0 / 0 (two empty boxes) is NaN, which overlaps nothing, as in NumPy.
+            if inter / denominator > threshold:
+                keep[i] = False
+                break
 
 
 def sort_by_score(boxes: np.ndarray) -> np.ndarray:
@@ -321,21 +407,73 @@ def crop_patches(image: np.ndarray, boxes: np.ndarray, size: int) -> np.ndarray:
     xs, x_inside = _sample_positions(boxes[:, 0], boxes[:, 2], width, size)
     top, y_weight = _split_position(ys, height)
     left, x_weight = _split_position(xs, width)
-    # One gather of all four neighbours by flat pixel index: several times faster than fancy
-    # indexing with broadcast row and column arrays.
-    rows = np.stack([top, np.minimum(top + 1, height - 1)]) * width  # (2, N, size)
-    cols = np.stack([left, np.minimum(left + 1, width - 1)])  # (2, N, size)
-    flat_index = rows[:, None, :, :, None] + cols[None, :, :, None, :]  # (2, 2, N, size, size)
-    # Rows of a crop as size * 3 values, and x weights repeated per channel: numpy broadcasting a
-    # weight over the 3 channels works three values at a time and is several times slower.
-    pixels = np.take(image.reshape(-1, 3), flat_index, axis=0).astype(np.float32)
-    (upper_left, upper_right), (lower_left, lower_right) = pixels.reshape(2, 2, len(boxes), size, size * 3)
-    x_weight = np.repeat(x_weight, 3, axis=1)[:, None, :]
-    upper = _lerp(upper_left, upper_right, x_weight)
-    lower = _lerp(lower_left, lower_right, x_weight)
-    patches = _lerp(upper, lower, y_weight[:, :, None]).reshape(len(boxes), size, size, 3)
-    patches[~(y_inside[:, :, None] & x_inside[:, None, :])] = OUTSIDE_PIXEL
+    patches = np.empty((len(boxes), size, size, 3), np.float32)
+    _bilinear_crops(
+        np.ascontiguousarray(image).reshape(height, -1),
+        top,
+        y_weight,
+        y_inside,
+        left,
+        x_weight,
+        x_inside,
+        patches.reshape(len(boxes), size, -1),
+    )
     return patches
+
+
+@_compiled(
+    numba.void(
+        _PIXELS,
+        numba.intp[:, ::1],
+        numba.float32[:, ::1],
+        numba.bool_[:, ::1],
+        numba.intp[:, ::1],
+        numba.float32[:, ::1],
+        numba.bool_[:, ::1],
+        numba.float32[:, :, ::1],
+    )
+)
+def _bilinear_crops(
+    pixels: np.ndarray,
+    top: np.ndarray,
+    y_weight: np.ndarray,
+    y_inside: np.ndarray,
+    left: np.ndarray,
+    x_weight: np.ndarray,
+    x_inside: np.ndarray,
+    patches: np.ndarray,
+) -> None:
+    """Fill `patches` (N, size, size x 3): sample (i, j) of crop n interpolates the pixels at rows
+    `top[n, i]` and the one below, columns `left[n, j]` and the one right of it (the last row and
+    column repeated), or is OUTSIDE_PIXEL where `y_inside[n, i]` or `x_inside[n, j]` is false."""
+    channels = 3
+    last_row, last_column = pixels.shape[0] - 1, pixels.shape[1] // channels - 1
+    for crop in range(patches.shape[0]):
+        for i in range(patches.shape[1]):
+            out = patches[crop, i]
+            upper_row = pixels[top[crop, i]]
+            lower_row = pixels[min(top[crop, i] + 1, last_row)]
+            row_weight, row_inside = y_weight[crop, i], y_inside[crop, i]
+            for j in range(patches.shape[1]):
+                if not (row_inside and x_inside[crop, j]):
+                    for channel in range(channels):
+                        out[j * channels + channel] = OUTSIDE_PIXEL
+                    continue
+                column_weight = x_weight[crop, j]
+                first = left[crop, j] * channels
+                second = min(left[crop, j] + 1, last_column) * channels
+                for channel in range(channels):
+                    upper = _lerp(
+                        np.float32(upper_row[first + channel]),
+                        np.float32(upper_row[second + channel]),
+                        column_weight,
+                    )
+                    lower = _lerp(
+                        np.float32(lower_row[first + channel]),
+                        np.float32(lower_row[second + channel]),
+                        column_weight,
+                    )
+                    out[j * channels + channel] = _lerp(upper, lower, row_weight)
 
 
 def _sample_positions(
@@ -354,7 +492,3 @@ def _split_position(positions: np.ndarray, extent: int) -> tuple[np.ndarray, np.
     floor = np.floor(positions)
     index = np.clip(floor, 0, extent - 1).astype(np.intp)
     return index, (positions - floor).astype(np.float32)
-
-
-def _lerp(a: np.ndarray, b: np.ndarray, weight: np.ndarray) -> np.ndarray:
-    return a + (b - a) * weight

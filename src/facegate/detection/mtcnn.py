@@ -101,6 +101,9 @@ class MTCNN(Detector):
         if self._closed:
             raise RuntimeError("this MTCNN has been closed")
         _check_image(image)
+        # The compiled loops read rows of contiguous pixels: one copy here of a strided view, not
+        # one per pyramid and crop batch.
+        image = np.ascontiguousarray(image)
         boxes = self._propose(image, params)
         if len(boxes):
             boxes = self._refine(image, boxes, params.threshold_rnet)
