@@ -4,6 +4,9 @@ Semantics follow the reference (ipazc/mtcnn 1.0.0) so that results match it: box
 (x1, y1, x2, y2) without rounding, widths for regression are `x2 - x1 + 1`, NMS suppresses a box
 when *any* higher-scoring box overlaps it (not only the kept ones), and crops sample like
 TensorFlow's `crop_and_resize` on the reference's normalised coordinates.
+
+The loops over pixels and boxes (the pyramid, the crops, NMS) are compiled by numba: in NumPy they
+were passes over whole temporary arrays and took most of a detection's time besides the networks.
 """
 
 from __future__ import annotations
@@ -27,6 +30,27 @@ PNET_STRIDE = 2
 OUTSIDE_PIXEL = np.float32(127.5)
 
 Span = tuple[int, int]  # (start, stop) along one side of a level
+
+
+# The image's pixels, which may be a read-only array (one made from a Pillow image is).
+_PIXELS = numba.types.Array(numba.uint8, 2, "C", readonly=True)
+
+
+def _compiled(signature: Signature | list[Signature]) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """numba's compiled loop for `signature`, built when this module is imported, without the GIL
+    (the lanes run it in parallel) and with NumPy's division by zero (inf or NaN, no exception).
+    Its machine code is cached beside this file or in the user's cache folder (NUMBA_CACHE_DIR
+    elsewhere), so only a machine's first process compiles (about 2 s); where numba finds no
+    writable place it compiles in every process instead."""
+
+    def compile_loop(function: Callable[..., None]) -> Callable[..., None]:
+        try:
+            return numba.njit(signature, cache=True, nogil=True, error_model="numpy")(function)
+        except RuntimeError:  # "cannot cache function ...: no locator available"
+            log.warning("no writable cache folder for numba: %s compiled in this process", function.__name__)
+            return numba.njit(signature, nogil=True, error_model="numpy")(function)
+
+    return compile_loop
 
 
 def pyramid_scales(height: int, width: int, min_face_size: int) -> list[float]:
@@ -141,32 +165,6 @@ class RowIntegral:
         self.within = np.empty((height + 1, self.pixels.shape[1]), np.uint16)
         self.bases = np.empty((height // _INTEGRAL_BLOCK_ROWS + 1, self.pixels.shape[1]), np.float32)
         _running_sums(self.pixels, self.within, self.bases)
-
-
-@numba.njit(inline="always")
-def _lerp(a: np.float32, b: np.float32, weight: np.float32) -> np.float32:
-    return a + (b - a) * weight
-
-
-# The image's pixels, which may be a read-only array (one made from a Pillow image is).
-_PIXELS = numba.types.Array(numba.uint8, 2, "C", readonly=True)
-
-
-def _compiled(signature: Signature | list[Signature]) -> Callable[[Callable[..., None]], Callable[..., None]]:
-    """numba's compiled loop for `signature`, built when this module is imported, without the GIL
-    (the lanes run it in parallel) and with NumPy's division by zero (inf or NaN, no exception).
-    Its machine code is cached beside this file or in the user's cache folder (NUMBA_CACHE_DIR
-    elsewhere), so only a machine's first process compiles (about 2 s); where numba finds no
-    writable place it compiles in every process instead."""
-
-    def compile_loop(function: Callable[..., None]) -> Callable[..., None]:
-        try:
-            return numba.njit(signature, cache=True, nogil=True, error_model="numpy")(function)
-        except RuntimeError:  # "cannot cache function ...: no locator available"
-            log.warning("no writable cache folder for numba: %s compiled in this process", function.__name__)
-            return numba.njit(signature, nogil=True, error_model="numpy")(function)
-
-    return compile_loop
 
 
 @_compiled(numba.void(_PIXELS, numba.uint16[:, ::1], numba.float32[:, ::1]))
@@ -311,10 +309,6 @@ class Cells:
         return np.concatenate([boxes / np.float32(scale), self.scores[:, None]], axis=1)
 
 
-def box_areas(boxes: np.ndarray) -> np.ndarray:
-    return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-
-
 def nms(boxes: np.ndarray, threshold: float, *, over_min: bool = False) -> np.ndarray:
     """Indices of the rows to keep from `boxes` sorted best first (columns x1, y1, x2, y2, ...).
 
@@ -419,6 +413,11 @@ def crop_patches(image: np.ndarray, boxes: np.ndarray, size: int) -> np.ndarray:
         patches.reshape(len(boxes), size, -1),
     )
     return patches
+
+
+@numba.njit(inline="always")
+def _lerp(a: np.float32, b: np.float32, weight: np.float32) -> np.float32:
+    return a + (b - a) * weight
 
 
 @_compiled(
