@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import io
 import itertools
+import json
 import math
+import os
 import re
+import shlex
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -450,3 +456,43 @@ def test_row_integral_holds_the_exact_running_sums(height: int) -> None:
     )
     expected = np.einsum("oi,iwc->owc", coverage, image.astype(np.float64)) / (height / rows)
     np.testing.assert_allclose(pyramid.level(rows, 5), expected, atol=1e-3)
+
+
+def _private_mounts_work() -> bool:
+    try:
+        return subprocess.run(["unshare", "--mount", "true"], capture_output=True, timeout=30).returncode == 0
+    except OSError:
+        return False
+
+
+@needs_data
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not _private_mounts_work(), reason="needs root for a private read-only mount"
+)
+def test_without_a_writable_cache_folder_the_loops_are_compiled_in_the_process(
+    tmp_path: Path, detector: MTCNN, portrait: np.ndarray
+) -> None:
+    # A read-only root filesystem: neither the package's folder nor the home holds numba's cache.
+    # Caching would fail the import of facegate.detection; the loops compile in the process instead.
+    package, home = Path(cascade.__file__).parent, tmp_path / "home"
+    home.mkdir()
+    read_only = " && ".join(
+        f"mount --bind {shlex.quote(str(path))} {shlex.quote(str(path))} && "
+        f"mount -o remount,bind,ro {shlex.quote(str(path))}"
+        for path in (package, home)
+    )
+    script = (
+        "import json, logging, sys; logging.basicConfig()\n"
+        "from facegate.detection import MTCNN\nfrom facegate.imaging import load_image_file\n"
+        "print(json.dumps([face.box for face in MTCNN().detect(load_image_file(sys.argv[1]))]))"
+    )
+    run = shlex.join([sys.executable, "-c", script, str(PORTRAIT)])
+    command = f"{read_only} && exec {run}"
+    env = {**os.environ, "HOME": str(home), "XDG_CACHE_HOME": str(home), "NUMBA_CACHE_DIR": ""}
+    result = subprocess.run(
+        ["unshare", "--mount", "sh", "-c", command], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("no writable cache folder for numba") == 1
+    assert json.loads(result.stdout) == [list(face.box) for face in detector.detect(portrait)]
+    assert not list(home.iterdir())

@@ -11,6 +11,7 @@ were passes over whole temporary arrays and took most of a detection's time besi
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -47,10 +48,18 @@ def _compiled(signature: Signature | list[Signature]) -> Callable[[Callable[...,
         try:
             return numba.njit(signature, cache=True, nogil=True, error_model="numpy")(function)
         except RuntimeError:  # "cannot cache function ...: no locator available"
-            log.warning("no writable cache folder for numba: %s compiled in this process", function.__name__)
+            _warn_no_cache()
             return numba.njit(signature, nogil=True, error_model="numpy")(function)
 
     return compile_loop
+
+
+@functools.cache
+def _warn_no_cache() -> None:
+    log.warning(
+        "no writable cache folder for numba: detection's loops compiled in this process (about 2 s "
+        "each start); set NUMBA_CACHE_DIR to a writable folder"
+    )
 
 
 def pyramid_scales(height: int, width: int, min_face_size: int) -> list[float]:
