@@ -238,6 +238,8 @@ def _area_level(
         if edge:
             for x in range(span):
                 sums[x] = current[x] - previous[x]
+            # The first tap sets, the others add: one loop over all taps, from a zeroed row or with
+            # a branch on the tap, measured 10-30 % slower.
             out = level[edge - 1]
             for column in range(index.shape[1]):
                 source, target = index[0, column] * channels - first, column * channels
@@ -346,15 +348,14 @@ def _positive_part(value: float) -> float:
 )
 def _suppress(boxes: np.ndarray, threshold: float, over_min: bool, keep: np.ndarray) -> None:
     """Clear `keep[i]` where a box before i overlaps box i by more than `threshold`."""
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
     for i in range(1, len(boxes)):
         x1, y1, x2, y2 = boxes[i, 0], boxes[i, 1], boxes[i, 2], boxes[i, 3]
-        area = (x2 - x1) * (y2 - y1)
         for better in range(i):
             width = min(boxes[better, 2], x2) - max(boxes[better, 0], x1)
             height = min(boxes[better, 3], y2) - max(boxes[better, 1], y1)
             inter = _positive_part(width) * _positive_part(height)
-            better_area = (boxes[better, 2] - boxes[better, 0]) * (boxes[better, 3] - boxes[better, 1])
-            denominator = min(better_area, area) if over_min else better_area + area - inter
+            denominator = min(areas[better], areas[i]) if over_min else areas[better] + areas[i] - inter
             # 0 / 0 (two empty boxes) is NaN, which overlaps nothing, as in NumPy.
             if inter / denominator > threshold:
                 keep[i] = False
